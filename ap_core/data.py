@@ -1,0 +1,336 @@
+"""Whole datasets as tensors, plus batch iteration with vectorised on-device augmentation.
+
+Every dataset here is small enough to hold in (GPU) memory, so a trial loads it once, moves it to its
+device and slices batches by index: no DataLoader workers, no per-sample PIL decoding, no Python loop over
+samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import Tensor
+
+from ap_core.errors import ConfigError, DatasetUnavailableError
+from ap_core.registry import Registry
+
+DIGITS_TEST_SIZE = 360
+
+
+@dataclass
+class ArrayDataset:
+    """A train/test split held as normalised float32 NCHW images and int64 labels.
+
+    `crop_padding` and `flip` record the augmentation the dataset calls for, so the training loop needs no
+    per-dataset knowledge. Instances pickle as their plain tensors (cheap to ship through Ray's object store);
+    `limit_train` clones its slice so a subset never drags the full storage along when pickled.
+    """
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    input_shape: tuple[int, ...]
+    name: str
+    crop_padding: int = 0
+    flip: bool = False
+
+    @property
+    def num_train(self) -> int:
+        return self.x_train.shape[0]
+
+    @property
+    def num_test(self) -> int:
+        return self.x_test.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_train.device
+
+    def to(self, device: torch.device | str) -> ArrayDataset:
+        """A copy whose tensors live on `device` (tensors already there are shared, not duplicated)."""
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train.to(device),
+            y_train=self.y_train.to(device),
+            x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device),
+        )
+
+    def limit_train(self, max_train_samples: int) -> ArrayDataset:
+        """Keep only the first `max_train_samples` training samples (0 or more than available: keep all)."""
+        if max_train_samples < 0:
+            raise ConfigError(f"max_train_samples {max_train_samples} must be >= 0")
+        if max_train_samples == 0 or max_train_samples >= self.num_train:
+            return self
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train[:max_train_samples].clone(),
+            y_train=self.y_train[:max_train_samples].clone(),
+        )
+
+
+DATASETS: Registry[Callable[..., ArrayDataset]] = Registry("dataset")
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path = "data",
+    download: bool = False,
+    max_train_samples: int = 0,
+    **options: Any,
+) -> ArrayDataset:
+    """Load dataset `name` on the CPU; `options` are loader-specific (see each loader's keyword arguments).
+
+    Raises ConfigError for an unknown name or option and DatasetUnavailableError when files are missing.
+    """
+    loader = DATASETS.get(name)
+    valid = [p.name for p in inspect.signature(loader).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r} for dataset {name!r}; valid: {', '.join(valid) or 'none'}")
+    data = loader(Path(data_dir), download, **options)
+    return data.limit_train(max_train_samples)
+
+
+def _normalise(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """uint8 NCHW (any strides) -> contiguous float32 in one copy, scaled to [0, 1] and standardised."""
+    shape = (1, len(mean), 1, 1)
+    x = images.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+    return x.sub_(torch.tensor(mean).view(shape)).div_(torch.tensor(std).view(shape))
+
+
+def _open_torchvision(
+    name: str, cls: type, folder: str, data_dir: Path, download: bool, train: bool
+) -> torchvision.datasets.VisionDataset:
+    """Construct a torchvision dataset, turning its missing-file / download errors into one-line messages."""
+    try:
+        return cls(root=data_dir, train=train, download=download)
+    except (RuntimeError, OSError) as err:  # OSError: network failures (URLError), unwritable folders
+        if not download:
+            raise DatasetUnavailableError(
+                f"{name} not found (or incomplete) under {str(data_dir)!r}; pass --download (needs internet) "
+                f"or copy the torchvision {folder!r} folder there"
+            ) from None
+        reason = " ".join(str(err).split())
+        raise DatasetUnavailableError(
+            f"{name} could not be downloaded into {str(data_dir)!r} ({reason}); "
+            f"copy the torchvision {folder!r} folder there instead"
+        ) from None
+
+
+def _load_cifar(
+    name: str,
+    cls: type,
+    folder: str,
+    num_classes: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    data_dir: Path,
+    download: bool,
+) -> ArrayDataset:
+    """CIFAR: torchvision keeps `.data` as uint8 NHWC numpy and `.targets` as a list."""
+    splits = []
+    for train in (True, False):
+        ds = _open_torchvision(name, cls, folder, data_dir, download, train)
+        x = _normalise(torch.from_numpy(ds.data).permute(0, 3, 1, 2), mean, std)
+        splits.append((x, torch.as_tensor(ds.targets, dtype=torch.int64)))
+    (x_train, y_train), (x_test, y_test) = splits
+    return ArrayDataset(x_train, y_train, x_test, y_test, num_classes, (3, 32, 32), name, crop_padding=4, flip=True)
+
+
+def _load_mnist_like(
+    name: str,
+    cls: type,
+    mean: float,
+    std: float,
+    data_dir: Path,
+    download: bool,
+) -> ArrayDataset:
+    """MNIST / FashionMNIST: torchvision keeps `.data` as a uint8 NHW tensor and `.targets` as int64."""
+    folder = f"{cls.__name__}/raw"
+    splits = []
+    for train in (True, False):
+        ds = _open_torchvision(name, cls, folder, data_dir, download, train)
+        x = _normalise(ds.data.unsqueeze(1), (mean,), (std,))
+        splits.append((x, ds.targets.to(torch.int64).contiguous()))
+    (x_train, y_train), (x_test, y_test) = splits
+    return ArrayDataset(x_train, y_train, x_test, y_test, 10, (1, 28, 28), name)
+
+
+@DATASETS.register("cifar10")
+def _cifar10(data_dir: Path, download: bool) -> ArrayDataset:
+    return _load_cifar(
+        "cifar10",
+        torchvision.datasets.CIFAR10,
+        "cifar-10-batches-py",
+        10,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        data_dir,
+        download,
+    )
+
+
+@DATASETS.register("cifar100")
+def _cifar100(data_dir: Path, download: bool) -> ArrayDataset:
+    return _load_cifar(
+        "cifar100",
+        torchvision.datasets.CIFAR100,
+        "cifar-100-python",
+        100,
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        data_dir,
+        download,
+    )
+
+
+@DATASETS.register("mnist")
+def _mnist(data_dir: Path, download: bool) -> ArrayDataset:
+    return _load_mnist_like("mnist", torchvision.datasets.MNIST, 0.1307, 0.3081, data_dir, download)
+
+
+@DATASETS.register("fashion_mnist")
+def _fashion_mnist(data_dir: Path, download: bool) -> ArrayDataset:
+    return _load_mnist_like("fashion_mnist", torchvision.datasets.FashionMNIST, 0.2860, 0.3530, data_dir, download)
+
+
+@DATASETS.register("digits")
+def _digits(data_dir: Path, download: bool) -> ArrayDataset:
+    """scikit-learn's bundled 8x8 digits: needs no files, so it is the offline default.
+
+    The split is fixed (stratified, random_state=0: numpy's RandomState is identical on every machine) and
+    both splits are standardised with the train split's mean/std, computed before any `max_train_samples` cut.
+    """
+    bunch = load_digits()
+    images = bunch.images.astype(np.float32) / 16.0
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, bunch.target, test_size=DIGITS_TEST_SIZE, random_state=0, stratify=bunch.target
+    )
+    mean, std = float(x_train.mean()), float(x_train.std())
+    return ArrayDataset(
+        torch.from_numpy((x_train - mean) / std).unsqueeze(1).contiguous(),
+        torch.from_numpy(y_train).to(torch.int64),
+        torch.from_numpy((x_test - mean) / std).unsqueeze(1).contiguous(),
+        torch.from_numpy(y_test).to(torch.int64),
+        10,
+        (1, 8, 8),
+        "digits",
+    )
+
+
+@DATASETS.register("synthetic")
+def _synthetic(
+    data_dir: Path,
+    download: bool,
+    *,
+    num_samples: int = 2048,
+    num_test: int = 512,
+    input_shape: tuple[int, ...] | list[int] = (3, 32, 32),
+    num_classes: int = 10,
+    seed: int = 0,
+) -> ArrayDataset:
+    """Deterministic class-conditional Gaussian images, for throughput work and training smoke tests.
+
+    Each class has a fixed random prototype image; a sample is (prototype[label] + unit noise) / sqrt(2), so
+    pixels have roughly zero mean and unit variance and the classes are separable well above chance.
+    Everything is drawn from one CPU generator seeded with `seed`, so the data is identical on every machine
+    (for a given torch version).
+    """
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"synthetic input_shape {tuple(input_shape)} must be three positive ints (C, H, W)")
+    if num_classes < 2:
+        raise ConfigError(f"synthetic num_classes {num_classes} must be >= 2")
+    if num_samples < 1 or num_test < 1:
+        raise ConfigError(f"synthetic num_samples {num_samples} and num_test {num_test} must be >= 1")
+    gen = torch.Generator().manual_seed(seed)
+    prototypes = torch.randn((num_classes, *shape), generator=gen)
+
+    def draw(n: int) -> tuple[Tensor, Tensor]:
+        labels = torch.randint(num_classes, (n,), generator=gen)
+        noise = torch.randn((n, *shape), generator=gen)
+        return (prototypes[labels] + noise).div_(math.sqrt(2.0)), labels
+
+    x_train, y_train = draw(num_samples)
+    x_test, y_test = draw(num_test)
+    return ArrayDataset(x_train, y_train, x_test, y_test, num_classes, shape, "synthetic")
+
+
+def _randint(high: int, size: tuple[int, ...], generator: torch.Generator, device: torch.device) -> Tensor:
+    """Draw on the generator's device (so any generator works), then move to where the data lives."""
+    return torch.randint(high, size, generator=generator, device=generator.device).to(device)
+
+
+def augment_batch(x: Tensor, crop_padding: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """Per-sample random crop (zero padding `crop_padding`) and horizontal flip of a whole NCHW batch at once.
+
+    The crop pads once and gathers each sample's window with advanced indexing; the flip picks per sample with
+    torch.where. Random draws come from `generator` in a fixed order (crop offsets, then flip mask).
+    """
+    if crop_padding < 0:
+        raise ConfigError(f"crop_padding {crop_padding} must be >= 0")
+    n, c, h, w = x.shape
+    device = x.device
+    if crop_padding > 0:
+        p = crop_padding
+        padded = F.pad(x, (p, p, p, p))
+        offsets = _randint(2 * p + 1, (2, n), generator, device)
+        rows = (offsets[0, :, None] + torch.arange(h, device=device))[:, None, :, None]
+        cols = (offsets[1, :, None] + torch.arange(w, device=device))[:, None, None, :]
+        samples = torch.arange(n, device=device)[:, None, None, None]
+        channels = torch.arange(c, device=device)[None, :, None, None]
+        x = padded[samples, channels, rows, cols]
+    if flip:
+        flipped = _randint(2, (n,), generator, device).bool()
+        x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def train_batches(
+    data: ArrayDataset,
+    batch_size: int,
+    generator: torch.Generator,
+    augment: bool = True,
+    drop_last: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """One shuffled epoch of (images, labels) batches, augmented as the dataset calls for when `augment`.
+
+    The permutation and augmentation draws come from `generator` on its own device: a generator on the data's
+    device avoids any transfer, a CPU generator also works (small index tensors are copied) and gives the same
+    stream wherever the data lives.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size {batch_size} must be >= 1")
+    n = data.num_train
+    order = torch.randperm(n, generator=generator, device=generator.device).to(data.device)
+    for start in range(0, n, batch_size):
+        index = order[start : start + batch_size]
+        if drop_last and index.numel() < batch_size:
+            break
+        x = data.x_train[index]
+        if augment and (data.crop_padding > 0 or data.flip):
+            x = augment_batch(x, data.crop_padding, data.flip, generator)
+        yield x, data.y_train[index]
+
+
+def eval_batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Every sample in order, in batches of `batch_size` (the last one may be smaller)."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size {batch_size} must be >= 1")
+    for start in range(0, x.shape[0], batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
