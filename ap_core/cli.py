@@ -1,0 +1,61 @@
+"""`ap-trial` / `python -m ap_core`: run one trial from the command line, no Ray or MLflow needed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ap_core.config import TrialConfig, add_dataclass_arguments, dataclass_overrides
+from ap_core.errors import ConfigError
+from ap_core.results import CycleResult
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ap-trial", description=__doc__)
+    add_dataclass_arguments(parser, TrialConfig)
+    parser.add_argument("--checkpoint-dir", help="write a checkpoint here after every cycle")
+    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    parser.add_argument("--json", help="also write every cycle's result to this JSON file")
+    parser.add_argument("--list", action="store_true", help="list models, datasets and methods, then exit")
+    return parser
+
+
+def print_cycle(result: CycleResult) -> None:
+    print(
+        f"cycle {result.cycle:2d}  weights {result.weights_remaining:6.2f}%  test {result.test_acc:6.2f}%  "
+        f"best {result.best_acc:6.2f}%  loss {result.train_loss:.4f}  DNR {result.dnr:.3f}  "
+        f"dead units {result.dead_units}/{result.total_units}  {result.seconds:.1f}s",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ap_core import DATASETS, METHODS, MODELS, run_trial
+
+    if args.list:
+        for title, registry in (("models", MODELS), ("datasets", DATASETS), ("methods", METHODS)):
+            print(f"{title}: {', '.join(registry.names())}")
+        return 0
+    try:
+        config = TrialConfig(**dataclass_overrides(args, TrialConfig))
+        if args.resume and not args.checkpoint_dir:
+            raise ConfigError("--resume needs --checkpoint-dir")
+        results = run_trial(
+            config,
+            on_cycle=print_cycle,
+            checkpoint_dir=args.checkpoint_dir,
+            resume_from=args.checkpoint_dir if args.resume else None,
+        )
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([r.to_dict() for r in results], f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

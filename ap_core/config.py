@@ -1,0 +1,185 @@
+"""Typed, validated trial configuration.
+
+`TrialConfig` is the single source for a trial's CLI flags, Ray Tune's param space and MLflow params: the helpers
+below derive argparse options and flat dicts from its fields, so a new field shows up everywhere at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from ap_core.errors import ConfigError
+
+RETRAINING_SCHEMES = ("rewind_init", "rewind_iteration", "lr_rewind", "finetune")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
+AP_SCORES = ("change", "magnitude")
+AP_CANDIDATES = ("negative", "all")
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One pruning experiment: a network trained dense (cycle 0), then pruned for `cycles` cycles."""
+
+    model: str = _opt("mlp", "network name (see --list)")
+    dataset: str = _opt("digits", "dataset name (see --list)")
+    method: str = _opt("global_magnitude", "pruning method X (see --list)")
+    ap: bool = _opt(False, "add Activate-While-Pruning to method X")
+    ap_rate: float = _opt(0.02, "AP's share p_ap of the alive weights pruned per cycle (< prune_rate)")
+    ap_score: str = _opt("change", f"AP ranking score: {'/'.join(AP_SCORES)}")
+    ap_candidates: str = _opt("negative", f"AP candidate weights: {'/'.join(AP_CANDIDATES)}")
+    prune_rate: float = _opt(0.2, "fraction p of the alive weights pruned per cycle")
+    cycles: int = _opt(10, "pruning cycles after the dense cycle 0")
+    retraining: str = _opt("rewind_init", f"retraining between cycles: {'/'.join(RETRAINING_SCHEMES)}")
+    rewind_step: int = _opt(0, "optimizer step k for rewind_iteration / lr_rewind")
+    finetune_lr: float = _opt(0.001, "constant learning rate for the finetune scheme")
+    keep_first_dense: bool = _opt(False, "never prune the first conv/linear layer")
+    keep_classifier_dense: bool = _opt(False, "never prune the classifier")
+    epochs: int = _opt(10, "training epochs per cycle")
+    batch_size: int = _opt(64, "training batch size")
+    optimizer: str = _opt("sgd", f"optimizer: {'/'.join(OPTIMIZERS)}")
+    lr: float = _opt(0.05, "peak learning rate")
+    momentum: float = _opt(0.9, "SGD momentum (AdamW beta1)")
+    weight_decay: float = _opt(1e-4, "weight decay")
+    nesterov: bool = _opt(False, "Nesterov momentum for SGD")
+    schedule: str = _opt("multistep", f"LR schedule: {'/'.join(SCHEDULES)}")
+    milestones: tuple[float, ...] = _opt((0.5, 0.75), "multistep LR drops, as fractions of the epochs")
+    lr_gamma: float = _opt(0.1, "multistep LR factor per milestone")
+    warmup_epochs: float = _opt(0.0, "linear LR warm-up length in epochs")
+    augment: bool = _opt(True, "random crop (pad 4) + horizontal flip on image datasets")
+    max_train_samples: int = _opt(0, "use only the first N training samples (0 = all)")
+    dead_unit_window: int = _opt(1500, "training images used to count dead units after each cycle")
+    seed: int = _opt(0, "random seed (initialisation, data order, augmentation, random pruning)")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    cpu_threads: int = _opt(0, "torch intra-op threads (0 = torch's default); match the CPUs a trial owns")
+    amp: bool = _opt(True, "bf16 autocast and channels-last on CUDA (ignored on CPU)")
+    data_dir: str = _opt("data", "folder for torchvision datasets")
+    download: bool = _opt(False, "download torchvision datasets when missing")
+    checkpoint_every_epoch: bool = _opt(False, "also checkpoint between epochs, not only between cycles")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad value; checks registries too."""
+        from ap_core.data import DATASETS
+        from ap_core.models import MODELS
+        from ap_core.pruning import METHODS
+
+        MODELS.get(self.model)
+        DATASETS.get(self.dataset)
+        METHODS.get(self.method)
+        _choice("ap_score", self.ap_score, AP_SCORES)
+        _choice("ap_candidates", self.ap_candidates, AP_CANDIDATES)
+        _choice("retraining", self.retraining, RETRAINING_SCHEMES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _open_unit("prune_rate", self.prune_rate)
+        _open_unit("ap_rate", self.ap_rate)
+        if self.ap and self.ap_rate >= self.prune_rate:
+            raise ConfigError(f"ap_rate {self.ap_rate} must be smaller than prune_rate {self.prune_rate}")
+        _at_least("cycles", self.cycles, 1)
+        _at_least("epochs", self.epochs, 1)
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("rewind_step", self.rewind_step, 0)
+        _at_least("max_train_samples", self.max_train_samples, 0)
+        _at_least("dead_unit_window", self.dead_unit_window, 1)
+        _at_least("cpu_threads", self.cpu_threads, 0)
+        for name in ("lr", "finetune_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} {value} must be a positive number")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum {self.momentum} must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay {self.weight_decay} must be >= 0")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ConfigError(f"warmup_epochs {self.warmup_epochs} must be in [0, epochs={self.epochs}]")
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise ConfigError(f"milestones {self.milestones} must be fractions of the epochs in (0, 1)")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"lr_gamma {self.lr_gamma} must be in (0, 1]")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError(f"device {self.device!r} must be auto, cpu, cuda or cuda:N")
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
+        """Build from a flat dict (e.g. Tune's config), rejecting unknown keys by name."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown trial setting {unknown[0]!r}; valid: {', '.join(sorted(names))}")
+        return cls(**values)
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
+
+def _open_unit(name: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise ConfigError(f"{name} {value} must be in the open interval (0, 1)")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{name} {value} must be >= {low}")
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one `--field-name` option per dataclass field, with the field's type, default and help."""
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        hint = hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        kwargs: dict[str, Any] = {
+            "dest": f.name,
+            "default": None,
+            "help": f"{help_text} (default: {f.default})",
+        }
+        if hint is bool:
+            kwargs.update(type=_parse_bool, nargs="?", const=True, metavar="BOOL")
+        elif get_origin(hint) is tuple:
+            kwargs.update(type=get_args(hint)[0], nargs="*")
+        elif get_origin(hint) is Literal:
+            kwargs.update(choices=get_args(hint))
+        else:
+            kwargs.update(type=hint)
+        parser.add_argument(flag, **kwargs)
+
+
+def dataclass_overrides(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields the user actually set on the command line."""
+    return {
+        f.name: getattr(namespace, f.name)
+        for f in dataclasses.fields(cls)
+        if getattr(namespace, f.name, None) is not None
+    }

@@ -1,0 +1,134 @@
+"""Dead-neuron measurement: dynamic DNR (element-wise) and dead units (channel-level).
+
+Counting runs in forward hooks on the device and accumulates into device tensors; callers read the totals back
+once (per epoch), so measuring adds no host-device synchronisation per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# ReLU-family outputs are >= 0, so "dead" (== 0) is the complement of count_nonzero; for the others (GELU) an
+# output <= 0 counts as dead, as ap.md specifies.
+NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
+ACTIVATIONS = (*NONNEGATIVE_ACTIVATIONS, nn.GELU)
+
+
+def activation_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, ACTIVATIONS)}
+
+
+@dataclass
+class DeadRate:
+    """Dead fraction of activation outputs, over all activation layers and per layer."""
+
+    dnr: float
+    layers: dict[str, float]
+
+
+class DeadNeuronCounter:
+    """Counts outputs equal to 0 (<= 0 for non-ReLU activations) of every activation layer while enabled."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = activation_layers(model)
+        self.enabled = False
+        self._dead: torch.Tensor | None = None
+        self._seen = [0] * len(self.layers)
+        self._handles = [
+            module.register_forward_hook(self._hook(index)) for index, module in enumerate(self.layers.values())
+        ]
+
+    def _hook(self, index: int):
+        nonnegative = isinstance(list(self.layers.values())[index], NONNEGATIVE_ACTIVATIONS)
+
+        def count(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            if not self.enabled:
+                return
+            if self._dead is None:
+                self._dead = torch.zeros(len(self.layers), dtype=torch.int64, device=output.device)
+            n = output.numel()
+            dead = n - torch.count_nonzero(output) if nonnegative else (output <= 0).sum()
+            self._dead[index] += dead
+            self._seen[index] += n
+
+        return count
+
+    def reset(self) -> None:
+        self._dead = None
+        self._seen = [0] * len(self.layers)
+
+    def read(self) -> DeadRate:
+        """Dead rates since the last reset (one device->host copy)."""
+        dead = self._dead.tolist() if self._dead is not None else [0] * len(self.layers)
+        seen = self._seen
+        layers = {name: (d / s if s else 0.0) for name, d, s in zip(self.layers, dead, seen, strict=True)}
+        total = sum(seen)
+        return DeadRate(dnr=sum(dead) / total if total else 0.0, layers=layers)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def measure_dnr(model: nn.Module, batches: Iterable[torch.Tensor]) -> DeadRate:
+    """Element-wise dead-neuron rate of `model` (in its current train/eval mode) over `batches` of inputs."""
+    counter = DeadNeuronCounter(model)
+    counter.enabled = True
+    try:
+        for x in batches:
+            model(x)
+        return counter.read()
+    finally:
+        counter.remove()
+
+
+def _unit_dim(output: torch.Tensor) -> int:
+    """Channel axis: dim 1 for (N, C, ...) conv maps and (N, F) features, the last for (N, tokens, D)."""
+    return -1 if output.dim() == 3 else 1
+
+
+@dataclass
+class DeadUnits:
+    """Units (channels / features) whose output was dead for every sample and position of a window."""
+
+    dead: int
+    total: int
+    layers: dict[str, int]
+
+
+@torch.no_grad()
+def count_dead_units(model: nn.Module, batches: Iterable[torch.Tensor]) -> DeadUnits:
+    """DemP's channel-level count: run `batches` in eval mode and report units that never fire."""
+    layers = activation_layers(model)
+    fired: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            dim = _unit_dim(output) % output.dim()
+            reduce_dims = [d for d in range(output.dim()) if d != dim]
+            any_alive = (output > 0).amax(dim=reduce_dims) if reduce_dims else output > 0
+            fired[name] = fired[name] | any_alive if name in fired else any_alive
+
+        return record
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    dead_layers = {name: int((~f).sum()) for name, f in fired.items()}
+    return DeadUnits(
+        dead=sum(dead_layers.values()),
+        total=sum(f.numel() for f in fired.values()),
+        layers=dead_layers,
+    )

@@ -1,0 +1,148 @@
+"""Training primitives: optimizers, LR schedules as pure functions of the step, masked steps, evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ap_core.config import TrialConfig
+from ap_core.masks import Mask
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU runs stay exact and deterministic)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def build_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, betas=(config.momentum, 0.999), weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov and config.momentum > 0,
+    )
+
+
+def lr_factor(config: TrialConfig, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the peak LR at optimizer step `step` of a cycle.
+
+    A pure function of the step, so learning-rate rewinding and resumed trials replay the schedule from any step.
+    """
+    total = config.epochs * steps_per_epoch
+    progress = min(step / total, 1.0)
+    if config.schedule == "multistep":
+        factor = config.lr_gamma ** sum(progress >= m for m in config.milestones)
+    elif config.schedule == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif config.schedule == "onecycle":
+        # torch.optim.lr_scheduler.OneCycleLR's defaults: 30% cosine warm-up from peak/25, cosine down to peak/25e4.
+        start, end, peak_at = 1 / 25, 1 / 25e4, 0.3
+        if progress < peak_at:
+            factor = start + (1 - start) * 0.5 * (1 - math.cos(math.pi * progress / peak_at))
+        else:
+            factor = end + (1 - end) * 0.5 * (1 + math.cos(math.pi * (progress - peak_at) / (1 - peak_at)))
+    else:
+        factor = 1.0
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    if warmup_steps > 0 and step < warmup_steps:
+        factor *= (step + 1) / warmup_steps
+    return factor
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class MaskedParameters:
+    """Keeps pruned weights exactly zero: masks gradients before and weights after every optimizer step."""
+
+    def __init__(self, model: nn.Module, mask: Mask) -> None:
+        params = dict(model.named_parameters())
+        self.params = [params[name] for name in mask]
+        self.masks = [mask[name].to(p.device, p.dtype) for name, p in zip(mask, self.params, strict=True)]
+
+    @torch.no_grad()
+    def mask_grads(self) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if len(grads) == len(self.params):
+            torch._foreach_mul_(grads, self.masks)
+        else:
+            for p, m in zip(self.params, self.masks, strict=True):
+                if p.grad is not None:
+                    p.grad.mul_(m)
+
+    @torch.no_grad()
+    def mask_weights(self) -> None:
+        torch._foreach_mul_(self.params, self.masks)
+
+    @torch.no_grad()
+    def clear_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """Zero momentum / Adam moments at pruned positions, so a pruned weight cannot drift back."""
+        for p, m in zip(self.params, self.masks, strict=True):
+            for value in optimizer.state.get(p, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                    value.mul_(m)
+
+
+def train_batches_step(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    masked: MaskedParameters,
+    lrs: Iterator[float],
+    use_amp: bool,
+) -> tuple[torch.Tensor, int]:
+    """Train on `batches` (one epoch or its remainder); returns (summed loss as a device tensor, sample count)."""
+    model.train()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    seen = 0
+    for x, y in batches:
+        set_lr(optimizer, next(lrs))
+        with autocast(device, use_amp):
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        masked.mask_grads()
+        optimizer.step()
+        masked.mask_weights()
+        loss_sum += loss.detach().float() * len(y)
+        seen += len(y)
+    return loss_sum, seen
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], use_amp: bool
+) -> tuple[float, float]:
+    """(accuracy %, mean loss) over every sample of `batches`."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), device=device)
+    seen = 0
+    for x, y in batches:
+        with autocast(device, use_amp):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(dim=1) == y).sum()
+        seen += len(y)
+    return 100.0 * int(correct) / seen, float(loss_sum) / seen

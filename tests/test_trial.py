@@ -1,0 +1,255 @@
+"""One trial end to end: accuracy, exact zeros, retraining schemes, determinism, resume, bad configs."""
+
+import math
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ap_core import ConfigError, DatasetUnavailableError, TrialConfig, build_model, load_dataset, run_trial
+from ap_core.config import RETRAINING_SCHEMES
+from ap_core.dnr import activation_layers
+from ap_core.pruning import METHODS
+from ap_core.training import lr_factor
+from ap_core.trial import CHECKPOINT_FILE, Trial
+
+QUICK = {"model": "mlp", "dataset": "digits", "epochs": 2, "cycles": 3, "cpu_threads": 1}
+
+
+def quick(**changes) -> TrialConfig:
+    return TrialConfig(**{**QUICK, **changes})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def comparable(results):
+    """Everything a result holds except wall-clock time."""
+    return [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in results]
+
+
+def assert_pruned_weights_are_zero(trial: Trial) -> None:
+    params = dict(trial.model.named_parameters())
+    for name, alive in trial.mask.items():
+        assert torch.count_nonzero(params[name].detach()[~alive]) == 0, name
+        for value in trial.optimizer.state.get(params[name], {}).values():
+            if isinstance(value, torch.Tensor) and value.shape == alive.shape:
+                assert torch.count_nonzero(value[~alive]) == 0, f"optimizer state of {name}"
+
+
+def test_digits_mlp_reaches_paper_like_accuracy_quickly():
+    started = time.perf_counter()
+    results = run_trial(TrialConfig(model="mlp", dataset="digits", cycles=10, cpu_threads=1))
+    elapsed = time.perf_counter() - started
+    relu_names = set(activation_layers(build_model("mlp", 10, (1, 8, 8))))
+    assert len(relu_names) == 2
+    assert results[0].weights_remaining == 100.0
+    assert results[0].test_acc >= 90.0
+    assert results[-1].weights_remaining == pytest.approx(10.74, abs=0.01)
+    assert results[-1].test_acc >= 80.0
+    assert elapsed < 60.0
+    for r in results:
+        assert 0.0 <= r.dnr <= 1.0
+        assert len(r.dnr_per_epoch) == r.epochs == 10
+        assert set(r.dnr_layers_per_epoch[-1]) == relu_names
+        assert all(0.0 <= v <= 1.0 for v in r.dnr_layers_per_epoch[-1].values())
+
+
+@pytest.mark.parametrize("retraining", RETRAINING_SCHEMES)
+@pytest.mark.parametrize("method", METHODS.names())
+def test_pruned_weights_stay_exactly_zero(method, retraining, digits):
+    config = quick(method=method, ap=True, retraining=retraining, rewind_step=5)
+    trial = Trial(config, digits)
+    densities = []
+
+    def check(result):
+        assert_pruned_weights_are_zero(trial)
+        densities.append(result.weights_remaining)
+
+    trial.run(check, None)
+    assert densities == pytest.approx([100.0, 80.0, 64.0, 51.2], abs=0.01)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_optimizers_keep_zeros(optimizer, digits):
+    trial = Trial(quick(optimizer=optimizer, lr=0.01, nesterov=True), digits)
+    trial.run(lambda _: assert_pruned_weights_are_zero(trial), None)
+
+
+def test_rewind_init_restarts_from_masked_initialisation(digits):
+    trial = Trial(quick(cycles=1, retraining="rewind_init"), digits)
+    init = {k: v.clone() for k, v in trial.init_state.items()}
+    trial.run(None, None)
+    for name, w in trial.start_weights.items():  # theta_start of cycle 1
+        assert torch.equal(w, init[name] * trial.mask[name])
+
+
+def test_lr_rewind_continues_from_trained_weights(digits):
+    trial = Trial(quick(cycles=1, retraining="lr_rewind"), digits)
+    trained = {}
+    trial.run(
+        lambda r: trained.update({k: v.clone() for k, v in trial.model.state_dict().items()}) if r.cycle == 0 else None,
+        None,
+    )
+    for name, w in trial.start_weights.items():
+        assert torch.equal(w, trained[name] * trial.mask[name])
+
+
+def test_rewind_iteration_restarts_from_step_k(digits):
+    config = quick(cycles=1, retraining="rewind_iteration", rewind_step=7)
+    trial = Trial(config, digits)
+    trial.run(None, None)
+    assert trial.rewind_state is not None
+    first = next(iter(trial.mask))
+    assert not torch.equal(trial.rewind_state[first], trial.init_state[first])
+    for name, w in trial.start_weights.items():
+        assert torch.equal(w, trial.rewind_state[name] * trial.mask[name])
+
+
+def test_same_seed_same_numbers_different_seed_different_numbers(digits):
+    config = quick(method="random", ap=True)
+    a, b = Trial(config, digits), Trial(config, digits)
+    ra, rb = a.run(None, None), b.run(None, None)
+    assert comparable(ra) == comparable(rb)
+    assert a.mask.equal(b.mask)
+    c = Trial(config.replace(seed=1), digits)
+    c.run(None, None)
+    assert not a.mask.equal(c.mask)
+
+
+def test_killed_after_a_cycle_and_resumed_gives_the_same_numbers(tmp_path, digits):
+    config = quick(ap=True, retraining="lr_rewind")
+    uninterrupted = run_trial(config, dataset=digits)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_cycle_1(result):
+        if result.cycle == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_trial(config, on_cycle=kill_after_cycle_1, checkpoint_dir=tmp_path, dataset=digits)
+    reported = []
+    resumed = run_trial(config, on_cycle=reported.append, checkpoint_dir=tmp_path, resume_from=tmp_path, dataset=digits)
+    assert [r.cycle for r in reported] == [2, 3]
+    assert comparable(resumed) == comparable(uninterrupted)
+
+
+def test_resume_from_a_mid_cycle_checkpoint(tmp_path, monkeypatch, digits):
+    config = quick(epochs=3, checkpoint_every_epoch=True)
+    uninterrupted = run_trial(config, dataset=digits)
+    saved = []
+    original_save = Trial.save
+
+    def save_and_keep_a_copy(self, directory):
+        original_save(self, directory)
+        if self.cycle_begun and self.cycle == 2 and not saved:  # first epoch checkpoint of cycle 2
+            shutil.copy(directory / CHECKPOINT_FILE, tmp_path / "mid.pt")
+            saved.append(self.step)
+
+    monkeypatch.setattr(Trial, "save", save_and_keep_a_copy)
+    run_trial(config, checkpoint_dir=tmp_path / "run", dataset=digits)
+    monkeypatch.undo()
+    assert saved, "no mid-cycle checkpoint was written"
+    (tmp_path / "resume").mkdir()
+    shutil.copy(tmp_path / "mid.pt", tmp_path / "resume" / CHECKPOINT_FILE)
+    resumed = run_trial(config, resume_from=tmp_path / "resume", dataset=digits)
+    assert comparable(resumed) == comparable(uninterrupted)
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, digits):
+    run_trial(quick(cycles=1), checkpoint_dir=tmp_path, dataset=digits)
+    with pytest.raises(ConfigError, match=r"prune_rate=0\.2"):
+        run_trial(quick(cycles=1, prune_rate=0.3), resume_from=tmp_path, dataset=digits)
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"model": "resnet1000"}, "resnet1000"),
+        ({"dataset": "imagenet22k"}, "imagenet22k"),
+        ({"method": "snip"}, "snip"),
+        ({"prune_rate": 1.0}, "prune_rate 1.0"),
+        ({"prune_rate": 0.0}, "prune_rate 0.0"),
+        ({"ap_rate": -0.1}, "ap_rate -0.1"),
+        ({"ap": True, "ap_rate": 0.2}, "ap_rate 0.2"),
+        ({"cycles": 0}, "cycles 0"),
+        ({"retraining": "magic"}, "magic"),
+        ({"lr": math.nan}, "lr nan"),
+        ({"device": "tpu"}, "tpu"),
+    ],
+)
+def test_bad_configs_raise_one_clear_error(changes, named):
+    with pytest.raises(ConfigError) as err:
+        TrialConfig(**changes)
+    assert named in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_dataset_offline_is_a_one_line_error(tmp_path):
+    with pytest.raises(DatasetUnavailableError) as err:
+        run_trial(TrialConfig(model="resnet20", dataset="cifar10", data_dir=str(tmp_path)))
+    assert "cifar10" in str(err.value) and str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_rewind_step_beyond_a_cycle_is_rejected(digits):
+    with pytest.raises(ConfigError, match="rewind_step 100000"):
+        Trial(quick(retraining="rewind_iteration", rewind_step=100000), digits)
+
+
+def test_lr_schedules():
+    base = {"epochs": 10}
+    steps = 10  # per epoch
+    multistep = TrialConfig(**base, schedule="multistep", milestones=(0.5, 0.75), lr_gamma=0.1)
+    assert [lr_factor(multistep, s, steps) for s in (0, 49, 50, 74, 75)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    cosine = TrialConfig(**base, schedule="cosine")
+    assert lr_factor(cosine, 0, steps) == 1 and lr_factor(cosine, 50, steps) == pytest.approx(0.5)
+    onecycle = TrialConfig(**base, schedule="onecycle")
+    assert lr_factor(onecycle, 0, steps) == pytest.approx(1 / 25)
+    assert lr_factor(onecycle, 30, steps) == pytest.approx(1.0)
+    assert lr_factor(onecycle, 100, steps) == pytest.approx(1 / 25e4)
+    warm = TrialConfig(**base, schedule="constant", warmup_epochs=2)
+    assert [lr_factor(warm, s, steps) for s in (0, 9, 19, 20)] == pytest.approx([0.05, 0.5, 1, 1])
+
+
+def test_cli_runs_one_trial_and_rejects_bad_input(tmp_path):
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ap_core",
+            "--epochs",
+            "1",
+            "--cycles",
+            "1",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "cycle  1  weights  80.00%" in ok.stdout and (tmp_path / "r.json").exists()
+    bad = subprocess.run(
+        [sys.executable, "-m", "ap_core", "--model", "resnet1000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "resnet1000" in bad.stderr
+
+
+def test_core_never_imports_ray_or_mlflow():
+    code = (
+        "import sys, ap_core, ap_core.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
