@@ -31,42 +31,48 @@ class DeadRate:
 
 
 class DeadNeuronCounter:
-    """Counts outputs equal to 0 (<= 0 for non-ReLU activations) of every activation layer while enabled."""
+    """Counts outputs equal to 0 (<= 0 for non-ReLU activations) of every activation layer while enabled.
+
+    Each hook issues two small device ops (a count and an in-place add into that layer's own counter);
+    dead = seen - alive is worked out on the host at read time.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self.layers = activation_layers(model)
         self.enabled = False
-        self._dead: torch.Tensor | None = None
+        self._alive: list[torch.Tensor | None] = [None] * len(self.layers)
         self._seen = [0] * len(self.layers)
         self._handles = [
-            module.register_forward_hook(self._hook(index)) for index, module in enumerate(self.layers.values())
+            module.register_forward_hook(self._hook(index, isinstance(module, NONNEGATIVE_ACTIVATIONS)))
+            for index, module in enumerate(self.layers.values())
         ]
 
-    def _hook(self, index: int):
-        nonnegative = isinstance(list(self.layers.values())[index], NONNEGATIVE_ACTIVATIONS)
-
+    def _hook(self, index: int, nonnegative: bool):
         def count(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
             if not self.enabled:
                 return
-            if self._dead is None:
-                self._dead = torch.zeros(len(self.layers), dtype=torch.int64, device=output.device)
-            n = output.numel()
-            dead = n - torch.count_nonzero(output) if nonnegative else (output <= 0).sum()
-            self._dead[index] += dead
-            self._seen[index] += n
+            alive = torch.count_nonzero(output) if nonnegative else (output > 0).sum()
+            total = self._alive[index]
+            if total is None:
+                self._alive[index] = alive
+            else:
+                total.add_(alive)
+            self._seen[index] += output.numel()
 
         return count
 
     def reset(self) -> None:
-        self._dead = None
+        self._alive = [None] * len(self.layers)
         self._seen = [0] * len(self.layers)
 
     def read(self) -> DeadRate:
         """Dead rates since the last reset (one device->host copy)."""
-        dead = self._dead.tolist() if self._dead is not None else [0] * len(self.layers)
-        seen = self._seen
-        layers = {name: (d / s if s else 0.0) for name, d, s in zip(self.layers, dead, seen, strict=True)}
-        total = sum(seen)
+        counted = [a for a in self._alive if a is not None]
+        values = iter(torch.stack(counted).tolist() if counted else [])
+        alive = [next(values) if a is not None else 0 for a in self._alive]
+        dead = [s - a for s, a in zip(self._seen, alive, strict=True)]
+        layers = {name: (d / s if s else 0.0) for name, d, s in zip(self.layers, dead, self._seen, strict=True)}
+        total = sum(self._seen)
         return DeadRate(dnr=sum(dead) / total if total else 0.0, layers=layers)
 
     def remove(self) -> None:

@@ -82,6 +82,8 @@ class MaskedParameters:
     @torch.no_grad()
     def mask_grads(self) -> None:
         grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return
         if len(grads) == len(self.params):
             torch._foreach_mul_(grads, self.masks)
         else:
@@ -91,7 +93,8 @@ class MaskedParameters:
 
     @torch.no_grad()
     def mask_weights(self) -> None:
-        torch._foreach_mul_(self.params, self.masks)
+        if self.params:
+            torch._foreach_mul_(self.params, self.masks)
 
     @torch.no_grad()
     def clear_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:

@@ -159,3 +159,16 @@ def test_random_pruning_is_seeded():
     b = prune("random", model, Mask.ones(model), 0.5, generator=torch.Generator().manual_seed(3))
     c = prune("random", model, Mask.ones(model), 0.5, generator=torch.Generator().manual_seed(4))
     assert a.equal(b) and not a.equal(c) and a.alive() == 25
+
+
+def test_a_model_with_nothing_prunable_still_trains():
+    from ap_core.training import MaskedParameters
+
+    model = nn.Sequential(nn.Linear(3, 2))
+    mask = Mask.ones(model, keep_first_dense=True)
+    assert len(mask) == 0 and mask.density() == 1.0
+    masked = MaskedParameters(model, mask)
+    model(torch.ones(1, 3)).sum().backward()
+    masked.mask_grads()
+    masked.mask_weights()
+    assert model[0].weight.grad is not None
