@@ -33,8 +33,9 @@ class DeadRate:
 class DeadNeuronCounter:
     """Counts outputs equal to 0 (<= 0 for non-ReLU activations) of every activation layer while enabled.
 
-    Each hook issues two small device ops (a count and an in-place add into that layer's own counter);
-    dead = seen - alive is worked out on the host at read time.
+    Each hook counts alive outputs as sign(relu-output).sum() in float32 (on CPU several times faster than
+    count_nonzero, and exact while a layer's output per batch stays below 2^24 elements per partial sum) and adds
+    it in place into that layer's float64 counter; dead = seen - alive is worked out on the host at read time.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -51,10 +52,11 @@ class DeadNeuronCounter:
         def count(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
             if not self.enabled:
                 return
-            alive = torch.count_nonzero(output) if nonnegative else (output > 0).sum()
+            positive = output if nonnegative else output.clamp(min=0)
+            alive = positive.sign().sum(dtype=torch.float32)
             total = self._alive[index]
             if total is None:
-                self._alive[index] = alive
+                self._alive[index] = alive.double()
             else:
                 total.add_(alive)
             self._seen[index] += output.numel()
@@ -69,7 +71,7 @@ class DeadNeuronCounter:
         """Dead rates since the last reset (one device->host copy)."""
         counted = [a for a in self._alive if a is not None]
         values = iter(torch.stack(counted).tolist() if counted else [])
-        alive = [next(values) if a is not None else 0 for a in self._alive]
+        alive = [round(next(values)) if a is not None else 0 for a in self._alive]
         dead = [s - a for s, a in zip(self._seen, alive, strict=True)]
         layers = {name: (d / s if s else 0.0) for name, d, s in zip(self.layers, dead, self._seen, strict=True)}
         total = sum(self._seen)
