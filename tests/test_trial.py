@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from ap_core import ConfigError, DatasetUnavailableError, TrialConfig, build_model, load_dataset, run_trial
+from ap_core import MODELS, ConfigError, DatasetUnavailableError, TrialConfig, build_model, load_dataset, run_trial
 from ap_core.config import RETRAINING_SCHEMES
 from ap_core.dnr import activation_layers
 from ap_core.pruning import METHODS
@@ -253,3 +253,14 @@ def test_core_never_imports_ray_or_mlflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("model", MODELS.names())
+def test_every_model_runs_a_pruning_trial(model, digits):
+    config = quick(model=model, epochs=1, cycles=1, ap=True, max_train_samples=64, batch_size=32, dead_unit_window=32)
+    trial = Trial(config, digits)
+    results = trial.run(None, None)
+    assert [round(r.weights_remaining, 1) for r in results] == [100.0, 80.0]
+    assert all(0.0 <= r.dnr <= 1.0 and r.dnr_layers_per_epoch[-1] for r in results)
+    assert results[-1].total_units > 0
+    assert_pruned_weights_are_zero(trial)
