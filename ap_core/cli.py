@@ -7,7 +7,7 @@ import json
 import sys
 
 from ap_core.config import TrialConfig, add_dataclass_arguments, dataclass_overrides
-from ap_core.errors import ConfigError
+from ap_core.errors import ConfigError, NonFiniteLossError
 from ap_core.results import CycleResult
 
 
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.to_dict() for r in results], f, indent=1)

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+import numpy as np
+
 from ap_core.errors import ConfigError
 
 RETRAINING_SCHEMES = ("rewind_init", "rewind_iteration", "lr_rewind", "finetune")
@@ -66,7 +68,7 @@ class TrialConfig:
     checkpoint_every_epoch: bool = _opt(False, "also checkpoint between epochs, not only between cycles")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
+        _coerce_field_types(self)
         self.validate()
 
     def validate(self) -> None:
@@ -94,6 +96,8 @@ class TrialConfig:
         _at_least("max_train_samples", self.max_train_samples, 0)
         _at_least("dead_unit_window", self.dead_unit_window, 1)
         _at_least("cpu_threads", self.cpu_threads, 0)
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed {self.seed} must be in [0, 2**32)")
         for name in ("lr", "finetune_lr"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -125,6 +129,33 @@ class TrialConfig:
         if unknown:
             raise ConfigError(f"unknown trial setting {unknown[0]!r}; valid: {', '.join(sorted(names))}")
         return cls(**values)
+
+
+def _coerce_field_types(config: object) -> None:
+    """Bring values to their field's type, or name the bad one: Tune and numpy hand over 64.0 or np.int64 for ints."""
+    hints = get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        if get_origin(hint) is tuple:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            coerced: Any = tuple(_coerce(f"{f.name} item", item, get_args(hint)[0]) for item in items)
+        else:
+            coerced = _coerce(f.name, value, hint)
+        object.__setattr__(config, f.name, coerced)
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    is_bool = isinstance(value, (bool, np.bool_))
+    is_number = isinstance(value, (int, float, np.integer, np.floating)) and not is_bool
+    if kind is bool and is_bool:
+        return bool(value)
+    if kind is int and is_number and float(value).is_integer():
+        return int(value)
+    if kind is float and is_number:
+        return float(value)
+    if kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{name} {value!r} must be a{'n' if kind is int else ''} {kind.__name__}")
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:

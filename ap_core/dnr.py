@@ -34,7 +34,7 @@ class DeadNeuronCounter:
     """Counts outputs equal to 0 (<= 0 for non-ReLU activations) of every activation layer while enabled.
 
     Each hook counts alive outputs as sign(relu-output).sum() in float32 (on CPU several times faster than
-    count_nonzero, and exact while a layer's output per batch stays below 2^24 elements per partial sum) and adds
+    count_nonzero, exact for up to 2^24 alive outputs per layer and batch, a relative error below 1e-7 beyond) and adds
     it in place into that layer's float64 counter; dead = seen - alive is worked out on the host at read time.
     """
 
@@ -52,12 +52,13 @@ class DeadNeuronCounter:
         def count(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
             if not self.enabled:
                 return
-            positive = output if nonnegative else output.clamp(min=0)
-            alive = positive.sign().sum(dtype=torch.float32)
-            total = self._alive[index]
-            if total is None:
-                self._alive[index] = alive.double()
-            else:
+            # Counting must stay out of autograd: otherwise every batch's graph is chained into the counter.
+            with torch.no_grad():
+                positive = output if nonnegative else output.clamp(min=0)
+                alive = positive.sign().sum(dtype=torch.float32)
+                total = self._alive[index]
+                if total is None:
+                    total = self._alive[index] = torch.zeros((), dtype=torch.float64, device=output.device)
                 total.add_(alive)
             self._seen[index] += output.numel()
 

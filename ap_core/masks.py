@@ -79,7 +79,7 @@ class Mask(Mapping[str, torch.Tensor]):
 
     def prune(self, remove: Mapping[str, torch.Tensor]) -> Mask:
         """A new mask with the True positions of `remove` turned off."""
-        return Mask({name: m & ~remove[name] if name in remove else m for name, m in self._masks.items()})
+        return Mask({name: m & ~remove[name].to(m.device) if name in remove else m for name, m in self._masks.items()})
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: m.cpu().clone() for name, m in self._masks.items()}

@@ -77,7 +77,8 @@ class MaskedParameters:
     def __init__(self, model: nn.Module, mask: Mask) -> None:
         params = dict(model.named_parameters())
         self.params = [params[name] for name in mask]
-        self.masks = [mask[name].to(p.device, p.dtype) for name, p in zip(mask, self.params, strict=True)]
+        # empty_like keeps each weight's memory format (channels-last), so the fused multiplies see equal strides.
+        self.masks = [torch.empty_like(p).copy_(mask[name]) for name, p in zip(mask, self.params, strict=True)]
 
     @torch.no_grad()
     def mask_grads(self) -> None:

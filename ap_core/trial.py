@@ -39,12 +39,15 @@ from ap_core.training import (
 
 CHECKPOINT_FILE = "trial.pt"
 EVAL_BATCH_SIZE = 1000
-# Settings that may differ between a run and its resumption without changing its numbers.
+# Settings that may differ between a run and its resumption. The device may change within its type (cuda:0 ->
+# cuda:1), not across types. CPU results are bit-identical only for the same cpu_threads.
 RESUME_MAY_CHANGE = frozenset({"device", "cpu_threads", "data_dir", "download", "checkpoint_every_epoch"})
+# Independent random streams: a tag keeps e.g. (seed, cycle) apart from (seed, cycle, epoch=0).
+DATA_STREAM, PRUNING_STREAM = 1, 2
 
 
 def derived_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integer parts (e.g. seed, cycle, epoch)."""
+    """A well-mixed 63-bit seed from integer parts (stream tag, seed, cycle, epoch...)."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
@@ -100,20 +103,28 @@ class Trial:
         elif config.max_train_samples:
             dataset = dataset.limit_train(config.max_train_samples)
         self.data = dataset.to(self.device)
-        self.steps_per_epoch = math.ceil(len(self.data.y_train) / config.batch_size)
+        # A last batch of a single sample would break BatchNorm in training mode: drop it.
+        n_train = len(self.data.y_train)
+        self.drop_last = n_train % config.batch_size == 1
+        self.steps_per_epoch = (
+            n_train // config.batch_size if self.drop_last else math.ceil(n_train / config.batch_size)
+        )
         total_steps = config.epochs * self.steps_per_epoch
-        if config.rewind_step > total_steps:
+        if config.retraining in ("rewind_iteration", "lr_rewind") and config.rewind_step >= total_steps:
             raise ConfigError(
-                f"rewind_step {config.rewind_step} exceeds the {total_steps} steps of a cycle "
+                f"rewind_step {config.rewind_step} must be below the {total_steps} steps of a cycle "
                 f"({config.epochs} epochs x {self.steps_per_epoch} steps)"
             )
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
 
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, self.data.num_classes, self.data.input_shape).to(self.device)
         if self.use_amp and self.data.x_train.dim() == 4:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.init_state = _clone_state(self.model)
-        self.rewind_state: dict[str, torch.Tensor] | None = self.init_state if config.rewind_step == 0 else None
+        late_rewind = config.retraining == "rewind_iteration"
+        self.rewind_state = self.init_state if late_rewind and config.rewind_step == 0 else None
         self.mask = Mask.ones(self.model, config.keep_first_dense, config.keep_classifier_dense)
         self.optimizer = build_optimizer(config, self.model)
         self.masked = MaskedParameters(self.model, self.mask)
@@ -162,7 +173,7 @@ class Trial:
                 ap_rate=config.ap_rate if config.ap else None,
                 ap_score=config.ap_score,
                 ap_candidates=config.ap_candidates,
-                generator=torch.Generator().manual_seed(derived_seed(config.seed, self.cycle)),
+                generator=torch.Generator().manual_seed(derived_seed(PRUNING_STREAM, config.seed, self.cycle)),
             )
             if config.retraining == "rewind_init":
                 self.model.load_state_dict(self.init_state)
@@ -182,8 +193,13 @@ class Trial:
     def _train_epoch(self) -> None:
         config = self.config
         epoch = self.step // self.steps_per_epoch
-        generator = torch.Generator(device=self.device).manual_seed(derived_seed(config.seed, self.cycle, epoch))
-        batches = train_batches(self.data, config.batch_size, generator, augment=config.augment, drop_last=False)
+        seed = derived_seed(DATA_STREAM, config.seed, self.cycle, epoch)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        batches = train_batches(
+            self.data, config.batch_size, generator, augment=config.augment, drop_last=self.drop_last
+        )
+        if self.use_amp and self.data.x_train.dim() == 4:  # match the channels-last weights
+            batches = ((x.contiguous(memory_format=torch.channels_last), y) for x, y in batches)
         # A rewound schedule can start mid-epoch: skip the batches before the rewind point.
         batches = itertools.islice(batches, self.step % self.steps_per_epoch, None)
         first_step = self.step
@@ -209,6 +225,11 @@ class Trial:
             )
         rate = self.counter.read()
         test_acc, test_loss = evaluate(self.model, self._test_batches(), self.use_amp)
+        if not math.isfinite(test_loss):
+            raise NonFiniteLossError(
+                f"test loss became {test_loss} in cycle {self.cycle}, epoch {epoch}: the weights diverged "
+                f"(lr {config.lr}, model {config.model}); lower the learning rate"
+            )
         self.progress.train_loss.append(train_loss)
         self.progress.dnr.append(rate.dnr)
         self.progress.dnr_layers.append(rate.layers)
@@ -223,14 +244,13 @@ class Trial:
 
     def _capture_rewind_point(self, batches: Iterable, first_step: int) -> Iterator:
         """During cycle 0, snapshot the weights just before optimizer step `rewind_step` (late rewinding)."""
+        capture = self.cycle == 0 and self.config.retraining == "rewind_iteration"
         for offset, batch in enumerate(batches):
-            if self.rewind_state is None and self.cycle == 0 and first_step + offset == self.config.rewind_step:
+            if capture and self.rewind_state is None and first_step + offset == self.config.rewind_step:
                 self.rewind_state = _clone_state(self.model)
             yield batch
 
     def _finish_cycle(self, seconds: float) -> CycleResult:
-        if self.rewind_state is None:  # rewind_step == steps in a cycle: the end of cycle 0
-            self.rewind_state = _clone_state(self.model)
         window = self.config.dead_unit_window
         units = count_dead_units(
             self.model,
@@ -298,6 +318,8 @@ class Trial:
         state = torch.load(path, map_location=self.device, weights_only=False)
         saved, current = state["config"], self.config.to_dict()
         changed = [k for k in current if k not in RESUME_MAY_CHANGE and saved.get(k) != current[k]]
+        if resolve_device(saved["device"]).type != self.device.type:
+            changed.insert(0, "device")
         if changed:
             k = changed[0]
             raise ConfigError(f"checkpoint '{path}' was written with {k}={saved.get(k)!r}, not {current[k]!r}")

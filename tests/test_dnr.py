@@ -73,3 +73,14 @@ def test_dead_units_restore_training_mode():
     net = hand_built_mlp().train()
     count_dead_units(net, [INPUTS])
     assert net.training
+
+
+def test_counting_stays_out_of_autograd():
+    net = nn.Sequential(nn.Linear(2, 3), nn.GELU(), nn.Linear(3, 3), nn.ReLU())
+    counter = DeadNeuronCounter(net)
+    counter.enabled = True
+    for _ in range(3):
+        net(torch.randn(4, 2, requires_grad=True)).sum().backward()
+    counts = [c for c in counter._alive if c is not None]
+    assert len(counts) == 2
+    assert not any(c.requires_grad or c.grad_fn is not None for c in counts)

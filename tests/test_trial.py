@@ -197,11 +197,6 @@ def test_missing_dataset_offline_is_a_one_line_error(tmp_path):
     assert "cifar10" in str(err.value) and str(tmp_path) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_rewind_step_beyond_a_cycle_is_rejected(digits):
-    with pytest.raises(ConfigError, match="rewind_step 100000"):
-        Trial(quick(retraining="rewind_iteration", rewind_step=100000), digits)
-
-
 def test_lr_schedules():
     base = {"epochs": 10}
     steps = 10  # per epoch
@@ -264,3 +259,34 @@ def test_every_model_runs_a_pruning_trial(model, digits):
     assert all(0.0 <= r.dnr <= 1.0 and r.dnr_layers_per_epoch[-1] for r in results)
     assert results[-1].total_units > 0
     assert_pruned_weights_are_zero(trial)
+
+
+def test_config_takes_numeric_values_in_the_forms_tune_and_numpy_produce():
+    import numpy as np
+
+    config = TrialConfig(batch_size=64.0, epochs=np.int64(3), lr=np.float32(0.5), seed=2.0, milestones=[0.5])
+    assert (config.batch_size, config.epochs, config.seed) == (64, 3, 2)
+    assert type(config.batch_size) is int and type(config.lr) is float and config.milestones == (0.5,)
+    for bad, named in (
+        ({"batch_size": 64.5}, "batch_size 64.5"),
+        ({"ap": "yes"}, "ap 'yes'"),
+        ({"seed": -1}, "seed -1"),
+        ({"model": 3}, "model 3"),
+    ):
+        with pytest.raises(ConfigError, match=named):
+            TrialConfig(**bad)
+
+
+@pytest.mark.parametrize("retraining", ["rewind_iteration", "lr_rewind"])
+def test_rewind_step_must_fall_inside_a_cycle(retraining, digits):
+    steps = 2 * math.ceil(1437 / 64)
+    with pytest.raises(ConfigError, match=f"rewind_step {steps} must be below"):
+        Trial(quick(retraining=retraining, rewind_step=steps), digits)
+    Trial(quick(retraining=retraining, rewind_step=steps - 1), digits).run(None, None)
+
+
+def test_diverging_training_is_reported_as_non_finite(digits):
+    from ap_core import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match="lower the learning rate"):
+        run_trial(quick(lr=1e12), dataset=digits)
