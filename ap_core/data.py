@@ -47,6 +47,9 @@ class ArrayDataset:
     name: str
     crop_padding: int = 0
     flip: bool = False
+    # The normalised value of a black pixel per channel: crops pad with it, as torchvision's RandomCrop pads the
+    # raw image with zeros before normalisation.
+    pad_value: tuple[float, ...] = ()
 
     @property
     def num_train(self) -> int:
@@ -149,7 +152,10 @@ def _load_cifar(
         x = _normalise(torch.from_numpy(ds.data).permute(0, 3, 1, 2), mean, std)
         splits.append((x, torch.as_tensor(ds.targets, dtype=torch.int64)))
     (x_train, y_train), (x_test, y_test) = splits
-    return ArrayDataset(x_train, y_train, x_test, y_test, num_classes, (3, 32, 32), name, crop_padding=4, flip=True)
+    black = tuple(-m / s for m, s in zip(mean, std, strict=True))
+    return ArrayDataset(
+        x_train, y_train, x_test, y_test, num_classes, (3, 32, 32), name, crop_padding=4, flip=True, pad_value=black
+    )
 
 
 def _load_mnist_like(
@@ -276,8 +282,11 @@ def _randint(high: int, size: tuple[int, ...], generator: torch.Generator, devic
     return torch.randint(high, size, generator=generator, device=generator.device).to(device)
 
 
-def augment_batch(x: Tensor, crop_padding: int, flip: bool, generator: torch.Generator) -> Tensor:
-    """Per-sample random crop (zero padding `crop_padding`) and horizontal flip of a whole NCHW batch at once.
+def augment_batch(
+    x: Tensor, crop_padding: int, flip: bool, generator: torch.Generator, pad_value: tuple[float, ...] = ()
+) -> Tensor:
+    """Per-sample random crop (padding `crop_padding` with `pad_value` per channel, default 0) and horizontal flip
+    of a whole NCHW batch at once.
 
     The crop pads once and gathers each sample's window with advanced indexing; the flip picks per sample with
     torch.where. Random draws come from `generator` in a fixed order (crop offsets, then flip mask).
@@ -288,7 +297,11 @@ def augment_batch(x: Tensor, crop_padding: int, flip: bool, generator: torch.Gen
     device = x.device
     if crop_padding > 0:
         p = crop_padding
-        padded = F.pad(x, (p, p, p, p))
+        if pad_value:
+            fill = torch.tensor(pad_value, dtype=x.dtype, device=device)[:, None, None]
+            padded = F.pad(x - fill, (p, p, p, p)) + fill
+        else:
+            padded = F.pad(x, (p, p, p, p))
         offsets = _randint(2 * p + 1, (2, n), generator, device)
         rows = (offsets[0, :, None] + torch.arange(h, device=device))[:, None, :, None]
         cols = (offsets[1, :, None] + torch.arange(w, device=device))[:, None, None, :]
@@ -324,7 +337,7 @@ def train_batches(
             break
         x = data.x_train[index]
         if augment and (data.crop_padding > 0 or data.flip):
-            x = augment_batch(x, data.crop_padding, data.flip, generator)
+            x = augment_batch(x, data.crop_padding, data.flip, generator, data.pad_value)
         yield x, data.y_train[index]
 
 

@@ -91,9 +91,7 @@ def write_fake_mnist(
         labels = rng.integers(0, 10, n).astype(np.uint8)
         header = np.array([0x0803, n, 28, 28], dtype=">i4").tobytes()
         (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
-            np.array([0x0801, n], ">i4").tobytes() + labels.tobytes()
-        )
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([0x0801, n], ">i4").tobytes() + labels.tobytes())
         arrays += [images, labels.astype(np.int64)]
     return arrays[0], arrays[1], arrays[2], arrays[3]
 
@@ -200,9 +198,7 @@ def test_fake_cifar100_uses_fine_labels(tmp_path: Path, monkeypatch: pytest.Monk
     ("name", "folder", "mean", "std"),
     [("mnist", "MNIST", 0.1307, 0.3081), ("fashion_mnist", "FashionMNIST", 0.2860, 0.3530)],
 )
-def test_fake_mnist_loads_through_torchvision(
-    tmp_path: Path, name: str, folder: str, mean: float, std: float
-) -> None:
+def test_fake_mnist_loads_through_torchvision(tmp_path: Path, name: str, folder: str, mean: float, std: float) -> None:
     x_train, y_train, x_test, y_test = write_fake_mnist(tmp_path, 19, 6, folder=folder)
     data = load_dataset(name, data_dir=str(tmp_path))
     assert data.x_train.shape == (19, 1, 28, 28) and data.x_test.shape == (6, 1, 28, 28)
@@ -272,6 +268,23 @@ def test_crop_matches_a_shifted_window_of_the_zero_padded_input() -> None:
     assert len(offsets) > 10  # offsets vary per sample
 
 
+def test_crop_pads_with_the_given_per_channel_value() -> None:
+    x = torch.zeros(64, 2, 4, 4)
+    out = augment_batch(
+        x, crop_padding=2, flip=False, generator=torch.Generator().manual_seed(0), pad_value=(-1.0, 3.0)
+    )
+    # Pixels from the image are 0, padding shows up as each channel's fill value and nothing else.
+    assert set(out[:, 0].unique().tolist()) == {0.0, -1.0}
+    assert set(out[:, 1].unique().tolist()) == {0.0, 3.0}
+
+
+def test_cifar_pads_with_black_in_normalised_units(tmp_path, monkeypatch) -> None:
+    write_fake_cifar(tmp_path, 10, 4, monkeypatch)
+    data = load_dataset("cifar10", data_dir=tmp_path)
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    assert data.pad_value == pytest.approx([(0 - m) / s for m, s in zip(mean, std, strict=True)])
+
+
 def test_augmentation_is_seeded() -> None:
     x = torch.randn(32, 3, 8, 8)
 
@@ -297,9 +310,7 @@ def test_train_batches_cover_every_sample_once_and_are_reproducible() -> None:
     assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(37))
     assert torch.cat([y for _, y in batches]).tolist() != list(range(37))  # shuffled
     again = epoch(0)
-    assert all(
-        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again, strict=True)
-    )
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again, strict=True))
     assert not torch.equal(torch.cat([y for _, y in epoch(1)]), torch.cat([y for _, y in batches]))
     assert [len(y) for _, y in epoch(0, drop_last=True)] == [8, 8, 8, 8]
     plain = epoch(0, augment=False)
