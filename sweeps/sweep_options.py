@@ -1,0 +1,134 @@
+"""Typed sweep options: the single source of every sweep's command-line flags and the parent run's params."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ap_core.config import TrialConfig, add_dataclass_arguments, dataclass_overrides
+from ap_core.errors import ConfigError
+
+SEARCH_MODES = ("grid", "random")
+SCHEDULERS = ("asha", "none")
+
+
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+class SweepError(Exception):
+    """A sweep-level problem the user can fix (unreachable server, unresumable state...): one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How and where a sweep runs; the table it produces is fixed by the sweep module and its preset."""
+
+    preset: str = _opt("", "protocol preset (see --list); empty: the sweep's default preset")
+    name: str = _opt("", "sweep name = MLflow experiment and results subfolder; empty: <sweep>-<preset>")
+    networks: tuple[str, ...] = _opt((), "networks to sweep; none: the preset's")
+    datasets: tuple[str, ...] = _opt((), "datasets to sweep; none: the preset's")
+    methods: tuple[str, ...] = _opt((), "methods of this table to sweep, by label; none: all")
+    seeds: int = _opt(0, "number of seeds 1..N (0 = the preset's)")
+    hparams: str = _opt("", "JSON file of tuned settings per network and method (from sweeps/hparam_grid.py)")
+    results_dir: str = _opt("results", "folder for tables, plots, sweep state and the default MLflow store")
+    address: str = _opt(
+        "", "Ray cluster to join (host:port, or 'auto' for one `ray start`ed here); empty: a private local Ray"
+    )
+    num_cpus: int = _opt(0, "CPUs for a Ray started here (0 = all)")
+    storage: str = _opt("", "Ray Tune storage: local folder, shared filesystem or s3://; empty: <results-dir>/ray")
+    tracking_uri: str = _opt("", "MLflow tracking URI; empty: $MLFLOW_TRACKING_URI, else SQLite in the results folder")
+    mlflow: bool = _opt(True, "log trials to MLflow (false: Tune only, e.g. to measure overhead)")
+    cpus_per_trial: float = _opt(1.0, "CPUs reserved per trial")
+    gpus_per_trial: float = _opt(0.0, "GPUs per trial; fractions share a GPU between trials (e.g. 0.25)")
+    max_concurrent: int = _opt(0, "most trials running at once (0 = as many as resources allow)")
+    max_failures: int = _opt(1, "retries of a failing trial before it is recorded FAILED")
+    resume: bool = _opt(False, "continue this sweep's last invocation (finished trials are not rerun)")
+    dry_run: bool = _opt(False, "print every trial, the count and the epochs of work; start nothing")
+    list: bool = _opt(False, "list networks, datasets, methods and presets, then exit")
+    progress: bool = _opt(True, "show an overall progress bar with ETA")
+
+    def __post_init__(self) -> None:
+        if self.cpus_per_trial <= 0:
+            raise ConfigError(f"cpus_per_trial {self.cpus_per_trial} must be > 0")
+        if self.gpus_per_trial < 0:
+            raise ConfigError(f"gpus_per_trial {self.gpus_per_trial} must be >= 0")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise ConfigError(f"gpus_per_trial {self.gpus_per_trial} must be a fraction <= 1 or a whole number")
+        for name in ("seeds", "max_concurrent", "max_failures", "num_cpus"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} {getattr(self, name)} must be >= 0")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Options of hyperparameter-search sweeps (sweeps/hparam_grid.py)."""
+
+    search: str = _opt("grid", f"which points to try: {'/'.join(SEARCH_MODES)}")
+    num_samples: int = _opt(100, "points drawn per network and method with --search random")
+    scheduler: str = _opt("asha", f"trial scheduler: {'/'.join(SCHEDULERS)} (asha stops weak points early)")
+    grace_period: int = _opt(2, "ASHA: cycles every point trains before it can be stopped")
+    reduction_factor: int = _opt(4, "ASHA: keep the best 1/N at each rung")
+    output: str = _opt("", "where to write the best settings; empty: <results-dir>/<name>/best_hparams.json")
+
+    def __post_init__(self) -> None:
+        if self.search not in SEARCH_MODES:
+            raise ConfigError(f"unknown search {self.search!r}; valid: {', '.join(SEARCH_MODES)}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
+        if self.num_samples < 1 or self.grace_period < 1 or self.reduction_factor < 2:
+            raise ConfigError(
+                f"num_samples {self.num_samples} and grace_period {self.grace_period} must be >= 1, "
+                f"reduction_factor {self.reduction_factor} >= 2"
+            )
+
+
+# TrialConfig fields a sweep's axes decide; every other field can be overridden for all trials at once.
+AXIS_FIELDS = ("model", "dataset", "method", "ap", "seed")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's default prints usage first: keep it to one line
+        raise ConfigError(message)
+
+
+def build_parser(description: str, with_search: bool) -> argparse.ArgumentParser:
+    parser = _OneLineParser(description=description, allow_abbrev=False)
+    add_dataclass_arguments(parser.add_argument_group("sweep"), SweepOptions)
+    if with_search:
+        add_dataclass_arguments(parser.add_argument_group("search"), SearchOptions)
+    add_dataclass_arguments(
+        parser.add_argument_group("trial settings (override the preset for every trial)"),
+        TrialConfig,
+        skip=AXIS_FIELDS,
+    )
+    return parser
+
+
+@dataclass(frozen=True)
+class ParsedArgs:
+    options: SweepOptions
+    search: SearchOptions | None  # only for search sweeps (hparam_grid.py)
+    overrides: dict[str, Any]
+
+
+def parse_args(argv: list[str] | None, description: str, with_search: bool) -> ParsedArgs:
+    """Parse a sweep command line; raises ConfigError with argparse's or the dataclasses' one-line message."""
+    namespace = build_parser(description, with_search).parse_args(argv)
+    overrides = dataclass_overrides(namespace, TrialConfig)
+    return ParsedArgs(
+        SweepOptions(**dataclass_overrides(namespace, SweepOptions)),
+        SearchOptions(**dataclass_overrides(namespace, SearchOptions)) if with_search else None,
+        overrides,
+    )
+
+
+def flat_options(parsed: ParsedArgs) -> dict[str, str]:
+    """Sweep options and overrides as MLflow params of the parent run."""
+    values = dataclasses.asdict(parsed.options)
+    if parsed.search is not None:
+        values.update(dataclasses.asdict(parsed.search))
+    values.update({f"override.{k}": v for k, v in parsed.overrides.items()})
+    return {k: ",".join(map(str, v)) if isinstance(v, tuple) else str(v) for k, v in values.items()}

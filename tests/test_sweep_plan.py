@@ -1,0 +1,163 @@
+"""Sweep planning and tables without Ray or MLflow: expansion, settings layers, hparams, the table itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ap_core.errors import ConfigError
+from sweeps import table1, table_ap_ablation
+from sweeps.hparams_file import load_hparams
+from sweeps.result_table import MISSING, build_table
+from sweeps.sweep_options import SweepOptions
+from sweeps.sweep_spec import GP, LP, NO_AP, WITH_AP, Preset, SearchSpace, SweepSpec, Variant, expand
+
+TINY = Preset(
+    "tiny",
+    networks=("mlp", "lenet300_100"),
+    datasets=("digits",),
+    seeds=2,
+    trial={"epochs": 2, "cycles": 2, "lr": 0.01},
+    per_network={"lenet300_100": {"lr": 0.02, "batch_size": 32}},
+)
+SPEC = SweepSpec("tiny", "A tiny table", methods=(GP, LP), presets={"tiny": TINY}, default_preset="tiny")
+
+
+def test_expansion_is_the_product_of_the_axes_with_readable_unique_names() -> None:
+    plan = expand(table1.SPEC, "smoke")
+    assert len(plan.trials) == 2 * 2 * 3  # GP/LP x AP off/on x 3 seeds
+    names = [t.name for t in plan.trials]
+    assert len(set(names)) == len(names)
+    trial = plan.by_name()["mlp-gp-ap-seed1"]
+    assert (trial.config.method, trial.config.ap, trial.config.seed) == ("global_magnitude", True, 1)
+    assert trial.labels == {"dataset": "digits", "network": "mlp", "method": "GP", "variant": "AP", "seed": 1}
+    assert plan.total_epochs == sum((t.config.cycles + 1) * t.config.epochs for t in plan.trials)
+
+
+def test_settings_layer_preset_method_network_hparams_then_command_line() -> None:
+    hparams = {"lenet300_100": {"layerwise_magnitude": {"lr": 0.03, "epochs": 3}}}
+    plan = expand(SPEC, "tiny", hparams=hparams, overrides={"epochs": 4})
+    configs = {t.name: t.config for t in plan.trials}
+    assert configs["mlp-gp-noap-seed1"].lr == 0.01  # preset
+    assert configs["lenet300_100-gp-noap-seed1"].lr == 0.02  # per-network recipe
+    assert configs["lenet300_100-gp-noap-seed1"].batch_size == 32
+    assert configs["lenet300_100-lp-noap-seed1"].lr == 0.03  # --hparams entry for (network, method)
+    assert all(c.epochs == 4 for c in configs.values())  # the command line wins
+
+
+def test_methods_and_networks_can_be_narrowed_and_are_validated() -> None:
+    plan = expand(SPEC, "tiny", methods=("lp",), networks=("mlp",), seeds=1)
+    assert [t.name for t in plan.trials] == ["mlp-lp-noap-seed1", "mlp-lp-ap-seed1"]
+    with pytest.raises(ConfigError, match=r"'XP'.*GP, LP"):
+        expand(SPEC, "tiny", methods=("XP",))
+    with pytest.raises(ConfigError, match="resnet99"):
+        expand(SPEC, "tiny", networks=("resnet99",))
+    with pytest.raises(ConfigError, match=r"'huge'.*tiny"):
+        expand(SPEC, "huge")
+
+
+def test_search_space_grid_and_random_points() -> None:
+    space = SearchSpace({"batch_size": (64, 128, 256), "lr": (0.01, 0.02)})
+    assert space.size == 6 and len(space.points("grid", 0)) == 6
+    drawn = space.points("random", 4)
+    assert len(drawn) == 4 and len({tuple(p.values()) for p in drawn}) == 4
+    assert drawn == space.points("random", 4)  # reproducible
+    searched = SweepSpec(
+        "s", "s", methods=(GP,), presets={"tiny": TINY}, variants=(NO_AP,), search=space, default_preset="tiny"
+    )
+    plan = expand(searched, "tiny", networks=("mlp",), seeds=1)
+    assert len(plan.trials) == 6 and plan.groups == ["digits-mlp-gp"]
+    assert "mlp-gp-noap-bs128-lr0.02-seed1" in plan.by_name()
+
+
+def test_fingerprint_ignores_where_a_trial_runs_but_not_what_it_computes() -> None:
+    ignore = {"device", "data_dir"}
+    base = expand(SPEC, "tiny").fingerprint(ignore)
+    assert expand(SPEC, "tiny", overrides={"device": "cuda", "data_dir": "/x"}).fingerprint(ignore) == base
+    assert expand(SPEC, "tiny", overrides={"lr": 0.5}).fingerprint(ignore) != base
+
+
+def test_hparams_file_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps({"mlp": {"global_magnitude": {"lr": 0.05, "batch_size": 128, "milestones": [0.5]}}}))
+    loaded = load_hparams(path)
+    plan = expand(SPEC, "tiny", networks=("mlp",), methods=("GP",), hparams=loaded)
+    assert {(t.config.lr, t.config.batch_size, t.config.milestones) for t in plan.trials} == {(0.05, 128, (0.5,))}
+
+
+def test_sweep_options_are_validated() -> None:
+    with pytest.raises(ConfigError, match=r"gpus_per_trial 1\.5"):
+        SweepOptions(gpus_per_trial=1.5)
+    with pytest.raises(ConfigError, match="cpus_per_trial 0"):
+        SweepOptions(cpus_per_trial=0)
+    assert SweepOptions(gpus_per_trial=0.25).gpus_per_trial == 0.25
+
+
+def cycle_rows(trial: str, labels: dict, accuracies: list[float], prune_rate: float = 0.2) -> list[dict]:
+    return [
+        {
+            "trial": trial,
+            **labels,
+            "cycle": c,
+            "weights_remaining": 100 * (1 - prune_rate) ** c,
+            "level": round(100 * (1 - prune_rate) ** c, 1),
+            "test_acc": acc,
+            "dnr": 0.5,
+        }
+        for c, acc in enumerate(accuracies)
+    ]
+
+
+def test_table_cells_are_mean_and_std_over_seeds_with_delta_rows_and_gaps() -> None:
+    plan = expand(SPEC, "tiny", networks=("mlp",))  # GP, LP x no AP, AP x 2 seeds, 2 cycles
+    rows = []
+    for trial in plan.trials:
+        labels = dict(trial.labels)
+        if labels["method"] == "LP" and labels["variant"] == "AP":
+            continue  # both seeds failed
+        seed = labels["seed"]
+        if labels["method"] == "LP" and seed == 2:
+            continue  # one seed failed
+        base = 90.0 if labels["variant"] == "no AP" else 91.0
+        rows += cycle_rows(trial.name, labels, [base + seed, base + seed - 1, base + seed - 2])
+    table = build_table(pd.DataFrame(rows), plan)
+
+    assert list(table.cells.columns) == ["100.0", "80.0", "64.0"]
+    assert table.cells.loc[("mlp", "GP", "no AP"), "100.0"] == "91.50 ± 0.71"
+    assert table.cells.loc[("mlp", "GP", "AP"), "64.0"] == "90.50 ± 0.71"
+    assert table.cells.loc[("mlp", "GP", "Δ(AP)"), "80.0"] == "+1.00"
+    assert table.cells.loc[("mlp", "LP", "no AP"), "100.0"] == "91.00 (n=1)"  # fewer seeds than planned
+    assert set(table.cells.loc[("mlp", "LP", "AP")]) == {MISSING}
+    assert set(table.cells.loc[("mlp", "LP", "Δ(AP)")]) == {MISSING}
+    assert len(table.values) == 3 * 3  # three (method, variant) rows with data x three levels
+    markdown = table.to_markdown()  # printed exactly as formatted, not re-parsed as numbers
+    assert " +1.00 |" in markdown and "91.00 (n=1)" in markdown and "64.0 |" in markdown.splitlines()[0]
+
+
+def test_table_of_a_sweep_with_no_finished_trial_still_renders(tmp_path: Path) -> None:
+    plan = expand(table_ap_ablation.SPEC, "smoke", seeds=1)
+    table = build_table(pd.DataFrame(), plan)
+    assert len(table.cells) == 1 + 4 + 4  # baseline, four AP variants, four Delta rows
+    assert set(table.cells.to_numpy().ravel()) == {MISSING}
+    paths = table.write(tmp_path, "ablation")
+    assert [p.name for p in paths] == ["ablation.csv", "ablation.md", "ablation.tex", "ablation_values.csv"]
+    latex = (tmp_path / "ablation.tex").read_text()
+    assert r"$\Delta$(AP (change, negative))" in latex and "--" in latex and "—" not in latex
+
+
+def test_latex_escapes_names_and_formats_plus_minus(tmp_path: Path) -> None:
+    spec = SweepSpec(
+        "t",
+        "T",
+        methods=(Variant("GP", "gp", {"method": "global_magnitude"}),),
+        variants=(NO_AP, WITH_AP),
+        presets={"tiny": TINY},
+        default_preset="tiny",
+    )
+    plan = expand(spec, "tiny", networks=("lenet300_100",))
+    rows = [row for t in plan.trials for row in cycle_rows(t.name, dict(t.labels), [90.0 + t.config.seed] * 3)]
+    latex = build_table(pd.DataFrame(rows), plan).to_latex()
+    assert r"lenet300\_100" in latex and r"91.50 $\pm$ 0.71" in latex
