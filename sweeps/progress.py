@@ -1,0 +1,49 @@
+"""An overall progress bar with ETA across all trials of a sweep, next to Tune's own trial table."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+from tqdm import tqdm
+
+REFRESH_SECONDS = 1.0
+
+
+class OverallProgress(Callback):
+    """Counts finished training cycles over all trials (a stopped or failed trial counts as done)."""
+
+    def __init__(self, cycles_per_trial: dict[str, int], description: str) -> None:
+        self.cycles_per_trial = cycles_per_trial
+        self.description = description
+        self._bar: tqdm | None = None
+        self._last_refresh = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_bar": None}
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_refresh >= REFRESH_SECONDS:
+            self._last_refresh = now
+            self._update(trials)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self._update(trials)
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _update(self, trials: list[Trial]) -> None:
+        if self._bar is None:
+            self._bar = tqdm(total=sum(self.cycles_per_trial.values()), desc=self.description, unit="cycle")
+        done = 0
+        for trial in trials:
+            name = trial.config["trial"]
+            if trial.status in (Trial.TERMINATED, Trial.ERROR):
+                done += self.cycles_per_trial[name]
+            else:
+                done += int(trial.last_result.get("cycle", -1)) + 1
+        self._bar.update(done - self._bar.n)

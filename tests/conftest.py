@@ -1,0 +1,144 @@
+"""Shared fixtures.
+
+Sweep service (sweeps/, trainables/): a real `mlflow server` on 127.0.0.1 (SQLite backend, served artifacts) and
+helpers that run sweep modules as the user would, in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SERVER_START_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process serving {url} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+
+
+def stop_process_group(process: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Stop a subprocess started with start_new_session=True, and everything it started, by its group id."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout_s)
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    uri: str
+    root: Path
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """`mlflow server` with a SQLite backend and proxied artifacts, so clients read artifacts back over HTTP."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--workers",
+        "1",
+    ]
+    log = (root / "server.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{uri}/health", SERVER_START_TIMEOUT_S, process)
+        yield MlflowServer(uri, root)
+    finally:
+        stop_process_group(process)
+        log.close()
+
+
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def sweep_command(module: str, *args: str) -> list[str]:
+    return [sys.executable, str(REPO / "sweeps" / f"{module}.py"), *args]
+
+
+def sweep_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env.update(PYTHONUNBUFFERED="1", RAY_DEDUP_LOGS="1", **extra)
+    return env
+
+
+def run_cli(module: str, *args: str, timeout_s: float = 300, **env: str) -> CliResult:
+    """Run `python sweeps/<module>.py ARGS` from the repository root, as a user would."""
+    done = subprocess.run(
+        sweep_command(module, *args),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=sweep_env(**env),
+    )
+    return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+def parse_printed_table(stdout: str) -> dict[tuple[str, ...], dict[str, str]]:
+    """The Markdown table a sweep printed: {(network, method, variant): {weights-remaining level: cell}}."""
+    lines = [line for line in stdout.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    labels = header.index("variant") + 1
+    table = {}
+    for line in lines[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        table[tuple(cells[:labels])] = dict(zip(header[labels:], cells[labels:], strict=True))
+    return table
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temporary folder (Ray's unix sockets must fit in 107 characters)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="aps-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,164 @@
+"""Sweep command lines that must not start anything: dry runs, --list, and every kind of bad input.
+
+Bad input exits 2 with one line `error: ...` naming the bad value, before Ray starts and before anything is
+written to the results folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import free_port, run_cli
+
+from sweeps import hparam_grid, table1
+from sweeps.sweep_driver import main
+
+# The paper's protocol (paper-protocol.md): ResNet-20 and VGG-19 on CIFAR-10, AP on/off, 5 seeds, 16 cycles of
+# 160 epochs (+ the dense cycle); the hyperparameter grid 5 batch sizes x 50 learning rates x 22 epoch counts.
+PAPER_NETWORKS, PAPER_SEEDS, PAPER_CYCLES, PAPER_EPOCHS = 2, 5, 16, 160
+GRID_BATCH_SIZES, GRID_LRS, GRID_EPOCHS = 5, 50, range(80, 501, 20)
+
+
+def trial_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if ": model=" in line]
+
+
+def test_dry_run_of_the_paper_preset_counts_trials_without_ray(tmp_path: Path) -> None:
+    # An unreachable --address proves Ray is never contacted.
+    done = run_cli(
+        "table1", "--preset", "paper", "--dry-run", "--address", "127.0.0.1:1",
+        "--results-dir", str(tmp_path / "results"), timeout_s=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    trials = PAPER_NETWORKS * 2 * PAPER_SEEDS
+    lines = trial_lines(done.stdout)
+    assert len(lines) == trials and len(set(lines)) == trials
+    assert all("dataset=cifar10" in line and "method=global_magnitude" in line for line in lines)
+    epochs = trials * (PAPER_CYCLES + 1) * PAPER_EPOCHS
+    assert f"{trials} trials in 1 Tune experiment(s); {epochs} training epochs" in done.stdout
+    assert "Ray instance" not in done.stdout + done.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_dry_run_of_the_hparam_grid_counts_5500_points_per_network_and_method(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(hparam_grid.SPEC, ["--preset", "paper", "--dry-run", "--results-dir", str(tmp_path / "r")])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    groups = PAPER_NETWORKS * 2  # GP and LP
+    points = GRID_BATCH_SIZES * GRID_LRS * len(GRID_EPOCHS)
+    assert points == 5500
+    assert len(trial_lines(out)) == groups * points
+    epochs = groups * GRID_BATCH_SIZES * GRID_LRS * sum(GRID_EPOCHS) * (PAPER_CYCLES + 1)
+    assert f"{groups * points} trials in {groups} Tune experiment(s); {epochs} training epochs" in out
+    assert "lr=0.099" in out and "lr=0.101" not in out and "epochs=500" in out and "epochs=520" not in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_list_names_networks_datasets_methods_and_presets(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, ["--list"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in (
+        "resnet20",
+        "vgg19",
+        "mlp",
+        "cifar10",
+        "digits",
+        "global_magnitude",
+        "layerwise_magnitude",
+        "smoke",
+        "paper",
+    ):
+        assert name in out
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+BAD_INPUTS = {
+    "unknown network": (["--networks", "resnet99"], "resnet99"),
+    "unknown dataset": (["--datasets", "imagenet9"], "imagenet9"),
+    "unknown method": (["--methods", "XP"], "XP"),
+    "unknown preset": (["--preset", "huge"], "huge"),
+    "bad trial setting": (["--epochs", "0"], "epochs 0"),
+    "bad flag value": (["--seeds", "three"], "'three'"),
+    "bad gpu share": (["--gpus-per-trial", "1.5"], "1.5"),
+}
+
+
+@pytest.mark.parametrize("argv, named", list(BAD_INPUTS.values()), ids=list(BAD_INPUTS))
+def test_bad_input_is_one_line_naming_the_value(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, [*argv, "--results-dir", str(results)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and named in err
+    assert not results.exists()
+
+
+HPARAMS_FILES = {
+    "not JSON": ('{"mlp": {', "not valid JSON"),
+    "not an object": ("[1, 2]", "must hold a JSON object"),
+    "unknown network": ('{"resnet99": {"global_magnitude": {"lr": 0.1}}}', "resnet99"),
+    "unknown method": ('{"mlp": {"magic": {"lr": 0.1}}}', "magic"),
+    "unknown setting": ('{"mlp": {"global_magnitude": {"speed": 3}}}', "speed"),
+    "wrong type": ('{"mlp": {"global_magnitude": {"lr": "fast"}}}', "'fast'"),
+    "axis setting": ('{"mlp": {"global_magnitude": {"seed": 3}}}', "seed"),
+}
+
+
+@pytest.mark.parametrize("text, named", list(HPARAMS_FILES.values()), ids=list(HPARAMS_FILES))
+def test_malformed_hparams_file_is_one_line(
+    text: str, named: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = write(tmp_path / "best.json", text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, ["--hparams", path, "--results-dir", str(tmp_path / "results")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --hparams") and "\n" not in err and named in err and "best.json" in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_unreachable_tracking_server_fails_before_anything_starts(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, ["--tracking-uri", uri, "--results-dir", str(tmp_path / "results")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot reach MLflow") and uri in err and "\n" not in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_cifar_offline_fails_before_ray_starts(tmp_path: Path) -> None:
+    done = run_cli(
+        "table1", "--preset", "paper", "--data-dir", str(tmp_path / "no-data"),
+        "--results-dir", str(tmp_path / "results"), timeout_s=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: cifar10 not found") and "\n" not in done.stderr.strip()
+    assert "Traceback" not in done.stderr and "Ray instance" not in done.stdout + done.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_resume_refuses_a_sweep_whose_trials_changed(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    state = tmp_path / "table1-smoke" / "sweep.json"
+    state.parent.mkdir()
+    state.write_text(json.dumps({"fingerprint": "from-another-plan", "experiments": {}}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, ["--resume", "--results-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "trials changed" in capsys.readouterr().err

@@ -1,0 +1,74 @@
+"""The Tune function trainable on a real local Ray: per-cycle reports with checkpoints, shared datasets, GPU shares."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import torch
+from ray import tune
+
+from ap_core import TrialConfig, load_dataset
+from trainables.pruning_trial import dataset_key, train_trial
+
+pytestmark = pytest.mark.integration
+
+CYCLES = 2
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """Two CPUs and one logical GPU (Ray only schedules it; the trials themselves train on the CPU)."""
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+class RunningTrials(tune.Callback):
+    """Records the most trials Tune had running at once."""
+
+    def __init__(self) -> None:
+        self.most = 0
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.most = max(self.most, sum(t.status == "RUNNING" for t in trials))
+
+
+def run_tuner(plans: dict[str, dict], datasets: dict, resources: dict, storage: Path) -> tuple[Any, RunningTrials]:
+    running = RunningTrials()
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(train_trial, plans=plans, datasets=datasets), resources),
+        param_space={"trial": tune.grid_search(list(plans))},
+        run_config=tune.RunConfig(storage_path=str(storage), callbacks=[running], verbose=0),
+    )
+    return tuner.fit(), running
+
+
+def test_reports_every_cycle_with_a_checkpoint_and_uses_the_shipped_dataset(local_ray: None, tmp_path: Path) -> None:
+    base = TrialConfig(model="mlp", dataset="digits", epochs=3, cycles=CYCLES, device="cpu")
+    # Two trials whose datasets differ by key: one gets a shipped copy whose training labels are scrambled,
+    # the other finds no shipped copy and loads digits itself.
+    shipped = base.replace(data_dir="shipped")
+    own = base.replace(data_dir="own")
+    digits = load_dataset("digits")
+    scrambled = dataclasses.replace(digits, y_train=digits.y_train[torch.randperm(digits.num_train)])
+    plans = {"shipped": shipped.to_dict(), "own": own.to_dict()}
+    results, running = run_tuner(plans, {dataset_key(shipped): ray.put(scrambled)}, {"cpu": 1, "gpu": 0.5}, tmp_path)
+
+    assert results.num_errors == 0
+    assert running.most == 2  # two half-GPU trials shared the single GPU at the same time
+    by_name = {r.config["trial"]: r for r in results}
+    for result in by_name.values():
+        history = result.metrics_dataframe
+        assert history["cycle"].tolist() == list(range(CYCLES + 1))
+        assert history["weights_remaining"].iloc[-1] == pytest.approx(100 * 0.8**CYCLES, abs=0.05)
+        assert {"dnr", "dead_units", "train_loss", "cycle_seconds", "node_id"} <= set(history.columns)
+        assert any(column.startswith("dnr/") for column in history.columns)
+        with result.checkpoint.as_directory() as folder:
+            assert (Path(folder) / "trial.pt").is_file()
+    assert by_name["own"].metrics["test_acc"] > 80
+    assert by_name["shipped"].metrics["test_acc"] < 50  # learned the scrambled labels it was shipped
