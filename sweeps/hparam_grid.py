@@ -1,0 +1,39 @@
+"""The paper's hyperparameter grid per network and pruning method, searched with Ray Tune's ASHA scheduler.
+
+batch size {64, 128, 256, 512, 1024} x learning rate 0.001..0.099 (step 0.002) x epochs 80..500 (step 20):
+5 x 50 x 22 = 5,500 points per (network, method), one Tune experiment each so ASHA compares like with like.
+The best point per network and method (highest final accuracy among points that ran every cycle) is written
+as JSON that every table sweep takes with `--hparams FILE`.
+
+    python sweeps/hparam_grid.py --preset paper --dry-run             # 22,000 trials, nothing started
+    python sweeps/hparam_grid.py                                      # smoke preset: a 2 x 2 x 2 grid on digits
+    python sweeps/hparam_grid.py --preset paper --search random --num-samples 200 --address auto
+"""
+
+from sweeps.presets import PAPER_CIFAR10, SMOKE
+from sweeps.sweep_driver import main
+from sweeps.sweep_spec import GP, LP, SearchSpace, SweepSpec, Variant
+
+PAPER_GRID = SearchSpace(
+    {
+        "batch_size": (64, 128, 256, 512, 1024),
+        "lr": tuple(round(0.001 + 0.002 * i, 3) for i in range(50)),
+        "epochs": tuple(range(80, 501, 20)),
+    }
+)
+SMOKE_GRID = SearchSpace({"batch_size": (64, 128), "lr": (0.01, 0.05), "epochs": (2, 4)})
+
+SPEC = SweepSpec(
+    name="hparam_grid",
+    title="Hyperparameter grid of the AP paper",
+    methods=(GP, LP),
+    variants=(Variant("no AP", "", {"ap": False}),),  # tuned for method X; AP rides along with its settings
+    presets={
+        "paper": PAPER_CIFAR10.replace(seeds=1),
+        "smoke": SMOKE.replace(seeds=1, trial={**SMOKE.trial, "cycles": 4}, search=SMOKE_GRID),
+    },
+    search=PAPER_GRID,
+)
+
+if __name__ == "__main__":
+    main(SPEC)

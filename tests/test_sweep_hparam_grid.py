@@ -1,0 +1,51 @@
+"""The hyperparameter search (smoke grid, ASHA) picks the best complete point and hands it to the table sweeps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from mlflow.tracking import MlflowClient
+
+from sweeps import hparam_grid, table1
+from sweeps.sweep_driver import main
+
+pytestmark = pytest.mark.integration
+
+
+def test_asha_grid_writes_the_best_complete_point_for_the_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    done = run_cli(
+        "hparam_grid", "--results-dir", str(tmp_path), "--num-cpus", "2", "--methods", "GP", "--name", "grid",
+        "--grace-period", "1", "--progress", "false", timeout_s=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    best_file = tmp_path / "grid" / "best_hparams.json"
+    best = json.loads(best_file.read_text())
+    assert list(best) == ["mlp"] and list(best["mlp"]) == ["global_magnitude"]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("grid")
+    children = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == hparam_grid.SMOKE_GRID.size
+    stopped = [r for r in children if r.data.tags.get("early_stopped") == "true"]
+    complete = [r for r in children if r not in stopped]
+    assert stopped and complete  # ASHA ended some points early and let others run every cycle
+    cycles = hparam_grid.SPEC.presets["smoke"].trial["cycles"]
+    assert all(r.data.metrics["cycle"] == cycles for r in complete)
+    assert all(r.data.metrics["cycle"] < cycles for r in stopped)
+    settings = best["mlp"]["global_magnitude"]
+    assert set(settings) == set(hparam_grid.SMOKE_GRID.axes)
+    chosen = [r for r in complete if all(r.data.params[k] == str(v) for k, v in settings.items())]
+    top = max(r.data.metrics["test_acc"] for r in complete)  # a run's metrics hold each key's last value
+    assert len(chosen) == 1 and chosen[0].data.metrics["test_acc"] == top
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, ["--hparams", str(best_file), "--methods", "GP", "--dry-run"])
+    assert exit_info.value.code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if ": model=" in line]
+    assert lines and all(f"batch_size={settings['batch_size']} lr={settings['lr']:g}" in line for line in lines)
+    assert all(f"epochs={settings['epochs']} " in line for line in lines)
