@@ -13,7 +13,7 @@ def quickstart_commands() -> list[str]:
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
-    setup_and_run, setup_and_test = quickstart_commands()
+    _setup_and_run, setup_and_test = quickstart_commands()
     ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert setup_and_test in ci_lines
     assert setup_and_test.endswith("-m pytest")
