@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -131,17 +132,26 @@ class TrialConfig:
         return cls(**values)
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def coerce_setting(cls: type, name: str, value: Any) -> Any:
+    """`value` as the type of field `name` of dataclass `cls`, or a ConfigError naming it.
+
+    Tune and numpy hand over 64.0 or np.int64 where an int is meant; JSON gives lists for tuples.
+    """
+    hint = _field_types(cls)[name]
+    if get_origin(hint) is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(f"{name} item", item, get_args(hint)[0]) for item in items)
+    return _coerce(name, value, hint)
+
+
 def _coerce_field_types(config: object) -> None:
-    """Bring values to their field's type, or name the bad one: Tune and numpy hand over 64.0 or np.int64 for ints."""
-    hints = get_type_hints(type(config))
     for f in dataclasses.fields(config):
-        value, hint = getattr(config, f.name), hints[f.name]
-        if get_origin(hint) is tuple:
-            items = value if isinstance(value, (list, tuple)) else [value]
-            coerced: Any = tuple(_coerce(f"{f.name} item", item, get_args(hint)[0]) for item in items)
-        else:
-            coerced = _coerce(f.name, value, hint)
-        object.__setattr__(config, f.name, coerced)
+        object.__setattr__(config, f.name, coerce_setting(type(config), f.name, getattr(config, f.name)))
 
 
 def _coerce(name: str, value: Any, kind: type) -> Any:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 from ap_core import METHODS, MODELS, TrialConfig
+from ap_core.config import coerce_setting
 from ap_core.errors import ConfigError
+from sweeps.sweep_options import AXIS_FIELDS
 
 Hparams = dict[str, dict[str, dict[str, Any]]]
-AXIS_FIELDS = ("model", "dataset", "method", "seed", "ap")
 
 
 def load_hparams(path: str | Path) -> Hparams:
@@ -29,7 +30,6 @@ def load_hparams(path: str | Path) -> Hparams:
         raise ConfigError(f"{where} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must hold a JSON object {{network: {{method: {{setting: value}}}}}}")
-    hints = get_type_hints(TrialConfig)
     settable = sorted(f.name for f in dataclasses.fields(TrialConfig) if f.name not in AXIS_FIELDS)
     for network, methods in data.items():
         if network not in MODELS:
@@ -48,28 +48,12 @@ def load_hparams(path: str | Path) -> Hparams:
                     raise ConfigError(
                         f"{where}: unknown setting {network}.{method}.{key!r}; valid: {', '.join(settable)}"
                     )
-                if not _fits(value, hints[key]):
-                    raise ConfigError(
-                        f"{where}: {network}.{method}.{key} must be {_describe(hints[key])}, got {value!r}"
-                    )
+                try:
+                    coerce_setting(TrialConfig, key, value)
+                except ConfigError as err:
+                    raise ConfigError(f"{where}: {network}.{method}: {err}") from None
     return data
 
 
 def write_hparams(path: str | Path, hparams: Hparams) -> None:
     Path(path).write_text(json.dumps(hparams, indent=2, sort_keys=True) + "\n")
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    return isinstance(value, list) and all(_fits(v, float) for v in value)  # tuple[float, ...]
-
-
-def _describe(hint: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, "a list of numbers")
