@@ -26,6 +26,8 @@ def load_hparams(path: str | Path) -> Hparams:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{where} cannot be read as a JSON text file ({type(err).__name__})") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"{where} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
     if not isinstance(data, dict):

@@ -65,7 +65,7 @@ def plan_sweep(spec: SweepSpec, args: ParsedArgs) -> SweepPlan:
     options = args.options
     overrides = dict(args.overrides)
     overrides.setdefault("device", "cuda" if options.gpus_per_trial > 0 else "cpu")
-    return expand(
+    plan = expand(
         spec,
         options.preset or spec.default_preset,
         networks=options.networks,
@@ -77,6 +77,14 @@ def plan_sweep(spec: SweepSpec, args: ParsedArgs) -> SweepPlan:
         search_mode=args.search.search if args.search else "grid",
         num_samples=args.search.num_samples if args.search else 0,
     )
+    datasets = sorted({t.config.dataset for t in plan.trials})
+    if plan.search is not None and len(datasets) > 1:
+        # The best-settings file is keyed by network and method: runs on two datasets would overwrite each other.
+        raise ConfigError(
+            f"a hyperparameter search tunes one dataset at a time, got {', '.join(datasets)}; "
+            f"pass --datasets {datasets[0]} (then again for the others, with --name)"
+        )
+    return plan
 
 
 def print_choices(spec: SweepSpec) -> None:
@@ -190,6 +198,8 @@ class SweepRunner:
             state = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise SweepError(f"cannot resume: {path} is not valid JSON ({err.msg})") from None
+        if not isinstance(state, dict) or not isinstance(state.get("experiments"), dict):
+            raise SweepError(f"cannot resume: {path} is not a sweep state file (no 'experiments' object)")
         if state.get("fingerprint") != fingerprint(self.plan):
             raise SweepError(
                 f"cannot resume {self.name}: its trials changed since it started (preset, axes or settings); "
@@ -281,7 +291,10 @@ class SweepRunner:
             grids = []
             for group in self.plan.groups:
                 trials = [t for t in self.plan.trials if t.group == group]
-                grids.append(self._fit_group(group, trials, sweep_run, dataset_refs, experiments[group]))
+                grid = self._fit_group(group, trials, sweep_run, dataset_refs, experiments[group])
+                grids.append(grid)
+                if grid.num_terminated + grid.num_errors < len(grid):
+                    break  # Tune caught Ctrl-C and returned: do not start the next group
             return grids
         finally:
             ray.shutdown()
@@ -358,9 +371,10 @@ class SweepRunner:
 
     def _collect(self, grids: list[ResultGrid]) -> tuple[pd.DataFrame, list[str], int]:
         """Per-cycle rows of finished trials, the names of failed ones, and how many never finished."""
-        frames, failed, unfinished = [], [], 0
+        frames, failed = [], []
+        # Trials of groups never started (the sweep was interrupted before them) count as unfinished too.
+        unfinished = len(self.plan.trials) - sum(grid.num_terminated + grid.num_errors for grid in grids)
         for grid in grids:
-            unfinished += len(grid) - grid.num_terminated - grid.num_errors
             for result in grid:
                 name = result.config["trial"]
                 if result.error is not None:
@@ -413,16 +427,26 @@ class SweepRunner:
             finals = rows.sort_values("cycle").groupby("trial").tail(1)
             complete = finals[[row.cycle == self.plans[row.trial].config.cycles for row in finals.itertuples()]]
             for _, group in complete.groupby("group", sort=False):
-                winner = self.plans[group.loc[group["test_acc"].idxmax(), "trial"]]
-                settings = {k: getattr(winner.config, k) for k in keys}
+                # A point is judged by its mean over seeds, and only once every seed of it has completed.
+                points = group.assign(
+                    point=[tuple(getattr(self.plans[t].config, k) for k in keys) for t in group.trial]
+                )
+                by_point = points.groupby("point")["test_acc"].agg(["mean", "count"])
+                by_point = by_point[by_point["count"] == self.plan.seeds]
+                if by_point.empty:
+                    continue
+                point = by_point["mean"].idxmax()
+                winner = self.plans[points.loc[points["point"] == point, "trial"].iloc[0]]
+                settings = dict(zip(keys, point, strict=True))
                 best.setdefault(winner.config.model, {})[winner.config.method] = settings
                 summary.append(
                     {
                         "trial": winner.name,
                         **winner.labels,
                         **settings,
-                        "test_acc": group["test_acc"].max(),
-                        "complete_trials": len(group),
+                        "test_acc": float(by_point["mean"].max()),
+                        "seeds": self.plan.seeds,
+                        "complete_points": len(by_point),
                     }
                 )
         path = Path(self.args.search.output) if self.args.search and self.args.search.output else None

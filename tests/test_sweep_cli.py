@@ -162,3 +162,38 @@ def test_resume_refuses_a_sweep_whose_trials_changed(capsys: pytest.CaptureFixtu
         main(table1.SPEC, ["--resume", "--results-dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "trials changed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["[]", '{"fingerprint": "x"}'])
+def test_resume_refuses_a_damaged_state_file(content: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    state = tmp_path / "table1-smoke" / "sweep.json"
+    state.parent.mkdir()
+    state.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, ["--resume", "--results-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a sweep state file" in err and "sweep.json" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("where", ["a directory", "a binary file"])
+def test_unreadable_hparams_file_is_one_line(where: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "best"
+    if where == "a directory":
+        path.mkdir()
+    else:
+        path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, ["--hparams", str(path), "--results-dir", str(tmp_path / "results")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --hparams") and "cannot be read" in err and "\n" not in err
+
+
+def test_a_search_over_two_datasets_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["--preset", "paper", "--datasets", "cifar10", "cifar100", "--dry-run", "--results-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(hparam_grid.SPEC, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "one dataset at a time" in err and "cifar100" in err and "\n" not in err
