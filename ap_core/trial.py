@@ -86,8 +86,7 @@ class Trial:
     """The mutable state of one trial; `run` advances it cycle by cycle."""
 
     def __init__(self, config: TrialConfig, dataset: ArrayDataset | None = None) -> None:
-        config.validate()
-        self.config = config
+        self.config = config  # validated when constructed (frozen)
         self.device = resolve_device(config.device)
         self.use_amp = config.amp and self.device.type == "cuda"
         if config.cpu_threads:
@@ -109,7 +108,7 @@ class Trial:
         self.steps_per_epoch = (
             n_train // config.batch_size if self.drop_last else math.ceil(n_train / config.batch_size)
         )
-        total_steps = config.epochs * self.steps_per_epoch
+        total_steps = self._cycle_steps()
         if config.retraining in ("rewind_iteration", "lr_rewind") and config.rewind_step >= total_steps:
             raise ConfigError(
                 f"rewind_step {config.rewind_step} must be below the {total_steps} steps of a cycle "
@@ -128,7 +127,7 @@ class Trial:
         self.mask = Mask.ones(self.model, config.keep_first_dense, config.keep_classifier_dense)
         self.optimizer = build_optimizer(config, self.model)
         self.masked = MaskedParameters(self.model, self.mask)
-        self.start_weights = self._prunable_weights()
+        self.start_weights: dict[str, torch.Tensor] = {}  # theta_start: set by _begin_cycle or restore
         self.counter = DeadNeuronCounter(self.model)
         self.results: list[CycleResult] = []
         self.cycle = 0
