@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
 from ap_core.errors import ConfigError
 
-RETRAINING_SCHEMES = ("rewind_init", "rewind_iteration", "lr_rewind", "finetune")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 AP_SCORES = ("change", "magnitude")
@@ -35,13 +37,17 @@ class TrialConfig:
     model: str = _opt("mlp", "network name (see --list)")
     dataset: str = _opt("digits", "dataset name (see --list)")
     method: str = _opt("global_magnitude", "pruning method X (see --list)")
+    method_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "the method's own options as KEY=VALUE (see --list), e.g. channel_ratio=0.5"},
+    )
     ap: bool = _opt(False, "add Activate-While-Pruning to method X")
     ap_rate: float = _opt(0.02, "AP's share p_ap of the alive weights pruned per cycle (< prune_rate)")
     ap_score: str = _opt("change", f"AP ranking score: {'/'.join(AP_SCORES)}")
     ap_candidates: str = _opt("negative", f"AP candidate weights: {'/'.join(AP_CANDIDATES)}")
     prune_rate: float = _opt(0.2, "fraction p of the alive weights pruned per cycle")
     cycles: int = _opt(10, "pruning cycles after the dense cycle 0")
-    retraining: str = _opt("rewind_init", f"retraining between cycles: {'/'.join(RETRAINING_SCHEMES)}")
+    retraining: str = _opt("rewind_init", "retraining between cycles (see --list)")
     rewind_step: int = _opt(0, "optimizer step k for rewind_iteration / lr_rewind")
     finetune_lr: float = _opt(0.001, "constant learning rate for the finetune scheme")
     keep_first_dense: bool = _opt(False, "never prune the first conv/linear layer")
@@ -77,13 +83,15 @@ class TrialConfig:
         from ap_core.data import DATASETS
         from ap_core.models import MODELS
         from ap_core.pruning import METHODS
+        from ap_core.retraining import RETRAINING
 
         MODELS.get(self.model)
         DATASETS.get(self.dataset)
-        METHODS.get(self.method)
+        self.method_hparams()
+        METHODS.get(self.method).check_model(self.model, self.method)
         _choice("ap_score", self.ap_score, AP_SCORES)
         _choice("ap_candidates", self.ap_candidates, AP_CANDIDATES)
-        _choice("retraining", self.retraining, RETRAINING_SCHEMES)
+        RETRAINING.get(self.retraining)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _open_unit("prune_rate", self.prune_rate)
@@ -116,6 +124,12 @@ class TrialConfig:
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             raise ConfigError(f"device {self.device!r} must be auto, cpu, cuda or cuda:N")
 
+    def method_hparams(self) -> Any:
+        """The pruning method's typed hparams (its defaults, overridden by `method_options`)."""
+        from ap_core.pruning import METHODS
+
+        return METHODS.get(self.method).hparams(self.method_options, self.method)
+
     def replace(self, **changes: Any) -> TrialConfig:
         return dataclasses.replace(self, **changes)
 
@@ -143,6 +157,14 @@ def coerce_setting(cls: type, name: str, value: Any) -> Any:
     Tune and numpy hand over 64.0 or np.int64 where an int is meant; JSON gives lists for tuples.
     """
     hint = _field_types(cls)[name]
+    if get_origin(hint) in (Union, UnionType) and type(None) in get_args(hint):
+        if value is None:
+            return None
+        hint = next(arg for arg in get_args(hint) if arg is not type(None))
+    if get_origin(hint) is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{name} {value!r} must be a mapping of option names to values")
+        return dict(sorted(value.items()))
     if get_origin(hint) is tuple:
         items = value if isinstance(value, (list, tuple)) else [value]
         return tuple(_coerce(f"{name} item", item, get_args(hint)[0]) for item in items)
@@ -208,6 +230,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
         }
         if hint is bool:
             kwargs.update(type=_parse_bool, nargs="?", const=True, metavar="BOOL")
+        elif get_origin(hint) is dict:
+            kwargs.update(type=_parse_key_value, nargs="*", metavar="KEY=VALUE", help=f"{help_text} (default: none)")
         elif get_origin(hint) is tuple:
             kwargs.update(type=get_args(hint)[0], nargs="*")
         elif get_origin(hint) is Literal:
@@ -217,10 +241,23 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
         parser.add_argument(flag, **kwargs)
 
 
+def _parse_key_value(text: str) -> tuple[str, Any]:
+    """`alpha=1e-3` -> ("alpha", 0.001): numbers, true/false and JSON literals are typed, the rest stays text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
 def dataclass_overrides(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The fields the user actually set on the command line."""
+    hints = get_type_hints(cls)
     return {
-        f.name: getattr(namespace, f.name)
+        f.name: dict(value) if get_origin(hints[f.name]) is dict else value
         for f in dataclasses.fields(cls)
-        if getattr(namespace, f.name, None) is not None
+        if (value := getattr(namespace, f.name, None)) is not None
     }

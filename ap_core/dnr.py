@@ -111,8 +111,9 @@ class DeadUnits:
 
 
 @torch.no_grad()
-def count_dead_units(model: nn.Module, batches: Iterable[torch.Tensor]) -> DeadUnits:
-    """DemP's channel-level count: run `batches` in eval mode and report units that never fire."""
+def fired_units(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per activation layer, which units (channels / features) fired (> 0) at least once over `batches`, in eval
+    mode: the window DemP and the dead-unit count look at."""
     layers = activation_layers(model)
     fired: dict[str, torch.Tensor] = {}
 
@@ -135,6 +136,12 @@ def count_dead_units(model: nn.Module, batches: Iterable[torch.Tensor]) -> DeadU
         for handle in handles:
             handle.remove()
         model.train(was_training)
+    return fired
+
+
+def count_dead_units(model: nn.Module, batches: Iterable[torch.Tensor]) -> DeadUnits:
+    """DemP's channel-level count: run `batches` in eval mode and report units that never fire."""
+    fired = fired_units(model, batches)
     dead_layers = {name: int((~f).sum()) for name, f in fired.items()}
     return DeadUnits(
         dead=sum(dead_layers.values()),

@@ -5,11 +5,11 @@ from typing import Generic, TypeVar
 
 from ap_core.errors import ConfigError
 
-T = TypeVar("T", bound=Callable)
+T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A named collection of factories with one-line errors for unknown names."""
+    """A named collection of factories (or method objects) with one-line errors for unknown names."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind

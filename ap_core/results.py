@@ -27,12 +27,22 @@ class CycleResult:
     dnr_layers_per_epoch: list[dict[str, float]] = field(default_factory=list)
     dead_units_layers: dict[str, int] = field(default_factory=dict)
     layer_density: dict[str, float] = field(default_factory=dict)
+    # In percent of the dense net, measured on the net: trainable parameters (masked weights not counted),
+    # channels of the removable channel groups, and multiply-accumulates of one forward pass as executed.
+    params_remaining: float = 100.0
+    channels_remaining: float = 100.0
+    flops_remaining: float = 100.0
+    # Channel removals during the cycle (DemP): step, channels removed and what remained after each.
+    removal_events: list[dict[str, float]] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
         """Flat scalar metrics: one entry per scalar, per-layer values under `dnr/<layer>` etc."""
         flat: dict[str, float] = {
             "cycle": self.cycle,
             "weights_remaining": self.weights_remaining,
+            "params_remaining": self.params_remaining,
+            "channels_remaining": self.channels_remaining,
+            "flops_remaining": self.flops_remaining,
             "test_acc": self.test_acc,
             "best_acc": self.best_acc,
             "test_loss": self.test_loss,

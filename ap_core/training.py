@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,10 @@ from torch import nn
 
 from ap_core.config import TrialConfig
 from ap_core.masks import Mask
+
+if TYPE_CHECKING:
+    from ap_core.hooks import TrainingHook
+    from ap_core.network import PrunableNet
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,8 +32,12 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
-def build_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = model.parameters()
+def build_optimizer(
+    config: TrialConfig, model: nn.Module, groups: list[dict[str, Any]] | None = None
+) -> torch.optim.Optimizer:
+    """The configured optimizer over `groups` (a method's parameter groups, each with an `lr_scale`) or all
+    parameters."""
+    params: Any = groups if groups is not None else model.parameters()
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, betas=(config.momentum, 0.999), weight_decay=config.weight_decay)
     return torch.optim.SGD(
@@ -52,12 +61,7 @@ def lr_factor(config: TrialConfig, step: int, steps_per_epoch: int) -> float:
     elif config.schedule == "cosine":
         factor = 0.5 * (1.0 + math.cos(math.pi * progress))
     elif config.schedule == "onecycle":
-        # torch.optim.lr_scheduler.OneCycleLR's defaults: 30% cosine warm-up from peak/25, cosine down to peak/25e4.
-        start, end, peak_at = 1 / 25, 1 / 25e4, 0.3
-        if progress < peak_at:
-            factor = start + (1 - start) * 0.5 * (1 - math.cos(math.pi * progress / peak_at))
-        else:
-            factor = end + (1 - end) * 0.5 * (1 + math.cos(math.pi * (progress - peak_at) / (1 - peak_at)))
+        factor = one_cycle(progress)
     else:
         factor = 1.0
     warmup_steps = config.warmup_epochs * steps_per_epoch
@@ -66,9 +70,18 @@ def lr_factor(config: TrialConfig, step: int, steps_per_epoch: int) -> float:
     return factor
 
 
+def one_cycle(progress: float) -> float:
+    """torch.optim.lr_scheduler.OneCycleLR's shape as a factor of the peak: cosine up from 1/25 over the first 30%,
+    cosine down to 1/25e4 at the end (DemP's lambda and noise schedules share it)."""
+    start, end, peak_at = 1 / 25, 1 / 25e4, 0.3
+    if progress < peak_at:
+        return start + (1 - start) * 0.5 * (1 - math.cos(math.pi * progress / peak_at))
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * (progress - peak_at) / (1 - peak_at)))
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
 
 
 class MaskedParameters:
@@ -107,29 +120,40 @@ class MaskedParameters:
 
 
 def train_batches_step(
-    model: nn.Module,
+    net: PrunableNet,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    masked: MaskedParameters,
     lrs: Iterator[float],
     use_amp: bool,
+    first_step: int,
+    hooks: Sequence[TrainingHook] = (),
 ) -> tuple[torch.Tensor, int]:
-    """Train on `batches` (one epoch or its remainder); returns (summed loss as a device tensor, sample count)."""
+    """Train on `batches` (one epoch or its remainder); returns (summed loss as a device tensor, sample count).
+
+    The optimizer and masking are looked up on `net` every step, since a hook may remove channels mid-epoch.
+    """
+    model = net.model
     model.train()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     seen = 0
-    for x, y in batches:
+    for step, (x, y) in enumerate(batches, first_step):
+        for hook in hooks:
+            hook.before_step(step)
+        optimizer = net.optimizer
         set_lr(optimizer, next(lrs))
         with autocast(device, use_amp):
             loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        masked.mask_grads()
+        for hook in hooks:
+            hook.after_backward(step)
+        net.masked.mask_grads()
         optimizer.step()
-        masked.mask_weights()
+        net.masked.mask_weights()
         loss_sum += loss.detach().float() * len(y)
         seen += len(y)
+        for hook in hooks:
+            hook.after_step(step)
     return loss_sum, seen
 
 

@@ -6,12 +6,14 @@ replays exactly the batches, augmentations and random prunes an uninterrupted ru
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
+import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,15 @@ from torch import nn
 
 from ap_core.config import TrialConfig
 from ap_core.data import ArrayDataset, eval_batches, load_dataset, train_batches
-from ap_core.dnr import DeadNeuronCounter, count_dead_units
+from ap_core.dnr import DeadNeuronCounter, count_dead_units, fired_units
 from ap_core.errors import ConfigError, NonFiniteLossError
+from ap_core.hooks import CycleContext, TrainingHook
 from ap_core.masks import Mask
 from ap_core.models import build_model
-from ap_core.pruning import named_weights, prune_cycle
+from ap_core.network import ChannelRemoval, PrunableNet, find_channel_groups
+from ap_core.pruning import METHODS, PruneRequest, ap_select, prune_cycle
 from ap_core.results import CycleResult
+from ap_core.retraining import RETRAINING
 from ap_core.training import (
     MaskedParameters,
     build_optimizer,
@@ -60,6 +65,7 @@ class CycleProgress:
     dnr_layers: list[dict[str, float]] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)
     test_loss: list[float] = field(default_factory=list)
+    removal_events: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -108,8 +114,11 @@ class Trial:
         self.steps_per_epoch = (
             n_train // config.batch_size if self.drop_last else math.ceil(n_train / config.batch_size)
         )
+        self.method = METHODS.get(config.method)
+        self.hparams = config.method_hparams()
+        self.retraining = RETRAINING.get(config.retraining)()
         total_steps = self._cycle_steps()
-        if config.retraining in ("rewind_iteration", "lr_rewind") and config.rewind_step >= total_steps:
+        if self.retraining.uses_rewind_step and config.rewind_step >= total_steps:
             raise ConfigError(
                 f"rewind_step {config.rewind_step} must be below the {total_steps} steps of a cycle "
                 f"({config.epochs} epochs x {self.steps_per_epoch} steps)"
@@ -118,22 +127,32 @@ class Trial:
             torch.backends.cudnn.benchmark = True
 
         torch.manual_seed(config.seed)
-        self.model = build_model(config.model, self.data.num_classes, self.data.input_shape).to(self.device)
-        if self.use_amp and self.data.x_train.dim() == 4:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.init_state = _clone_state(self.model)
-        late_rewind = config.retraining == "rewind_iteration"
-        self.rewind_state = self.init_state if late_rewind and config.rewind_step == 0 else None
-        self.mask = Mask.ones(self.model, config.keep_first_dense, config.keep_classifier_dense)
-        self.optimizer = build_optimizer(config, self.model)
-        self.masked = MaskedParameters(self.model, self.mask)
-        self.start_weights: dict[str, torch.Tensor] = {}  # theta_start: set by _begin_cycle or restore
-        self.counter = DeadNeuronCounter(self.model)
+        self.net = self._build_net()
+        self.counter = DeadNeuronCounter(self.net.model)
         self.results: list[CycleResult] = []
         self.cycle = 0
         self.step = 0
         self.cycle_begun = False
         self.progress = CycleProgress()
+        self._hooks: list[TrainingHook] | None = None
+
+    def _build_net(self) -> PrunableNet:
+        """The dense network with its method's changes, mask, optimizer and initial state."""
+        config = self.config
+        model = build_model(config.model, self.data.num_classes, self.data.input_shape)
+        self.method.prepare(model, self.hparams)
+        model = model.to(self.device)
+        if self.use_amp and self.data.x_train.dim() == 4:
+            model = model.to(memory_format=torch.channels_last)
+        example = self.data.x_train[:1]
+        groups = find_channel_groups(model, example) if self.method.structured else []
+        mask = Mask.ones(model, config.keep_first_dense, config.keep_classifier_dense)
+        net = PrunableNet(model, mask, example, self._make_optimizer, groups)
+        net.references["init"] = _clone_state(model)
+        return net
+
+    def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(self.config, model, self.method.param_groups(model, self.hparams))
 
     # ---- the cycle loop -------------------------------------------------------------------------------------
 
@@ -159,35 +178,100 @@ class Trial:
 
     def _begin_cycle(self) -> None:
         """Prune (after cycle 0), rewind per the retraining scheme, and record theta_start."""
-        config = self.config
+        net = self.net
         self.step = 0
+        self.progress = CycleProgress()
+        self._hooks = None
+        mask = net.mask
         if self.cycle > 0:
-            self.mask = prune_cycle(
+            mask = self._prune()
+            self.step = self.retraining.rewind(net, self.config)
+            net.new_optimizer()
+        net.set_mask(mask)
+        net.references["start"] = {name: w.clone() for name, w in net.weights().items()}
+        self.cycle_begun = True
+
+    def _prune(self) -> Mask:
+        """This cycle's removal: the method's (channels or weights), then AP's share; returns the new mask."""
+        config, net = self.config, self.net
+        ap_rate = config.ap_rate if config.ap else None
+        generator = torch.Generator().manual_seed(derived_seed(PRUNING_STREAM, config.seed, self.cycle))
+        if not self.method.structured:
+            return prune_cycle(
                 config.method,
-                named_weights(self.model, self.mask),
-                self.start_weights,
-                self.mask,
+                net.weights(),
+                net.references["start"],
+                net.mask,
                 self.cycle,
                 config.prune_rate,
-                ap_rate=config.ap_rate if config.ap else None,
+                ap_rate=ap_rate,
                 ap_score=config.ap_score,
                 ap_candidates=config.ap_candidates,
-                generator=torch.Generator().manual_seed(derived_seed(PRUNING_STREAM, config.seed, self.cycle)),
+                generator=generator,
             )
-            if config.retraining == "rewind_init":
-                self.model.load_state_dict(self.init_state)
-            elif config.retraining == "rewind_iteration":
-                assert self.rewind_state is not None  # captured during cycle 0
-                self.model.load_state_dict(self.rewind_state)
-            if config.retraining in ("rewind_iteration", "lr_rewind"):
-                self.step = config.rewind_step
-            self.optimizer = build_optimizer(config, self.model)
-        self.masked = MaskedParameters(self.model, self.mask)
-        self.masked.mask_weights()
-        self.masked.clear_optimizer_state(self.optimizer)
-        self.start_weights = self._prunable_weights()
-        self.progress = CycleProgress()
-        self.cycle_begun = True
+        request = PruneRequest(net, net.weights(), 0, generator, self.hparams, self._context())
+        self._remove_channels(self.method.select(request).channels, 0)
+        if ap_rate is None:
+            return net.mask
+        # AP inside the remaining structure: its share of the alive weights, negative and least changed.
+        count = round(ap_rate * net.mask.alive())
+        chosen = ap_select(
+            net.weights(), net.references["start"], net.mask, count, config.ap_score, config.ap_candidates
+        )
+        return net.mask.prune(chosen)
+
+    def _context(self) -> CycleContext:
+        return CycleContext(
+            net=self.net,
+            config=self.config,
+            hparams=self.hparams,
+            cycle=self.cycle,
+            cycle_steps=self._cycle_steps(),
+            steps_per_epoch=self.steps_per_epoch,
+            fired_units=self._fired_units,
+            remove_channels=self._remove_channels,
+            seed=lambda stream, *parts: derived_seed(stream, self.config.seed, *parts),
+        )
+
+    def _cycle_hooks(self) -> list[TrainingHook]:
+        if self._hooks is None:
+            self._hooks = self.method.hooks(self._context())
+            if self.cycle == 0:
+                self._hooks.append(RewindPoint(self.net, self.config.rewind_step))
+        return self._hooks
+
+    @contextlib.contextmanager
+    def _not_counting(self) -> Iterator[None]:
+        """Keep the epoch's DNR count to training batches while hooks run forward passes of their own."""
+        enabled, self.counter.enabled = self.counter.enabled, False
+        try:
+            yield
+        finally:
+            self.counter.enabled = enabled
+
+    def _window(self) -> Iterator[torch.Tensor]:
+        window = self.config.dead_unit_window
+        return (x for x, _ in eval_batches(self.data.x_train[:window], self.data.y_train[:window], EVAL_BATCH_SIZE))
+
+    def _fired_units(self) -> dict[str, torch.Tensor]:
+        with self._not_counting():
+            return fired_units(self.net.model, self._window())
+
+    def _remove_channels(self, removal: ChannelRemoval, step: int) -> None:
+        with self._not_counting():
+            removed = self.net.remove_channels(removal)
+            if removed:
+                left = self.net.remaining()
+                self.progress.removal_events.append(
+                    {
+                        "step": step,
+                        "removed": removed,
+                        "channels_remaining": left.channels,
+                        "params_remaining": left.params,
+                        "flops_remaining": left.flops,
+                        "weights_remaining": left.weights,
+                    }
+                )
 
     def _train_epoch(self) -> None:
         config = self.config
@@ -202,16 +286,14 @@ class Trial:
         # A rewound schedule can start mid-epoch: skip the batches before the rewind point.
         batches = itertools.islice(batches, self.step % self.steps_per_epoch, None)
         first_step = self.step
+        hooks = self._cycle_hooks()
+        for hook in hooks:
+            hook.on_epoch_start(epoch)
         self.counter.reset()
         self.counter.enabled = True
         try:
             loss_sum, seen = train_batches_step(
-                self.model,
-                self._capture_rewind_point(batches, first_step),
-                self.optimizer,
-                self.masked,
-                self._learning_rates(first_step),
-                self.use_amp,
+                self.net, batches, self._learning_rates(first_step), self.use_amp, first_step, hooks
             )
         finally:
             self.counter.enabled = False
@@ -223,7 +305,7 @@ class Trial:
                 f"(lr {config.lr}, model {config.model}); lower the learning rate"
             )
         rate = self.counter.read()
-        test_acc, test_loss = evaluate(self.model, self._test_batches(), self.use_amp)
+        test_acc, test_loss = evaluate(self.net.model, self._test_batches(), self.use_amp)
         if not math.isfinite(test_loss):
             raise NonFiniteLossError(
                 f"test loss became {test_loss} in cycle {self.cycle}, epoch {epoch}: the weights diverged "
@@ -237,28 +319,18 @@ class Trial:
 
     def _learning_rates(self, first_step: int) -> Iterator[float]:
         config = self.config
-        if self.cycle > 0 and config.retraining == "finetune":
-            return itertools.repeat(config.finetune_lr)
-        return (config.lr * lr_factor(config, s, self.steps_per_epoch) for s in itertools.count(first_step))
-
-    def _capture_rewind_point(self, batches: Iterable, first_step: int) -> Iterator:
-        """During cycle 0, snapshot the weights just before optimizer step `rewind_step` (late rewinding)."""
-        capture = self.cycle == 0 and self.config.retraining == "rewind_iteration"
-        for offset, batch in enumerate(batches):
-            if capture and self.rewind_state is None and first_step + offset == self.config.rewind_step:
-                self.rewind_state = _clone_state(self.model)
-            yield batch
+        for step in itertools.count(first_step):
+            scheduled = config.lr * lr_factor(config, step, self.steps_per_epoch)
+            yield self.retraining.learning_rate(config, scheduled) if self.cycle > 0 else scheduled
 
     def _finish_cycle(self, seconds: float) -> CycleResult:
-        window = self.config.dead_unit_window
-        units = count_dead_units(
-            self.model,
-            (x for x, _ in eval_batches(self.data.x_train[:window], self.data.y_train[:window], EVAL_BATCH_SIZE)),
-        )
+        net = self.net
+        units = count_dead_units(net.model, self._window())
+        left = net.remaining()
         p = self.progress
         result = CycleResult(
             cycle=self.cycle,
-            weights_remaining=100.0 * self.mask.density(),
+            weights_remaining=100.0 * (net.mask.alive() / net.dense.weights),
             test_acc=p.test_acc[-1],
             best_acc=max(p.test_acc),
             test_loss=p.test_loss[-1],
@@ -272,7 +344,11 @@ class Trial:
             dnr_per_epoch=list(p.dnr),
             dnr_layers_per_epoch=list(p.dnr_layers),
             dead_units_layers=units.layers,
-            layer_density=self.mask.layer_density(),
+            layer_density=net.mask.layer_density(),
+            params_remaining=left.params,
+            channels_remaining=left.channels,
+            flops_remaining=left.flops,
+            removal_events=list(p.removal_events),
         )
         self.results.append(result)
         self.cycle += 1
@@ -282,25 +358,27 @@ class Trial:
     def _test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return eval_batches(self.data.x_test, self.data.y_test, EVAL_BATCH_SIZE)
 
-    def _prunable_weights(self) -> dict[str, torch.Tensor]:
-        return {name: w.clone() for name, w in named_weights(self.model, self.mask).items()}
-
     # ---- checkpoints ----------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """Tensors, plus everything else as one JSON string: loadable with torch.load(weights_only=True)."""
+        net = self.net
+        meta = {
             "config": self.config.to_dict(),
             "cycle": self.cycle,
             "step": self.step,
             "cycle_begun": self.cycle_begun,
             "results": [r.to_dict() for r in self.results],
             "progress": self.progress.__dict__,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "mask": self.mask.state_dict(),
-            "init_state": self.init_state,
-            "rewind_state": self.rewind_state,
-            "start_weights": self.start_weights,
+            "removals": net.removals,
+            "parameters": [name for name, _ in net.model.named_parameters()],
+        }
+        return {
+            "meta": json.dumps(meta),
+            "model": net.model.state_dict(),
+            "optimizer": net.optimizer.state_dict(),
+            "mask": net.mask.state_dict(),
+            "references": net.references,
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -312,28 +390,61 @@ class Trial:
         os.replace(tmp, checkpoint_dir / CHECKPOINT_FILE)
 
     def restore(self, path: Path) -> None:
-        if not path.is_file():
-            raise ConfigError(f"no trial checkpoint at '{path}'")
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        saved, current = state["config"], self.config.to_dict()
-        changed = [k for k in current if k not in RESUME_MAY_CHANGE and saved.get(k) != current[k]]
+        state = read_checkpoint(path, self.device)
+        meta = state["meta"]
+        saved, current = meta["config"], self.config.to_dict()
+        changed = [
+            k for k in current if k not in RESUME_MAY_CHANGE and _as_saved(saved.get(k)) != _as_saved(current[k])
+        ]
         if resolve_device(saved["device"]).type != self.device.type:
             changed.insert(0, "device")
         if changed:
             k = changed[0]
             raise ConfigError(f"checkpoint '{path}' was written with {k}={saved.get(k)!r}, not {current[k]!r}")
-        self.cycle, self.step, self.cycle_begun = state["cycle"], state["step"], state["cycle_begun"]
-        self.results = [CycleResult.from_dict(r) for r in state["results"]]
-        self.progress = CycleProgress(**state["progress"])
-        self.model.load_state_dict(state["model"])
-        self.mask = Mask.from_state_dict(state["mask"]).to(self.device)
-        self.optimizer = build_optimizer(self.config, self.model)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.masked = MaskedParameters(self.model, self.mask)
-        self.init_state = state["init_state"]
-        self.rewind_state = state["rewind_state"]
-        self.start_weights = state["start_weights"]
+        self.cycle, self.step, self.cycle_begun = meta["cycle"], meta["step"], meta["cycle_begun"]
+        self.results = [CycleResult.from_dict(r) for r in meta["results"]]
+        self.progress = CycleProgress(**meta["progress"])
+        net = self.net
+        net.replay_removals(meta["removals"])
+        net.model.load_state_dict(state["model"])
+        net.optimizer.load_state_dict(state["optimizer"])
+        net.mask = Mask.from_state_dict(state["mask"]).to(self.device)
+        net.masked = MaskedParameters(net.model, net.mask)
+        net.references = state["references"]
         torch.set_rng_state(state["torch_rng"].cpu())
+        self._hooks = None
+
+
+class RewindPoint(TrainingHook):
+    """During cycle 0, snapshot the weights just before optimizer step k (late rewinding's restart point)."""
+
+    def __init__(self, net: PrunableNet, step: int) -> None:
+        self.net, self.step = net, step
+
+    def before_step(self, step: int) -> None:
+        if step == self.step:
+            self.net.references["rewind"] = _clone_state(self.net.model)
+
+
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A trial checkpoint's contents (`meta` decoded from JSON); nothing in the file is unpickled as an object.
+
+    A missing, truncated or foreign file is a ConfigError naming it.
+    """
+    if not path.is_file():
+        raise ConfigError(f"no trial checkpoint at '{path}'")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        state["meta"] = json.loads(state["meta"])
+    except Exception as err:  # any unreadable file is the same user-facing problem
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"'{path}' is not a readable trial checkpoint ({reason[:200]})") from None
+    return state
+
+
+def _as_saved(value: Any) -> Any:
+    """Settings as JSON gives them back (tuples become lists), so saved and current compare equal."""
+    return json.loads(json.dumps(value))
 
 
 def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:

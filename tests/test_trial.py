@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from ap_core import MODELS, ConfigError, DatasetUnavailableError, TrialConfig, build_model, load_dataset, run_trial
-from ap_core.config import RETRAINING_SCHEMES
 from ap_core.dnr import activation_layers
-from ap_core.pruning import METHODS
+from ap_core.pruning import weight_methods
+from ap_core.retraining import RETRAINING
 from ap_core.training import lr_factor
-from ap_core.trial import CHECKPOINT_FILE, Trial
+from ap_core.trial import CHECKPOINT_FILE, Trial, read_checkpoint
 
 QUICK = {"model": "mlp", "dataset": "digits", "epochs": 2, "cycles": 3, "cpu_threads": 1}
 
@@ -33,11 +33,25 @@ def comparable(results):
     return [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in results]
 
 
-def assert_pruned_weights_are_zero(trial: Trial) -> None:
-    params = dict(trial.model.named_parameters())
-    for name, alive in trial.mask.items():
-        assert torch.count_nonzero(params[name].detach()[~alive]) == 0, name
-        for value in trial.optimizer.state.get(params[name], {}).values():
+def run_with_checkpoints(config: TrialConfig, dataset, folder) -> tuple[list, list[dict]]:
+    """Run a trial; returns its results and the checkpoint written after each cycle, as read back from disk."""
+    checkpoints = []
+    results = run_trial(
+        config,
+        on_cycle=lambda _: checkpoints.append(read_checkpoint(folder / CHECKPOINT_FILE)),
+        checkpoint_dir=folder,
+        dataset=dataset,
+    )
+    return results, checkpoints
+
+
+def assert_pruned_weights_are_zero(checkpoint: dict) -> None:
+    """Pruned weights, and their momentum / Adam moments, are exactly 0 in a checkpoint."""
+    weights = checkpoint["model"]
+    positions = {name: i for i, name in enumerate(checkpoint["meta"]["parameters"])}
+    for name, alive in checkpoint["mask"].items():
+        assert torch.count_nonzero(weights[name][~alive]) == 0, name
+        for value in checkpoint["optimizer"]["state"].get(positions[name], {}).values():
             if isinstance(value, torch.Tensor) and value.shape == alive.shape:
                 assert torch.count_nonzero(value[~alive]) == 0, f"optimizer state of {name}"
 
@@ -60,66 +74,58 @@ def test_digits_mlp_reaches_paper_like_accuracy_quickly():
         assert all(0.0 <= v <= 1.0 for v in r.dnr_layers_per_epoch[-1].values())
 
 
-@pytest.mark.parametrize("retraining", RETRAINING_SCHEMES)
-@pytest.mark.parametrize("method", METHODS.names())
-def test_pruned_weights_stay_exactly_zero(method, retraining, digits):
+@pytest.mark.parametrize("retraining", RETRAINING.names())
+@pytest.mark.parametrize("method", weight_methods())
+def test_pruned_weights_stay_exactly_zero(method, retraining, digits, tmp_path):
     config = quick(method=method, ap=True, retraining=retraining, rewind_step=5)
-    trial = Trial(config, digits)
-    densities = []
-
-    def check(result):
-        assert_pruned_weights_are_zero(trial)
-        densities.append(result.weights_remaining)
-
-    trial.run(check, None)
-    assert densities == pytest.approx([100.0, 80.0, 64.0, 51.2], abs=0.01)
+    results, checkpoints = run_with_checkpoints(config, digits, tmp_path)
+    for checkpoint in checkpoints:
+        assert_pruned_weights_are_zero(checkpoint)
+    assert [r.weights_remaining for r in results] == pytest.approx([100.0, 80.0, 64.0, 51.2], abs=0.01)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_optimizers_keep_zeros(optimizer, digits):
-    trial = Trial(quick(optimizer=optimizer, lr=0.01, nesterov=True), digits)
-    trial.run(lambda _: assert_pruned_weights_are_zero(trial), None)
+def test_optimizers_keep_zeros(optimizer, digits, tmp_path):
+    _, checkpoints = run_with_checkpoints(quick(optimizer=optimizer, lr=0.01, nesterov=True), digits, tmp_path)
+    for checkpoint in checkpoints:
+        assert_pruned_weights_are_zero(checkpoint)
 
 
-def test_rewind_init_restarts_from_masked_initialisation(digits):
-    trial = Trial(quick(cycles=1, retraining="rewind_init"), digits)
-    init = {k: v.clone() for k, v in trial.init_state.items()}
-    trial.run(None, None)
-    for name, w in trial.start_weights.items():  # theta_start of cycle 1
-        assert torch.equal(w, init[name] * trial.mask[name])
+def theta_start(checkpoint: dict) -> dict[str, torch.Tensor]:
+    return checkpoint["references"]["start"]
 
 
-def test_lr_rewind_continues_from_trained_weights(digits):
-    trial = Trial(quick(cycles=1, retraining="lr_rewind"), digits)
-    trained = {}
-    trial.run(
-        lambda r: trained.update({k: v.clone() for k, v in trial.model.state_dict().items()}) if r.cycle == 0 else None,
-        None,
-    )
-    for name, w in trial.start_weights.items():
-        assert torch.equal(w, trained[name] * trial.mask[name])
+def test_rewind_init_restarts_from_masked_initialisation(digits, tmp_path):
+    _, (_, cycle1) = run_with_checkpoints(quick(cycles=1, retraining="rewind_init"), digits, tmp_path)
+    init = cycle1["references"]["init"]
+    for name, w in theta_start(cycle1).items():
+        assert torch.equal(w, init[name] * cycle1["mask"][name])
 
 
-def test_rewind_iteration_restarts_from_step_k(digits):
+def test_lr_rewind_continues_from_trained_weights(digits, tmp_path):
+    _, (cycle0, cycle1) = run_with_checkpoints(quick(cycles=1, retraining="lr_rewind"), digits, tmp_path)
+    for name, w in theta_start(cycle1).items():
+        assert torch.equal(w, cycle0["model"][name] * cycle1["mask"][name])
+
+
+def test_rewind_iteration_restarts_from_step_k(digits, tmp_path):
     config = quick(cycles=1, retraining="rewind_iteration", rewind_step=7)
-    trial = Trial(config, digits)
-    trial.run(None, None)
-    assert trial.rewind_state is not None
-    first = next(iter(trial.mask))
-    assert not torch.equal(trial.rewind_state[first], trial.init_state[first])
-    for name, w in trial.start_weights.items():
-        assert torch.equal(w, trial.rewind_state[name] * trial.mask[name])
+    _, (_, cycle1) = run_with_checkpoints(config, digits, tmp_path)
+    rewind, init = cycle1["references"]["rewind"], cycle1["references"]["init"]
+    first = next(iter(cycle1["mask"]))
+    assert not torch.equal(rewind[first], init[first])
+    for name, w in theta_start(cycle1).items():
+        assert torch.equal(w, rewind[name] * cycle1["mask"][name])
 
 
-def test_same_seed_same_numbers_different_seed_different_numbers(digits):
+def test_same_seed_same_numbers_different_seed_different_numbers(digits, tmp_path):
     config = quick(method="random", ap=True)
-    a, b = Trial(config, digits), Trial(config, digits)
-    ra, rb = a.run(None, None), b.run(None, None)
+    ra, (*_, a) = run_with_checkpoints(config, digits, tmp_path / "a")
+    rb, (*_, b) = run_with_checkpoints(config, digits, tmp_path / "b")
     assert comparable(ra) == comparable(rb)
-    assert a.mask.equal(b.mask)
-    c = Trial(config.replace(seed=1), digits)
-    c.run(None, None)
-    assert not a.mask.equal(c.mask)
+    assert all(torch.equal(m, b["mask"][n]) for n, m in a["mask"].items())
+    _, (*_, c) = run_with_checkpoints(config.replace(seed=1), digits, tmp_path / "c")
+    assert not all(torch.equal(m, c["mask"][n]) for n, m in a["mask"].items())
 
 
 def test_killed_after_a_cycle_and_resumed_gives_the_same_numbers(tmp_path, digits):
@@ -149,9 +155,10 @@ def test_resume_from_a_mid_cycle_checkpoint(tmp_path, monkeypatch, digits):
 
     def save_and_keep_a_copy(self, directory):
         original_save(self, directory)
-        if self.cycle_begun and self.cycle == 2 and not saved:  # first epoch checkpoint of cycle 2
+        meta = read_checkpoint(directory / CHECKPOINT_FILE)["meta"]
+        if meta["cycle_begun"] and meta["cycle"] == 2 and not saved:  # first epoch checkpoint of cycle 2
             shutil.copy(directory / CHECKPOINT_FILE, tmp_path / "mid.pt")
-            saved.append(self.step)
+            saved.append(meta["step"])
 
     monkeypatch.setattr(Trial, "save", save_and_keep_a_copy)
     run_trial(config, checkpoint_dir=tmp_path / "run", dataset=digits)
@@ -251,14 +258,16 @@ def test_core_never_imports_ray_or_mlflow():
 
 
 @pytest.mark.parametrize("model", MODELS.names())
-def test_every_model_runs_a_pruning_trial(model, digits):
+def test_every_model_runs_a_pruning_trial(model, digits, tmp_path):
     config = quick(model=model, epochs=1, cycles=1, ap=True, max_train_samples=64, batch_size=32, dead_unit_window=32)
-    trial = Trial(config, digits)
-    results = trial.run(None, None)
+    results, checkpoints = run_with_checkpoints(config, digits, tmp_path)
     assert [round(r.weights_remaining, 1) for r in results] == [100.0, 80.0]
     assert all(0.0 <= r.dnr <= 1.0 and r.dnr_layers_per_epoch[-1] for r in results)
     assert results[-1].total_units > 0
-    assert_pruned_weights_are_zero(trial)
+    # Masked weights are still computed by dense kernels: FLOPs stay, parameters go with the mask.
+    assert results[-1].flops_remaining == 100.0 and results[-1].channels_remaining == 100.0
+    assert 80.0 <= results[-1].params_remaining < 100.0
+    assert_pruned_weights_are_zero(checkpoints[-1])
 
 
 def test_config_takes_numeric_values_in_the_forms_tune_and_numpy_produce():

@@ -1,22 +1,36 @@
-"""Pruning methods (one module each, one signature) and AP, which rides along with any of them.
+"""Pruning methods (one module each, one contract: `ap_core.pruning.base`) and AP, which rides along with any.
 
-A method is `fn(weights, mask, count, generator) -> removal`: given the current weights and mask it picks exactly
-`count` alive weights to remove (fewer only when fewer are alive) and returns one boolean tensor per layer.
-Counts rather than fractions keep the cycle totals exact when AP takes its share.
+Element methods (GP, LP, random) pick exactly `count` alive weights; counts rather than fractions keep the cycle
+totals exact when AP takes its share. Channel methods (Network Slimming, RNI, DemP) remove whole channels.
 """
 
 import torch
 from torch import nn
 
 from ap_core.masks import Mask
-from ap_core.pruning import global_magnitude, layerwise_magnitude, random  # noqa: F401  (register methods)
+from ap_core.pruning import (  # noqa: F401  (register methods)
+    global_magnitude,
+    layerwise_magnitude,
+    random,
+)
 from ap_core.pruning.ap import ap_prune, ap_select
-from ap_core.pruning.base import METHODS, PruneFn, named_weights, removed_count
+from ap_core.pruning.base import (
+    METHODS,
+    PruneRequest,
+    PruningMethod,
+    Removal,
+    named_weights,
+    removed_count,
+    weight_method,
+    weight_methods,
+)
 from ap_core.pruning.cycle import prune_cycle, target_alive
 
 __all__ = [
     "METHODS",
-    "PruneFn",
+    "PruneRequest",
+    "PruningMethod",
+    "Removal",
     "ap_prune",
     "ap_select",
     "named_weights",
@@ -24,6 +38,8 @@ __all__ = [
     "prune_cycle",
     "removed_count",
     "target_alive",
+    "weight_method",
+    "weight_methods",
 ]
 
 
@@ -34,8 +50,9 @@ def prune(
     fraction: float,
     generator: torch.Generator | None = None,
 ) -> Mask:
-    """Prune `round(fraction * alive)` of the alive weights of `model` with `method`; returns the new mask."""
+    """Prune `round(fraction * alive)` of the alive weights of `model` with element method `method`; returns the
+    new mask."""
     weights = named_weights(model, mask)
     count = round(fraction * mask.alive())
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    return mask.prune(METHODS.get(method)(weights, mask, count, gen))
+    return mask.prune(weight_method(method).choose(weights, mask, count, gen))

@@ -1,15 +1,138 @@
-"""The registry and the shared selection routine of the pruning methods."""
+"""The method registry, the contract every pruning method keeps, and the shared selection routine.
 
+A method is an object with one entry point, `select(request) -> Removal`: it sees the network (weights, mask,
+BatchNorm scales, a window of training images) and returns the weights and/or channels to remove. It declares its
+own typed `Hparams` (set per trial with `method_options`), may adjust the freshly built model (`prepare`) and the
+optimizer's parameter groups, and may hand the training loop hooks for any cycle (regularisers, noise, removal
+during training), which the loop calls without knowing the method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
+from ap_core.config import coerce_setting
+from ap_core.errors import ConfigError
 from ap_core.masks import Mask
 from ap_core.registry import Registry
 
-PruneFn = Callable[[Mapping[str, torch.Tensor], Mask, int, torch.Generator], dict[str, torch.Tensor]]
+if TYPE_CHECKING:
+    from ap_core.hooks import CycleContext, TrainingHook
+    from ap_core.network import PrunableNet
 
-METHODS: Registry[PruneFn] = Registry("pruning method")
+SelectFn = Callable[[Mapping[str, torch.Tensor], Mask, int, torch.Generator], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class NoHparams:
+    """A method without options."""
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass
+class PruneRequest:
+    """What a method sees when a pruning cycle begins.
+
+    `count` is the number of weights an element method removes this cycle (the cycle works it out so the totals
+    stay exact); channel methods decide their own amount from their hparams and the dense totals.
+    """
+
+    net: PrunableNet
+    weights: Mapping[str, torch.Tensor]
+    count: int
+    generator: torch.Generator
+    hparams: Any
+    context: CycleContext
+
+
+@dataclass
+class Removal:
+    """What to remove: weights by mask (element methods) and/or channels by index (channel methods)."""
+
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    channels: dict[str, list[int]] = field(default_factory=dict)
+
+
+class PruningMethod:
+    """Base of every method: no options, no model changes, one optimizer group, no hooks."""
+
+    Hparams: type = NoHparams
+    structured = False  # removes whole channels (True) or single weights (False)
+
+    def check_model(self, model: str, name: str) -> None:
+        """Raise a ConfigError when this method cannot prune model `model`."""
+
+    def hparams(self, options: Mapping[str, Any], name: str) -> Any:
+        """The method's typed hparams from `options`; a ConfigError naming any unknown or bad option."""
+        valid = {f.name for f in dataclasses.fields(self.Hparams)}
+        for key in options:
+            if key not in valid:
+                raise ConfigError(
+                    f"unknown option {key!r} for method {name}; valid: {', '.join(sorted(valid)) or 'none'}"
+                )
+        values = {k: coerce_setting(self.Hparams, k, v) for k, v in options.items()}
+        hparams = self.Hparams(**values)
+        hparams.validate()
+        return hparams
+
+    def prepare(self, model: nn.Module, hparams: Any) -> None:
+        """Adjust the freshly built model before its initial state is recorded."""
+
+    def param_groups(self, model: nn.Module, hparams: Any) -> list[dict[str, Any]] | None:
+        """Optimizer parameter groups (with an `lr_scale` and optional `weight_decay`); None: one group."""
+        return None
+
+    def hooks(self, context: CycleContext) -> list[TrainingHook]:
+        """Training hooks for the cycle `context` describes."""
+        return []
+
+    def select(self, request: PruneRequest) -> Removal:
+        raise NotImplementedError
+
+
+class WeightMethod(PruningMethod):
+    """An element method: a selection function `fn(weights, mask, count, generator) -> removal` of exactly
+    `count` alive weights (fewer only when fewer are alive)."""
+
+    def __init__(self, choose: SelectFn) -> None:
+        self.choose = choose
+
+    def select(self, request: PruneRequest) -> Removal:
+        return Removal(weights=self.choose(request.weights, request.net.mask, request.count, request.generator))
+
+
+METHODS: Registry[PruningMethod] = Registry("pruning method")
+
+
+def weight_method(name: str) -> WeightMethod:
+    """The element method `name`; a ConfigError for a channel method."""
+    method = METHODS.get(name)
+    if not isinstance(method, WeightMethod):
+        raise ConfigError(f"method {name!r} removes channels, not single weights; valid: {', '.join(weight_methods())}")
+    return method
+
+
+def weight_methods() -> list[str]:
+    """Names of the element (unstructured) methods."""
+    return [name for name in METHODS.names() if not METHODS.get(name).structured]
+
+
+def register_weight_method(name: str) -> Callable[[SelectFn], SelectFn]:
+    """Register a selection function as the element method `name`."""
+
+    def decorator(fn: SelectFn) -> SelectFn:
+        METHODS.register(name)(WeightMethod(fn))
+        return fn
+
+    return decorator
 
 
 def select_lowest(

@@ -6,7 +6,7 @@ import torch
 
 from ap_core.masks import Mask
 from ap_core.pruning.ap import ap_select
-from ap_core.pruning.base import METHODS, removed_count
+from ap_core.pruning.base import removed_count, weight_method
 
 
 def target_alive(total: int, prune_rate: float, cycle: int) -> int:
@@ -30,12 +30,13 @@ def prune_cycle(
     ap_candidates: str = "negative",
     generator: torch.Generator | None = None,
 ) -> Mask:
-    """The mask for pruning cycle `cycle` (1-based) from the previous cycle's trained `weights`.
+    """The mask for pruning cycle `cycle` (1-based) of element method `method` from the previous cycle's trained
+    `weights`.
 
     Without AP, X removes everything down to the target. With AP, AP takes round(p_ap * alive) of that total
     among the survivors of X, and X prunes any shortfall (too few negative candidates) so the total stays exact.
     """
-    prune_fn = METHODS.get(method)
+    prune_fn = weight_method(method).choose
     gen = generator if generator is not None else torch.Generator().manual_seed(cycle)
     n_alive = mask.alive()
     n_total = max(0, n_alive - target_alive(mask.total(), prune_rate, cycle))

@@ -5,10 +5,10 @@ from collections.abc import Mapping
 import torch
 
 from ap_core.masks import Mask
-from ap_core.pruning.base import METHODS, alive_on, select_lowest
+from ap_core.pruning.base import alive_on, register_weight_method, select_lowest
 
 
-@METHODS.register("global_magnitude")
+@register_weight_method("global_magnitude")
 def global_magnitude(
     weights: Mapping[str, torch.Tensor], mask: Mask, count: int, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:

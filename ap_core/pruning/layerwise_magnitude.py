@@ -5,7 +5,7 @@ from collections.abc import Mapping
 import torch
 
 from ap_core.masks import Mask
-from ap_core.pruning.base import METHODS, alive_on, select_lowest
+from ap_core.pruning.base import alive_on, register_weight_method, select_lowest
 
 
 def split_count(count: int, alive: Mapping[str, int]) -> dict[str, int]:
@@ -22,7 +22,7 @@ def split_count(count: int, alive: Mapping[str, int]) -> dict[str, int]:
     return shares
 
 
-@METHODS.register("layerwise_magnitude")
+@register_weight_method("layerwise_magnitude")
 def layerwise_magnitude(
     weights: Mapping[str, torch.Tensor], mask: Mask, count: int, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:

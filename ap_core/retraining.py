@@ -1,0 +1,66 @@
+"""Retraining schemes: what a pruned network restarts from, and at which learning rate it trains.
+
+One class per scheme behind a registry; the trial calls `rewind` once when a pruning cycle begins and
+`learning_rate` every step, so adding a scheme touches nothing else.
+"""
+
+from __future__ import annotations
+
+from ap_core.config import TrialConfig
+from ap_core.network import PrunableNet
+from ap_core.registry import Registry
+
+
+class Retraining:
+    """Keep the trained weights and replay the schedule from step 0 (the base every scheme adjusts)."""
+
+    uses_rewind_step = False  # whether `rewind_step` (k) matters, and so must fall inside a cycle
+
+    def rewind(self, net: PrunableNet, config: TrialConfig) -> int:
+        """Restore the weights the next cycle starts from; returns the schedule step it starts at."""
+        return 0
+
+    def learning_rate(self, config: TrialConfig, scheduled: float) -> float:
+        """The LR of a pruning cycle's step, given the LR the schedule has at that step."""
+        return scheduled
+
+
+RETRAINING: Registry[type[Retraining]] = Registry("retraining scheme")
+
+
+@RETRAINING.register("rewind_init")
+class RewindToInit(Retraining):
+    """Lottery ticket (Frankle & Carbin 2019): the surviving weights go back to their initial values."""
+
+    def rewind(self, net: PrunableNet, config: TrialConfig) -> int:
+        net.model.load_state_dict(net.references["init"])
+        return 0
+
+
+@RETRAINING.register("rewind_iteration")
+class RewindToIteration(Retraining):
+    """Late rewinding (Frankle et al. 2020): back to the weights before step k, the schedule resumes there."""
+
+    uses_rewind_step = True
+
+    def rewind(self, net: PrunableNet, config: TrialConfig) -> int:
+        net.model.load_state_dict(net.references["rewind"])
+        return config.rewind_step
+
+
+@RETRAINING.register("lr_rewind")
+class LearningRateRewinding(Retraining):
+    """Renda et al. 2020: keep the trained weights, replay the learning-rate schedule from step k."""
+
+    uses_rewind_step = True
+
+    def rewind(self, net: PrunableNet, config: TrialConfig) -> int:
+        return config.rewind_step
+
+
+@RETRAINING.register("finetune")
+class FineTuning(Retraining):
+    """Renda et al. 2020: keep the trained weights, train at a small constant learning rate."""
+
+    def learning_rate(self, config: TrialConfig, scheduled: float) -> float:
+        return config.finetune_lr
