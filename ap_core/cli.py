@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -23,20 +24,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def print_cycle(result: CycleResult) -> None:
     print(
-        f"cycle {result.cycle:2d}  weights {result.weights_remaining:6.2f}%  test {result.test_acc:6.2f}%  "
+        f"cycle {result.cycle:2d}  weights {result.weights_remaining:6.2f}%  "
+        f"channels {result.channels_remaining:5.1f}%  params {result.params_remaining:5.1f}%  "
+        f"FLOPs {result.flops_remaining:5.1f}%  test {result.test_acc:6.2f}%  "
         f"best {result.best_acc:6.2f}%  loss {result.train_loss:.4f}  DNR {result.dnr:.3f}  "
         f"dead units {result.dead_units}/{result.total_units}  {result.seconds:.1f}s",
         flush=True,
     )
 
 
+def method_help() -> list[str]:
+    """One line per method: its name, kind and options with defaults and help."""
+    from ap_core.pruning import METHODS
+
+    lines = []
+    for name in METHODS.names():
+        method = METHODS.get(name)
+        options = [f"{f.name}={f.default} ({f.metadata.get('help', '')})" for f in dataclasses.fields(method.Hparams)]
+        kind = "channels" if method.structured else "weights"
+        lines.append(f"{name} [{kind}]: {'; '.join(options) or 'no options'}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ap_core import DATASETS, METHODS, MODELS, run_trial
+    from ap_core import DATASETS, MODELS, run_trial
+    from ap_core.retraining import RETRAINING
 
     if args.list:
-        for title, registry in (("models", MODELS), ("datasets", DATASETS), ("methods", METHODS)):
+        for title, registry in (("models", MODELS), ("datasets", DATASETS), ("retraining", RETRAINING)):
             print(f"{title}: {', '.join(registry.names())}")
+        print("methods (options for --method-options):")
+        for line in method_help():
+            print(f"  {line}")
         return 0
     try:
         config = TrialConfig(**dataclass_overrides(args, TrialConfig))

@@ -146,7 +146,7 @@ class _BiaslessNormPruner(BatchnormPruner):
 
 def _dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     custom = {type(m): _BiaslessNormPruner() for m in model.modules() if isinstance(m, NORM_TYPES) and m.bias is None}
-    with _eval_mode(model):
+    with _eval_mode(model), torch.enable_grad():  # the graph is traced through autograd
         return tp.DependencyGraph().build_dependency(model, example_inputs=example, customized_pruners=custom)
 
 

@@ -15,6 +15,8 @@ Plan = tuple[tuple[int, int], ...]
 _PLANS: dict[str, Plan] = {
     "vgg16": ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)),
     "vgg19": ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4)),
+    # A narrow VGG for the offline smoke presets of the channel methods (about 0.3M parameters).
+    "vgg_small": ((32, 2), (64, 2), (128, 2)),
 }
 
 
@@ -53,3 +55,8 @@ def vgg16(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
 @MODELS.register("vgg19")
 def vgg19(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return VGG(_PLANS["vgg19"], num_classes, image_shape("vgg19", input_shape))
+
+
+@MODELS.register("vgg_small")
+def vgg_small(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    return VGG(_PLANS["vgg_small"], num_classes, image_shape("vgg_small", input_shape))

@@ -9,9 +9,12 @@ from torch import nn
 
 from ap_core.masks import Mask
 from ap_core.pruning import (  # noqa: F401  (register methods)
+    demp,
     global_magnitude,
     layerwise_magnitude,
+    network_slimming,
     random,
+    rni,
 )
 from ap_core.pruning.ap import ap_prune, ap_select
 from ap_core.pruning.base import (

@@ -125,6 +125,16 @@ def weight_methods() -> list[str]:
     return [name for name in METHODS.names() if not METHODS.get(name).structured]
 
 
+def register_method(name: str) -> Callable[[type[PruningMethod]], type[PruningMethod]]:
+    """Register an instance of the decorated method class as `name`."""
+
+    def decorator(cls: type[PruningMethod]) -> type[PruningMethod]:
+        METHODS.register(name)(cls())
+        return cls
+
+    return decorator
+
+
 def register_weight_method(name: str) -> Callable[[SelectFn], SelectFn]:
     """Register a selection function as the element method `name`."""
 

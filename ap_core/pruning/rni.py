@@ -1,0 +1,129 @@
+"""RNI, Receding Neuron Importances (Suteu & Guo 2022, arXiv 2204.06404).
+
+Every BatchNorm becomes a bounded one, y = sigmoid(w) * x_hat with no shift, so a channel's importance sigmoid(w)
+lies in (0, 1). A receding regulariser R(w) = s (1 - ln s), s = sigmoid(w + b), pushes unimportant channels
+further down while leaving important ones alone; the importances become bimodal and one global threshold removes
+the requested share of channels (at least `min_channels` per layer; ResNets only inside their blocks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ap_core.errors import ConfigError
+from ap_core.hooks import CycleContext, TrainingHook
+from ap_core.pruning.base import PruneRequest, Removal, register_method
+from ap_core.pruning.channels import ChannelMethod, channels_to_target, family, group_scales, lowest_channels
+
+# The authors' settings per architecture family: (alpha, b).
+DEFAULT_REGULARISER = {"vgg": (1e-3, 3.0), "resnet": (1e-4, 0.0)}
+
+
+class BoundedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose scale is sigmoid(w), w ~ N(0, 1), and which has no shift."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.register_parameter("bias", None)
+        nn.init.normal_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            torch.sigmoid(self.weight),
+            None,
+            self.training,
+            self.momentum,
+            self.eps,
+        )
+
+
+def receding_penalty(w: torch.Tensor, b: float) -> torch.Tensor:
+    """R(w) = s (1 - ln s), s = sigmoid(w + b); dR/dw = -s (1 - s) ln s >= 0, largest near w + b = -1.18."""
+    s = torch.sigmoid(w + b)
+    return s * (1 - torch.log(s))
+
+
+@dataclass(frozen=True)
+class RNIHparams:
+    channel_ratio: float = field(default=0.5, metadata={"help": "share of the prunable channels removed"})
+    alpha: float | None = field(
+        default=None, metadata={"help": "regulariser strength (default: 1e-3 VGG, 1e-4 ResNet)"}
+    )
+    b: float | None = field(default=None, metadata={"help": "regulariser shift (default: 3 VGG, 0 ResNet)"})
+    bn_lr_scale: float = field(default=10.0, metadata={"help": "LR multiplier of the BatchNorm scales"})
+    min_channels: int = field(default=3, metadata={"help": "channels every layer keeps"})
+
+    def validate(self) -> None:
+        if not 0 < self.channel_ratio < 1:
+            raise ConfigError(f"channel_ratio {self.channel_ratio} must be in the open interval (0, 1)")
+        if self.alpha is not None and self.alpha < 0:
+            raise ConfigError(f"alpha {self.alpha} must be >= 0")
+        if self.bn_lr_scale <= 0:
+            raise ConfigError(f"bn_lr_scale {self.bn_lr_scale} must be > 0")
+        if self.min_channels < 1:
+            raise ConfigError(f"min_channels {self.min_channels} must be >= 1")
+
+
+class RecedingHook(TrainingHook):
+    """Adds alpha * dR/dw to every bounded BatchNorm scale's gradient."""
+
+    def __init__(self, model: nn.Module, alpha: float, b: float) -> None:
+        self.scales = [m.weight for m in model.modules() if isinstance(m, BoundedBatchNorm2d)]
+        self.alpha, self.b = alpha, b
+
+    def after_backward(self, step: int) -> None:
+        penalty = sum(receding_penalty(w, self.b).sum() for w in self.scales)
+        (self.alpha * penalty).backward()
+
+
+@register_method("rni")
+class RecedingNeuronImportances(ChannelMethod):
+    Hparams = RNIHparams
+
+    def prepare(self, model: nn.Module, hparams: Any) -> None:
+        """Swap every BatchNorm2d for a bounded one (in module order, so the N(0, 1) draws are reproducible)."""
+        for name, module in list(model.named_modules()):
+            if type(module) is nn.BatchNorm2d:
+                parent_name, _, child = name.rpartition(".")
+                parent = model.get_submodule(parent_name)
+                setattr(parent, child, BoundedBatchNorm2d(module.num_features, module.eps, module.momentum))
+
+    def param_groups(self, model: nn.Module, hparams: Any) -> list[dict[str, Any]]:
+        scales = {id(m.weight) for m in model.modules() if isinstance(m, BoundedBatchNorm2d)}
+        params = list(model.parameters())
+        return [
+            {"params": [p for p in params if id(p) not in scales], "lr_scale": 1.0},
+            {
+                "params": [p for p in params if id(p) in scales],
+                "lr_scale": hparams.bn_lr_scale,
+                "weight_decay": 0.0,
+            },
+        ]
+
+    def hooks(self, context: CycleContext) -> list[TrainingHook]:
+        if context.cycle > 0:  # fine-tuning runs without the regulariser
+            return []
+        alpha, b = self.regulariser(context.hparams, context.config.model)
+        return [RecedingHook(context.net.model, alpha, b)]
+
+    @staticmethod
+    def regulariser(hparams: RNIHparams, model: str) -> tuple[float, float]:
+        alpha, b = DEFAULT_REGULARISER[family(model)]
+        return (hparams.alpha if hparams.alpha is not None else alpha, hparams.b if hparams.b is not None else b)
+
+    def select(self, request: PruneRequest) -> Removal:
+        hp = request.hparams
+        importance = {root: torch.sigmoid(w) for root, w in group_scales(request.net).items()}
+        count = channels_to_target(request.net, hp.channel_ratio)
+        return Removal(channels=lowest_channels(importance, count, hp.min_channels))
