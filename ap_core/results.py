@@ -32,7 +32,8 @@ class CycleResult:
     params_remaining: float = 100.0
     channels_remaining: float = 100.0
     flops_remaining: float = 100.0
-    # Channel removals during the cycle (DemP): step, channels removed and what remained after each.
+    # Channel removals of the cycle: step (within the cycle and over the whole trial), channels removed and what
+    # remained after each.
     removal_events: list[dict[str, float]] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:

@@ -265,6 +265,7 @@ class Trial:
                 self.progress.removal_events.append(
                     {
                         "step": step,
+                        "training_step": self.cycle * self._cycle_steps() + step,
                         "removed": removed,
                         "channels_remaining": left.channels,
                         "params_remaining": left.params,

@@ -8,6 +8,7 @@ exactly one child run per trial and no duplicate or missing steps.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 import urllib.error
@@ -158,6 +159,7 @@ class MlflowTrialLogger(Callback):
             return  # re-reported after a resume: MLflow has it already
         now = _now_ms()
         entries = [Metric(k, v, now, step) for k, v in metrics.items()]
+        entries += _removal_metrics(result.get("removal_events"), now)
         tags = [RunTag("node_ip", str(result.get("node_ip", ""))), RunTag("node_id", str(result.get("node_id", "")))]
         for start in range(0, len(entries), BATCH_LIMIT):
             self.client.log_batch(run_id, metrics=entries[start : start + BATCH_LIMIT], tags=tags if start == 0 else [])
@@ -209,6 +211,7 @@ class MlflowTrialLogger(Callback):
             "method": plan.labels["method"],
             "pruning_method": config.method,
             "variant": plan.labels["variant"],
+            **({"setting": plan.labels["setting"]} if "setting" in plan.labels else {}),
             "ap": str(config.ap).lower(),
             "seed": str(config.seed),
             "attempts": "1",
@@ -233,6 +236,13 @@ class MlflowTrialLogger(Callback):
                 self.client.log_artifact(run_id, str(path), artifact_path=_artifact_dir(path))
         self.client.set_terminated(run_id, status)
         self._runs.pop(name, None)
+
+
+def _removal_metrics(events_json: str | None, now: int) -> list[Metric]:
+    """Channel removals as `removal/<measure>` metrics whose step is the training step of the whole trial."""
+    events = json.loads(events_json) if events_json else []
+    measures = ("removed", "channels_remaining", "params_remaining", "flops_remaining", "weights_remaining")
+    return [Metric(f"removal/{m}", float(e[m]), now, int(e["training_step"])) for e in events for m in measures]
 
 
 def _trial_artifacts(folder: Path, name: str, cycles: pd.DataFrame, error: str | None) -> list[Path]:

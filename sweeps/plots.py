@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -10,20 +12,24 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-PERCENT_TICKS = (100, 50, 20, 10, 5, 2, 1)
+PERCENT_TICKS = (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1)
 
 
-def _accuracy_axes(ax: plt.Axes) -> None:
-    """Weights remaining on a log axis, densest on the left, as pruning papers draw it."""
+def _percent_axis(ax: plt.Axes, label: str) -> None:
+    """A "% remaining" x axis on a log scale, densest on the left, as pruning papers draw it."""
     ax.set_xscale("log")
     low, high = ax.get_xlim()
     ticks = [t for t in PERCENT_TICKS if low <= t <= high]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
     ax.set_xlim(high, low)
-    ax.set_xlabel("weights remaining (%)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlabel(label)
     ax.grid(True, which="both", alpha=0.3)
+
+
+def _accuracy_axes(ax: plt.Axes) -> None:
+    _percent_axis(ax, "weights remaining (%)")
+    ax.set_ylabel("test accuracy (%)")
 
 
 def trial_accuracy_figure(cycles: pd.DataFrame, title: str) -> Figure:
@@ -81,6 +87,46 @@ def comparison_figure(rows: pd.DataFrame, title: str) -> Figure:
         dnr_ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_params_figure(finals: pd.DataFrame, title: str) -> Figure:
+    """Per dataset/network/method: final test accuracy and dynamic DNR against parameters remaining, one point per
+    setting (channel ratio, lambda), one line per variant; error bars are the std over seeds."""
+    panels = list(finals.groupby(["dataset", "network", "method"], sort=False))
+    colors = {variant: f"C{i}" for i, variant in enumerate(dict.fromkeys(finals["variant"]))}
+    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.2 * len(panels)), squeeze=False)
+    for (keys, panel), row in zip(panels, axes, strict=True):
+        for variant, runs in panel.groupby("variant", sort=False):
+            points = runs.groupby("setting", sort=False)[["params_remaining", "test_acc", "dnr"]].agg(["mean", "std"])
+            points = points.sort_values(("params_remaining", "mean"), ascending=False)
+            for ax, measure in zip(row, ("test_acc", "dnr"), strict=True):
+                ax.errorbar(
+                    points[("params_remaining", "mean")],
+                    points[(measure, "mean")],
+                    xerr=points[("params_remaining", "std")].fillna(0),
+                    yerr=points[(measure, "std")].fillna(0),
+                    marker="o",
+                    capsize=3,
+                    color=colors[variant],
+                    label=variant,
+                )
+                for setting, values in points.iterrows():
+                    ax.annotate(
+                        str(setting),
+                        (values[("params_remaining", "mean")], values[(measure, "mean")]),
+                        textcoords="offset points",
+                        xytext=(4, 4),
+                        fontsize="x-small",
+                        color=colors[variant],
+                    )
+        for ax, ylabel in zip(row, ("test accuracy (%)", "dynamic DNR, last epoch"), strict=True):
+            _percent_axis(ax, "parameters remaining (%)")
+            ax.set_ylabel(ylabel)
+            ax.set_title(" / ".join(map(str, keys)))
+            ax.legend()
+    fig.suptitle(textwrap.fill(title, 90))
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     return fig
 
 

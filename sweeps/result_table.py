@@ -71,10 +71,13 @@ def build_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
     table: dict[tuple[str, ...], list[str]] = {}
     for group in dict.fromkeys(c[:3] for c in combos):
         for variant in (v for v in variants if (*group, v) in combos):
-            table[(*group, variant)] = [_cell(lookup.get((*group, variant, level)), plan.seeds) for level in levels]
+            table[(*group, variant)] = [
+                format_cell(lookup.get((*group, variant, level)), plan.seeds) for level in levels
+            ]
         for variant in (v for v in variants[1:] if (*group, v) in combos):
             table[(*group, f"Δ({variant})")] = [
-                _delta(lookup.get((*group, variant, level)), lookup.get((*group, baseline, level))) for level in levels
+                format_delta(lookup.get((*group, variant, level)), lookup.get((*group, baseline, level)))
+                for level in levels
             ]
     index = pd.MultiIndex.from_tuples(list(table), names=[*GROUP_KEYS, "variant"])
     cells = pd.DataFrame(list(table.values()), index=index, columns=[f"{level:.1f}" for level in levels])
@@ -88,7 +91,8 @@ def build_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
     return SweepTable(title, cells, stats)
 
 
-def _cell(stat: tuple[float, float, int] | None, seeds: int) -> str:
+def format_cell(stat: tuple[float, float, int] | None, seeds: int) -> str:
+    """`mean ± std` of (mean, std, n), marked `(n=k)` when fewer than `seeds` values made it."""
     if stat is None:
         return MISSING
     mean, std, n = stat
@@ -96,7 +100,8 @@ def _cell(stat: tuple[float, float, int] | None, seeds: int) -> str:
     return text if n >= seeds else f"{text} (n={n})"
 
 
-def _delta(stat: tuple[float, float, int] | None, base: tuple[float, float, int] | None) -> str:
+def format_delta(stat: tuple[float, float, int] | None, base: tuple[float, float, int] | None) -> str:
+    """The difference of two cells' means, signed."""
     if stat is None or base is None:
         return MISSING
     return f"{stat[0] - base[0] + 0.0:+.2f}".replace("-0.00", "+0.00")

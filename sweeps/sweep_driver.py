@@ -35,6 +35,16 @@ EXIT_INPUT_ERROR = 2
 EXIT_TRIALS_FAILED = 1
 EXIT_INTERRUPTED = 130
 STATE_FILE = "sweep.json"
+# Per-cycle metrics the tables and plots read (older results without the structured axes lack the last three).
+ROW_METRICS = (
+    "cycle",
+    "weights_remaining",
+    "test_acc",
+    "dnr",
+    "params_remaining",
+    "channels_remaining",
+    "flops_remaining",
+)
 
 
 def main(spec: SweepSpec, argv: Sequence[str] | None = None) -> None:
@@ -96,6 +106,8 @@ def print_choices(spec: SweepSpec) -> None:
     for method in spec.methods:
         print(f"  {method.label} ({method.tag}): {dict(method.overrides)}")
     print(f"compared: {', '.join(v.label for v in spec.variants)} (Delta against {spec.variants[0].label})")
+    if spec.settings:
+        print(f"settings (a column each): {', '.join(f'{s.label} {dict(s.overrides)}' for s in spec.settings)}")
     print("presets:")
     for name, preset in spec.presets.items():
         default = " [default]" if name == spec.default_preset else ""
@@ -107,8 +119,9 @@ def print_plan(plan: SweepPlan) -> None:
     """Every trial with its key settings, then the count and the training epochs they add up to."""
     for trial in plan.trials:
         c = trial.config
+        options = "".join(f" {k}={v}" for k, v in c.method_options.items())
         print(
-            f"{trial.name}: model={c.model} dataset={c.dataset} method={c.method} ap={c.ap} "
+            f"{trial.name}: model={c.model} dataset={c.dataset} method={c.method}{options} ap={c.ap} "
             f"retraining={c.retraining} seed={c.seed} cycles={c.cycles} epochs={c.epochs} "
             f"batch_size={c.batch_size} lr={c.lr:g}"
         )
@@ -385,10 +398,13 @@ class SweepRunner:
                     continue
                 plan = self.plans[name]
                 cycles = history.drop_duplicates("cycle", keep="last").sort_values("cycle")
-                frame = cycles[["cycle", "weights_remaining", "test_acc", "dnr"]].assign(
+                frame = cycles[[c for c in ROW_METRICS if c in cycles]].assign(
                     trial=name, group=plan.group, **plan.labels
                 )
                 frames.append(frame)
+        # In plan order (not completion order), so tables and plots list variants and settings as declared.
+        order = {name: index for index, name in enumerate(self.plans)}
+        frames.sort(key=lambda frame: order[frame["trial"].iloc[0]])
         rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         if not rows.empty:
             rows["level"] = rows["weights_remaining"].round(1)
@@ -399,6 +415,7 @@ class SweepRunner:
         from sweeps import plots
         from sweeps.result_table import build_table
 
+        spec = self.plan.spec
         artifacts: list[Path] = []
         rows_path = self.sweep_dir / "trial_cycles.csv"
         rows.to_csv(rows_path, index=False)
@@ -406,12 +423,12 @@ class SweepRunner:
         if self.plan.search is not None:
             artifacts += self._write_best_settings(rows)
         else:
-            table = build_table(rows, self.plan)
+            table = (spec.table or build_table)(rows, self.plan)
             print(f"\n{table.title}\n\n{table.to_markdown()}\n")
             artifacts += table.write(self.sweep_dir, self.name)
         if not rows.empty:
             figure_path = self.sweep_dir / "comparison.png"
-            plots.save(plots.comparison_figure(rows, self.plan.spec.title), str(figure_path))
+            plots.save((spec.figure or plots.comparison_figure)(rows, spec.title), str(figure_path))
             artifacts.append(figure_path)
         print(f"results in {self.sweep_dir}")
         finished = rows["trial"].nunique() if not rows.empty else 0

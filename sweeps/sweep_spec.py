@@ -12,7 +12,7 @@ import hashlib
 import itertools
 import json
 import random
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +72,7 @@ class SearchSpace:
 @dataclass(frozen=True)
 class Preset:
     """A named protocol: networks, datasets, seeds, the TrialConfig recipe; optionally a subset of the
-    sweep's methods (labels) and a smaller search space."""
+    sweep's methods (labels), its own settings axis and a smaller search space."""
 
     description: str
     networks: tuple[str, ...]
@@ -82,6 +82,7 @@ class Preset:
     per_network: Mapping[str, Mapping[str, Any]] = field(default_factory=_copy)
     methods: tuple[str, ...] = ()
     search: SearchSpace | None = None
+    settings: tuple[Variant, ...] = ()  # replaces the sweep's settings axis (e.g. fewer lambdas for a smoke run)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trial", _copy(self.trial))
@@ -96,7 +97,10 @@ class SweepSpec:
     """A table (or search) the paper reports, as axes x presets.
 
     `variants` are compared within each method; the first one is the baseline the Delta rows subtract.
+    `settings` is an optional further axis (a channel ratio, DemP's lambda), a table column each.
     `search` turns the sweep into a hyperparameter search (one Tune experiment per network x method).
+    `table(rows, plan) -> SweepTable` and `figure(rows, title) -> Figure` replace the default weights-remaining
+    table and comparison plot (sweeps/result_table.py, sweeps/plots.py) for sweeps whose results read otherwise.
     """
 
     name: str
@@ -106,6 +110,9 @@ class SweepSpec:
     variants: tuple[Variant, ...] = (NO_AP, WITH_AP)
     default_preset: str = "smoke"
     search: SearchSpace | None = None
+    settings: tuple[Variant, ...] = ()
+    table: Callable[..., Any] | None = None
+    figure: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "presets", _copy(self.presets))
@@ -146,10 +153,14 @@ class PlannedTrial:
         return (self.config.cycles + 1) * self.config.epochs
 
     def params(self) -> dict[str, str]:
-        """The flattened TrialConfig as strings, for MLflow params."""
-        return {
-            k: ",".join(str(x) for x in v) if isinstance(v, tuple) else str(v) for k, v in self.config.to_dict().items()
-        }
+        """The flattened TrialConfig as strings, for MLflow params (`method_options.alpha` for method options)."""
+        flat: dict[str, str] = {}
+        for key, value in self.config.to_dict().items():
+            if isinstance(value, dict):
+                flat.update({f"{key}.{k}": str(v) for k, v in value.items()})
+            else:
+                flat[key] = ",".join(str(x) for x in value) if isinstance(value, tuple) else str(value)
+        return flat
 
 
 @dataclass(frozen=True)
@@ -197,8 +208,9 @@ def expand(
 ) -> SweepPlan:
     """Expand the spec's axes into validated trials; raises ConfigError naming the first bad value.
 
-    Settings are layered, later winning: preset recipe, method, variant, per-network recipe, `--hparams` file
-    entry for (network, pruning method), command-line overrides, then the axes themselves.
+    Settings are layered, later winning: preset recipe, method, variant, setting, per-network recipe, `--hparams`
+    file entry for (network, pruning method), command-line overrides, then the axes themselves; `method_options`
+    are merged option by option across the layers.
     """
     preset = spec.preset(preset_name)
     networks = networks or preset.networks
@@ -212,16 +224,18 @@ def expand(
     if search is not None:
         points = search.points(search_mode, num_samples)
     trials = []
-    for dataset, network, method, variant in itertools.product(datasets, networks, chosen_methods, spec.variants):
-        recipe = {**preset.trial, **method.overrides, **variant.overrides}
-        recipe.update(preset.per_network.get(network, {}))
+    settings = preset.settings or spec.settings or (Variant("", ""),)
+    for dataset, network, method, variant, setting in itertools.product(
+        datasets, networks, chosen_methods, spec.variants, settings
+    ):
+        recipe = _layered(preset.trial, method.overrides, variant.overrides, setting.overrides)
+        recipe = _layered(recipe, preset.per_network.get(network, {}))
         pruning_method = recipe.get("method", TrialConfig.method)
-        recipe.update((hparams or {}).get(network, {}).get(pruning_method, {}))
-        recipe.update(overrides or {})
+        recipe = _layered(recipe, (hparams or {}).get(network, {}).get(pruning_method, {}), overrides or {})
         group = f"{dataset}-{network}-{method.tag}" if search is not None else ""
         for seed, point in itertools.product(range(1, seed_count + 1), points):
             config = TrialConfig(**{**recipe, **point, "model": network, "dataset": dataset, "seed": seed})
-            name = _trial_name(network, dataset, method, variant, seed, point, multi_dataset=len(datasets) > 1)
+            name = _trial_name(network, dataset, method, variant, setting, seed, point, multi_dataset=len(datasets) > 1)
             labels = {
                 "dataset": dataset,
                 "network": network,
@@ -229,8 +243,22 @@ def expand(
                 "variant": variant.label,
                 "seed": seed,
             }
+            if setting.label:
+                labels["setting"] = setting.label
             trials.append(PlannedTrial(name, group, _copy(labels), config))
     return SweepPlan(spec, preset_name, tuple(trials), seed_count, search)
+
+
+def _layered(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Later layers win, except that `method_options` mappings are merged key by key."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key == "method_options" and isinstance(value, Mapping):
+                merged[key] = {**merged.get(key, {}), **value}
+            else:
+                merged[key] = value
+    return merged
 
 
 def _trial_name(
@@ -238,12 +266,14 @@ def _trial_name(
     dataset: str,
     method: Variant,
     variant: Variant,
+    setting: Variant,
     seed: int,
     point: Mapping[str, Any],
     multi_dataset: bool,
 ) -> str:
-    """`resnet20-gp-ap-seed1`; search trials add their point (`mlp-gp-bs64-lr0.011-ep80-seed1`)."""
-    parts = [network, dataset if multi_dataset else "", method.tag, variant.tag]
+    """`resnet20-gp-ap-seed1`; a setting adds its tag (`vgg16-rni-r90-ap-seed1`), search trials their point
+    (`mlp-gp-bs64-lr0.011-ep80-seed1`)."""
+    parts = [network, dataset if multi_dataset else "", method.tag, setting.tag, variant.tag]
     parts += [
         f"{_SHORT_KEYS.get(k, k)}{v:g}" if isinstance(v, float) else f"{_SHORT_KEYS.get(k, k)}{v}"
         for k, v in point.items()

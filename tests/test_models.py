@@ -20,6 +20,7 @@ NATURAL_SHAPES: dict[str, tuple[int, ...]] = {
     "resnet56": CIFAR,
     "vgg16": CIFAR,
     "vgg19": CIFAR,
+    "vgg_small": CIFAR,
     "densenet40": CIFAR,
     "mobilenetv2": CIFAR,
     "vit_tiny": CIFAR,
@@ -118,6 +119,7 @@ def test_first_prunable_is_input_layer_and_last_is_classifier(name: str) -> None
         ("resnet56", CIFAR, 0.84e6, 0.87e6),  # paper: 0.85M
         ("vgg16", CIFAR, 14.6e6, 14.9e6),  # OpenLTH CIFAR VGG-16: ~14.7M
         ("vgg19", CIFAR, 19.9e6, 20.2e6),  # OpenLTH CIFAR VGG-19: ~20.0M
+        ("vgg_small", CIFAR, 288_746, 288_746),  # exact: 3x3 convs 3-32-32-64-64-128-128, BN scale+shift, fc 128-10
         ("densenet40", CIFAR, 0.98e6, 1.06e6),  # paper: 1.0M
         ("mobilenetv2", CIFAR, 2.1e6, 2.4e6),  # CIFAR ports: ~2.2-2.3M
         ("lenet300_100", MNIST, 266_610, 266_610),  # exact: 784*300 + 300*100 + 100*10 + biases

@@ -299,3 +299,36 @@ def test_diverging_training_is_reported_as_non_finite(digits):
 
     with pytest.raises(NonFiniteLossError, match="lower the learning rate"):
         run_trial(quick(lr=1e12), dataset=digits)
+
+
+class _RunsCode:
+    """Unpickling this would run `touch <marker>`: what a malicious checkpoint on shared storage could do."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("kind", ["malicious", "truncated", "empty", "garbage"])
+def test_a_bad_checkpoint_is_a_one_line_error_and_runs_nothing(kind, digits, tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / CHECKPOINT_FILE
+    if kind == "malicious":
+        torch.save({"meta": _RunsCode(marker)}, path, pickle_module=pickle)
+    elif kind == "truncated":
+        run_trial(quick(cycles=1, epochs=1), checkpoint_dir=tmp_path, dataset=digits)
+        path.write_bytes(path.read_bytes()[:2000])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_text("not a checkpoint\n")
+    with pytest.raises(ConfigError) as err:
+        run_trial(quick(cycles=1, epochs=1), resume_from=tmp_path, dataset=digits)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()

@@ -6,6 +6,7 @@ every trial travels once through the object store in `plans`, and each dataset o
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Mapping
@@ -45,7 +46,7 @@ def train_trial(
         def report(result: CycleResult) -> None:
             # run_trial has just written workdir/trial.pt; report() persists it before returning.
             tune.report(
-                {**result.metrics(), "node_id": node_id},
+                {**result.metrics(), "node_id": node_id, "removal_events": json.dumps(result.removal_events)},
                 checkpoint=tune.Checkpoint.from_directory(workdir),
             )
 

@@ -1,0 +1,164 @@
+"""Tables and the plot of the channel-pruning sweeps, whose results read by channel ratio or lambda rather than by
+weights remaining.
+
+Rows are the per-(trial, cycle) frame the driver collects: table labels (dataset, network, method, variant,
+setting, seed) plus `cycle`, `test_acc`, `params_remaining`, `channels_remaining` and `flops_remaining`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from sweeps import plots
+from sweeps.result_table import MISSING, SweepTable, format_cell, format_delta
+from sweeps.sweep_spec import SweepPlan
+
+REFERENCE = Path(__file__).resolve().parent / "reference" / "rni_results.csv"
+ROW_KEYS = ["dataset", "network", "method", "variant"]
+# Table labels of the methods -> their names in the reference file.
+REFERENCE_METHODS = {"NS": "network_slimming", "RNI": "rni"}
+
+
+def final_cycles(rows: pd.DataFrame) -> pd.DataFrame:
+    """The last cycle each trial reached."""
+    return rows.sort_values("cycle").groupby("trial").tail(1)
+
+
+def _stats(frame: pd.DataFrame, keys: list[str], column: str) -> dict[tuple, tuple[float, float, int]]:
+    if frame.empty:
+        return {}
+    grouped = frame.groupby(keys)[column].agg(["mean", "std", "count"])
+    return {key if isinstance(key, tuple) else (key,): tuple(v) for key, v in grouped.iterrows()}
+
+
+def _setting_ratio(plan: SweepPlan) -> dict[str, float]:
+    """Each setting's channel ratio, in the plan's order."""
+    return {t.labels["setting"]: t.config.method_options["channel_ratio"] for t in plan.trials}
+
+
+def _reference() -> pd.DataFrame:
+    return pd.read_csv(REFERENCE).set_index(["dataset", "network", "method"])
+
+
+def structured_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
+    """RNI's comparison: accuracy dense and after pruning each channel ratio, parameters left, the paper's numbers.
+
+    `dense` is cycle 0 (trained with the method's regulariser) over every trial of the row; each ratio column is
+    the last cycle, after removal and fine-tuning. `ref` columns are the authors' single runs (no AP).
+    """
+    ratios = _setting_ratio(plan)
+    seeds = plan.seeds
+    finals = final_cycles(rows) if not rows.empty else rows
+    dense = _stats(rows[rows["cycle"] == 0] if not rows.empty else rows, ROW_KEYS, "test_acc")
+    acc = _stats(finals, [*ROW_KEYS, "setting"], "test_acc")
+    params = _stats(finals, [*ROW_KEYS, "setting"], "params_remaining")
+    reference = _reference()
+    variants = [v.label for v in plan.spec.variants]
+    combos = list(dict.fromkeys(tuple(t.labels[k] for k in ROW_KEYS) for t in plan.trials))
+    columns = ["dense"]
+    for label in ratios:
+        columns += [f"{label} acc", f"{label} params %"]
+    columns += ["ref dense", *(f"ref {label}" for label in ratios)]
+
+    table: dict[tuple, list[str]] = {}
+    for combo in combos:
+        dataset, network, method, variant = combo
+        ref_key = (dataset, network, REFERENCE_METHODS.get(method, ""))
+        has_ref = variant == variants[0] and ref_key in reference.index
+        cells = [format_cell(dense.get(combo), seeds * len(ratios))]
+        for label in ratios:
+            cells += [format_cell(acc.get((*combo, label)), seeds), _mean(params.get((*combo, label)))]
+        cells.append(f"{reference.loc[ref_key, 'dense']:.2f}" if has_ref else MISSING)
+        for ratio in ratios.values():
+            column = f"pruned_{round(100 * ratio)}pct_channels"
+            has_column = has_ref and column in reference.columns
+            cells.append(f"{reference.loc[ref_key, column]:.2f}" if has_column else MISSING)
+        table[combo] = cells
+        if variant != variants[0] and (*combo[:3], variants[0]) in table:
+            base = (*combo[:3], variants[0])
+            deltas = [format_delta(dense.get(combo), dense.get(base))]
+            for label in ratios:
+                deltas += [format_delta(acc.get((*combo, label)), acc.get((*base, label))), ""]
+            table[(*combo[:3], f"Δ({variant})")] = deltas + [""] * (1 + len(ratios))
+    title = (
+        f"{plan.spec.title} — test accuracy (%), mean ± std over {seeds} seeds, and parameters remaining "
+        f"[{plan.spec.name}, preset {plan.preset_name}]"
+    )
+    values = pd.concat(
+        [
+            _long(dense, ROW_KEYS, "dense_acc"),
+            _long(acc, [*ROW_KEYS, "setting"], "final_acc"),
+            _long(params, [*ROW_KEYS, "setting"], "params_remaining"),
+        ],
+        ignore_index=True,
+    )
+    return SweepTable(title, _frame(table, columns, combos), values)
+
+
+def demp_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
+    """DemP's curve as a table: per lambda, accuracy after DemP's run (cycle 0) and at the end, and what is left."""
+    seeds = plan.seeds
+    finals = final_cycles(rows) if not rows.empty else rows
+    # Lambda before variant, so AP and no AP of one lambda sit on adjacent rows.
+    keys = ["dataset", "network", "method", "setting", "variant"]
+    demp_run = _stats(rows[rows["cycle"] == 0] if not rows.empty else rows, keys, "test_acc")
+    stats = {
+        column: _stats(finals, keys, column)
+        for column in ("test_acc", "params_remaining", "channels_remaining", "flops_remaining")
+    }
+    columns = ["acc after DemP", "final acc", "params %", "channels %", "FLOPs %"]
+    combos = sorted(
+        dict.fromkeys(tuple(t.labels[k] for k in keys) for t in plan.trials),
+        key=lambda c: (c[:3], _setting_position(plan, c[3]), c[4] != plan.spec.variants[0].label),
+    )
+    table = {
+        combo: [
+            format_cell(demp_run.get(combo), seeds),
+            format_cell(stats["test_acc"].get(combo), seeds),
+            *(_mean(stats[c].get(combo)) for c in ("params_remaining", "channels_remaining", "flops_remaining")),
+        ]
+        for combo in combos
+    }
+    title = (
+        f"{plan.spec.title} — test accuracy (%), mean ± std over {seeds} seeds, and what remains (mean %) "
+        f"[{plan.spec.name}, preset {plan.preset_name}]"
+    )
+    values = pd.concat([_long(stats[c], keys, c) for c in stats], ignore_index=True)
+    index_names = ["dataset", "network", "method", "lambda", "variant"]
+    return SweepTable(title, _frame(table, columns, combos, index_names), values)
+
+
+def _setting_position(plan: SweepPlan, setting: str) -> int:
+    """The position of `setting` in the plan (the order the sweep declares its settings in)."""
+    return list(dict.fromkeys(t.labels["setting"] for t in plan.trials)).index(setting)
+
+
+def params_figure(rows: pd.DataFrame, title: str) -> Figure:
+    """Accuracy and DNR against parameters remaining, one point per setting, one line per variant (AP, no AP)."""
+    return plots.accuracy_vs_params_figure(final_cycles(rows), title)
+
+
+def _mean(stat: tuple[float, float, int] | None) -> str:
+    return MISSING if stat is None else f"{stat[0]:.1f}"
+
+
+def _long(stats: dict[tuple, tuple[float, float, int]], keys: list[str], measure: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {**dict(zip(keys, k, strict=True)), "measure": measure, "mean": m, "std": s, "n": n}
+            for k, (m, s, n) in stats.items()
+        ]
+    )
+
+
+def _frame(
+    table: dict[tuple, list[str]], columns: list[str], combos: list[tuple], names: list[str] | None = None
+) -> pd.DataFrame:
+    index = pd.MultiIndex.from_tuples(list(table), names=names or ROW_KEYS)
+    cells = pd.DataFrame(list(table.values()), index=index, columns=columns)
+    if len({c[0] for c in combos}) == 1:
+        cells = cells.droplevel("dataset")
+    return cells
