@@ -22,7 +22,8 @@ import torch
 from ap_core import Mask, TrialConfig, build_model, load_dataset, prune
 from ap_core.data import train_batches
 from ap_core.dnr import DeadNeuronCounter
-from ap_core.training import MaskedParameters, build_optimizer, resolve_device, train_batches_step
+from ap_core.network import PrunableNet
+from ap_core.training import build_optimizer, resolve_device, train_batches_step
 
 
 def time_variant(
@@ -43,18 +44,24 @@ def time_variant(
     mask = Mask.ones(model)
     if masked_density is not None:
         mask = prune("global_magnitude", model, mask, 1.0 - masked_density)
-    masked = MaskedParameters(model, mask if masked_density is not None else Mask({}))
-    optimizer = build_optimizer(TrialConfig(), model)
+    # The training loop takes the net and looks up its optimizer and masking every step; no hooks (dense or masked
+    # training with no method acting inside the loop).
+    net = PrunableNet(
+        model,
+        mask if masked_density is not None else Mask({}),
+        data.x_train[:1],
+        lambda m: build_optimizer(TrialConfig(), m),
+    )
     counter = DeadNeuronCounter(model) if count_dnr else None
     if counter is not None:
         counter.enabled = True
     generator = torch.Generator(device=device).manual_seed(0)
     batches = list(itertools.islice(epochs_of_batches(data, batch_size, generator), steps + 1))
     lrs = iter(lambda: 0.01, None)
-    train_batches_step(model, batches[:1], optimizer, masked, lrs, use_amp)  # warm-up
+    train_batches_step(net, batches[:1], lrs, use_amp, 0)  # warm-up
     synchronize(device)
     started = time.perf_counter()
-    train_batches_step(model, batches[1:], optimizer, masked, lrs, use_amp)
+    train_batches_step(net, batches[1:], lrs, use_amp, 1)
     if counter is not None:
         counter.read()  # the per-epoch read-back belongs to the measured cost
     synchronize(device)
