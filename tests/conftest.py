@@ -134,6 +134,27 @@ def parse_printed_table(stdout: str) -> dict[tuple[str, ...], dict[str, str]]:
     return table
 
 
+class Killed(Exception):
+    """Stands in for a trial process killed between two cycles."""
+
+
+def run_killed_after_cycle(config, cycle: int, checkpoint_dir: Path, dataset) -> None:
+    """Run a trial that dies right after cycle `cycle` was checkpointed."""
+    from ap_core import run_trial
+
+    def kill(result) -> None:
+        if result.cycle == cycle:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_trial(config, on_cycle=kill, checkpoint_dir=checkpoint_dir, dataset=dataset)
+
+
+def comparable(results) -> list[dict]:
+    """Everything a trial's results hold except wall-clock time."""
+    return [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in results]
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A short temporary folder (Ray's unix sockets must fit in 107 characters)."""

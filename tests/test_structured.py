@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from conftest import comparable, run_killed_after_cycle
 from torch import nn
 
 from ap_core import ConfigError, TrialConfig, build_model, load_dataset, run_trial
@@ -26,10 +27,6 @@ QUICK = {"dataset": "digits", "epochs": 2, "cycles": 2, "cpu_threads": 1, "max_t
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
-
-
-def comparable(results):
-    return [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in results]
 
 
 def make_net(model_name: str, method: str = "network_slimming", momentum: float = 0.9) -> PrunableNet:
@@ -247,16 +244,7 @@ def test_killed_after_a_removal_and_resumed_gives_the_same_numbers(model, method
     ).replace(checkpoint_every_epoch=True)
     uninterrupted = run_trial(config, dataset=digits)
     assert uninterrupted[1].channels_remaining < 100
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_cycle_1(result):
-        if result.cycle == 1:
-            raise Killed
-
-    with pytest.raises(Killed):
-        run_trial(config, on_cycle=kill_after_cycle_1, checkpoint_dir=tmp_path, dataset=digits)
+    run_killed_after_cycle(config, 1, tmp_path, digits)
     resumed = run_trial(config, checkpoint_dir=tmp_path, resume_from=tmp_path, dataset=digits)
     assert comparable(resumed) == comparable(uninterrupted)
 

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from conftest import comparable, run_killed_after_cycle
 
 from ap_core import MODELS, ConfigError, DatasetUnavailableError, TrialConfig, build_model, load_dataset, run_trial
 from ap_core.dnr import activation_layers
@@ -26,11 +27,6 @@ def quick(**changes) -> TrialConfig:
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
-
-
-def comparable(results):
-    """Everything a result holds except wall-clock time."""
-    return [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in results]
 
 
 def run_with_checkpoints(config: TrialConfig, dataset, folder) -> tuple[list, list[dict]]:
@@ -131,16 +127,7 @@ def test_same_seed_same_numbers_different_seed_different_numbers(digits, tmp_pat
 def test_killed_after_a_cycle_and_resumed_gives_the_same_numbers(tmp_path, digits):
     config = quick(ap=True, retraining="lr_rewind")
     uninterrupted = run_trial(config, dataset=digits)
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_cycle_1(result):
-        if result.cycle == 1:
-            raise Killed
-
-    with pytest.raises(Killed):
-        run_trial(config, on_cycle=kill_after_cycle_1, checkpoint_dir=tmp_path, dataset=digits)
+    run_killed_after_cycle(config, 1, tmp_path, digits)
     reported = []
     resumed = run_trial(config, on_cycle=reported.append, checkpoint_dir=tmp_path, resume_from=tmp_path, dataset=digits)
     assert [r.cycle for r in reported] == [2, 3]

@@ -4,13 +4,28 @@ floor, and an L1 term on BatchNorm scales."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ap_core.errors import ConfigError
 from ap_core.network import NORM_TYPES, ChannelGroup, PrunableNet
-from ap_core.pruning.base import PruningMethod
+from ap_core.pruning.base import PruningMethod, Removal
+
+
+@dataclass(frozen=True)
+class RatioHparams:
+    """Options of the methods that cut a requested share of the channels at once (Network Slimming, RNI)."""
+
+    channel_ratio: float = field(default=0.5, metadata={"help": "share of the prunable channels removed"})
+    min_channels: int = field(default=3, metadata={"help": "channels every layer keeps"})
+
+    def validate(self) -> None:
+        if not 0 < self.channel_ratio < 1:
+            raise ConfigError(f"channel_ratio {self.channel_ratio} must be in the open interval (0, 1)")
+        if self.min_channels < 1:
+            raise ConfigError(f"min_channels {self.min_channels} must be >= 1")
 
 
 class ChannelMethod(PruningMethod):
@@ -56,6 +71,12 @@ def norm_scales(model: nn.Module) -> list[torch.Tensor]:
 def channels_to_target(net: PrunableNet, ratio: float) -> int:
     """How many channels to remove so that `ratio` of the dense net's prunable channels are gone."""
     return max(0, net.channels() - round((1.0 - ratio) * net.dense.channels))
+
+
+def select_by_ratio(net: PrunableNet, importance: Mapping[str, torch.Tensor], hparams: RatioHparams) -> Removal:
+    """The least important channels under one global ranking, down to `channel_ratio` of the dense channels."""
+    count = channels_to_target(net, hparams.channel_ratio)
+    return Removal(channels=lowest_channels(importance, count, hparams.min_channels))
 
 
 def lowest_channels(importance: Mapping[str, torch.Tensor], count: int, floor: int) -> dict[str, list[int]]:

@@ -16,12 +16,12 @@ from ap_core.hooks import CycleContext, TrainingHook
 from ap_core.pruning.base import PruneRequest, Removal, register_method
 from ap_core.pruning.channels import (
     ChannelMethod,
+    RatioHparams,
     add_l1_subgradient,
-    channels_to_target,
     family,
     group_scales,
-    lowest_channels,
     norm_scales,
+    select_by_ratio,
 )
 
 # The paper's sparsity strength per architecture family.
@@ -29,21 +29,16 @@ DEFAULT_SPARSITY = {"vgg": 1e-4, "resnet": 1e-5}
 
 
 @dataclass(frozen=True)
-class SlimmingHparams:
-    channel_ratio: float = field(default=0.5, metadata={"help": "share of the prunable channels removed"})
+class SlimmingHparams(RatioHparams):
     sparsity: float | None = field(
         default=None, metadata={"help": "L1 strength s on BatchNorm scales (default: 1e-4 VGG, 1e-5 ResNet)"}
     )
     bn_init: float = field(default=0.5, metadata={"help": "initial BatchNorm scale"})
-    min_channels: int = field(default=3, metadata={"help": "channels every layer keeps"})
 
     def validate(self) -> None:
-        if not 0 < self.channel_ratio < 1:
-            raise ConfigError(f"channel_ratio {self.channel_ratio} must be in the open interval (0, 1)")
+        super().validate()
         if self.sparsity is not None and self.sparsity < 0:
             raise ConfigError(f"sparsity {self.sparsity} must be >= 0")
-        if self.min_channels < 1:
-            raise ConfigError(f"min_channels {self.min_channels} must be >= 1")
 
 
 class SparsityHook(TrainingHook):
@@ -73,7 +68,5 @@ class NetworkSlimming(ChannelMethod):
         return [SparsityHook(context.net.model, strength)]
 
     def select(self, request: PruneRequest) -> Removal:
-        hp = request.hparams
         importance = {root: gamma.abs() for root, gamma in group_scales(request.net).items()}
-        count = channels_to_target(request.net, hp.channel_ratio)
-        return Removal(channels=lowest_channels(importance, count, hp.min_channels))
+        return select_by_ratio(request.net, importance, request.hparams)

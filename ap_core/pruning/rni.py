@@ -18,7 +18,7 @@ from torch import nn
 from ap_core.errors import ConfigError
 from ap_core.hooks import CycleContext, TrainingHook
 from ap_core.pruning.base import PruneRequest, Removal, register_method
-from ap_core.pruning.channels import ChannelMethod, channels_to_target, family, group_scales, lowest_channels
+from ap_core.pruning.channels import ChannelMethod, RatioHparams, family, group_scales, select_by_ratio
 
 # The authors' settings per architecture family: (alpha, b).
 DEFAULT_REGULARISER = {"vgg": (1e-3, 3.0), "resnet": (1e-4, 0.0)}
@@ -55,24 +55,19 @@ def receding_penalty(w: torch.Tensor, b: float) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class RNIHparams:
-    channel_ratio: float = field(default=0.5, metadata={"help": "share of the prunable channels removed"})
+class RNIHparams(RatioHparams):
     alpha: float | None = field(
         default=None, metadata={"help": "regulariser strength (default: 1e-3 VGG, 1e-4 ResNet)"}
     )
     b: float | None = field(default=None, metadata={"help": "regulariser shift (default: 3 VGG, 0 ResNet)"})
     bn_lr_scale: float = field(default=10.0, metadata={"help": "LR multiplier of the BatchNorm scales"})
-    min_channels: int = field(default=3, metadata={"help": "channels every layer keeps"})
 
     def validate(self) -> None:
-        if not 0 < self.channel_ratio < 1:
-            raise ConfigError(f"channel_ratio {self.channel_ratio} must be in the open interval (0, 1)")
+        super().validate()
         if self.alpha is not None and self.alpha < 0:
             raise ConfigError(f"alpha {self.alpha} must be >= 0")
         if self.bn_lr_scale <= 0:
             raise ConfigError(f"bn_lr_scale {self.bn_lr_scale} must be > 0")
-        if self.min_channels < 1:
-            raise ConfigError(f"min_channels {self.min_channels} must be >= 1")
 
 
 class RecedingHook(TrainingHook):
@@ -123,7 +118,5 @@ class RecedingNeuronImportances(ChannelMethod):
         return (hparams.alpha if hparams.alpha is not None else alpha, hparams.b if hparams.b is not None else b)
 
     def select(self, request: PruneRequest) -> Removal:
-        hp = request.hparams
         importance = {root: torch.sigmoid(w) for root, w in group_scales(request.net).items()}
-        count = channels_to_target(request.net, hp.channel_ratio)
-        return Removal(channels=lowest_channels(importance, count, hp.min_channels))
+        return select_by_ratio(request.net, importance, request.hparams)
