@@ -96,7 +96,8 @@ class TrialConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _open_unit("prune_rate", self.prune_rate)
         _open_unit("ap_rate", self.ap_rate)
-        if self.ap and self.ap_rate >= self.prune_rate:
+        # AP takes its share of an element method's per-cycle total; beside a channel method it stands alone.
+        if self.ap and not METHODS.get(self.method).structured and self.ap_rate >= self.prune_rate:
             raise ConfigError(f"ap_rate {self.ap_rate} must be smaller than prune_rate {self.prune_rate}")
         _at_least("cycles", self.cycles, 1)
         _at_least("epochs", self.epochs, 1)

@@ -48,7 +48,6 @@ class CycleContext:
     hparams: Any
     cycle: int
     cycle_steps: int
-    steps_per_epoch: int
     fired_units: Callable[[], dict[str, torch.Tensor]]
     remove_channels: Callable[[ChannelRemoval, int], None]
     seed: Callable[..., int]

@@ -233,8 +233,10 @@ class PrunableNet:
         example: torch.Tensor,
         make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
         channel_groups: Sequence[ChannelGroup] = (),
+        channels_last: bool = False,
     ) -> None:
         self.model = model
+        self.channels_last = channels_last  # Torch-Pruning rebuilds weights contiguous: restore the format after
         self.example = example
         self.make_optimizer = make_optimizer
         self.channel_groups = list(channel_groups)
@@ -265,7 +267,7 @@ class PrunableNet:
     def remaining(self) -> Remaining:
         params = sum(p.numel() for p in self.model.parameters()) - (self.mask.total() - self.mask.alive())
         return Remaining(
-            weights=100.0 * self.mask.alive() / self.dense.weights if self.dense.weights else 100.0,
+            weights=100.0 * (self.mask.alive() / self.dense.weights) if self.dense.weights else 100.0,
             params=100.0 * params / self.dense.params,
             channels=100.0 * self.channels() / self.dense.channels if self.dense.channels else 100.0,
             flops=100.0 * self.flops() / self.dense.flops if self.dense.flops else 100.0,
@@ -298,13 +300,18 @@ class PrunableNet:
         index_map = kept_indices(self.model, removal, self.example)
         params = dict(self.model.named_parameters())
         moments = {name: self.optimizer.state.get(p, {}) for name, p in params.items()}
-        remove_channels(self.model, removal, self.example)
+        self._remove(removal)
         self.references = {key: cut_state(state, index_map) for key, state in self.references.items()}
         self.mask = Mask(cut_state(dict(self.mask.items()), index_map))
         self.optimizer = self._moved_optimizer(moments, index_map)
         self.masked = MaskedParameters(self.model, self.mask)
-        self.removals.append(removal)
         return sum(len(v) for v in removal.values())
+
+    def _remove(self, removal: ChannelRemoval) -> None:
+        remove_channels(self.model, removal, self.example)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.removals.append({k: [int(i) for i in v] for k, v in removal.items()})
 
     def _moved_optimizer(self, moments: Mapping[str, Mapping[str, Any]], index_map: IndexMap) -> torch.optim.Optimizer:
         """A fresh optimizer over the new parameters, carrying each parameter's cut state (momentum, moments)."""
@@ -318,9 +325,21 @@ class PrunableNet:
                 }
         return optimizer
 
-    def replay_removals(self, removals: Sequence[Mapping[str, Sequence[int]]]) -> None:
-        """Rebuild a checkpoint's architecture on this (dense) net; weights and states are loaded after."""
+    def load_state(
+        self,
+        removals: Sequence[Mapping[str, Sequence[int]]],
+        model_state: Mapping[str, torch.Tensor],
+        optimizer_state: Mapping[str, Any],
+        mask: Mask,
+        references: dict[str, dict[str, torch.Tensor]],
+    ) -> None:
+        """Restore a checkpoint on this freshly built (dense) net: replay its removals to rebuild the architecture,
+        then load the weights, optimizer state, mask and references."""
         for removal in removals:
-            remove_channels(self.model, removal, self.example)
-            self.removals.append({k: list(v) for k, v in removal.items()})
+            self._remove(removal)
+        self.model.load_state_dict(model_state)
         self.optimizer = self.make_optimizer(self.model)
+        self.optimizer.load_state_dict(optimizer_state)
+        self.mask = mask
+        self.masked = MaskedParameters(self.model, mask)
+        self.references = references

@@ -15,6 +15,7 @@ class Retraining:
     """Keep the trained weights and replay the schedule from step 0 (the base every scheme adjusts)."""
 
     uses_rewind_step = False  # whether `rewind_step` (k) matters, and so must fall inside a cycle
+    needs_rewind_point = False  # whether cycle 0 must snapshot the weights before step k
 
     def rewind(self, net: PrunableNet, config: TrialConfig) -> int:
         """Restore the weights the next cycle starts from; returns the schedule step it starts at."""
@@ -42,6 +43,7 @@ class RewindToIteration(Retraining):
     """Late rewinding (Frankle et al. 2020): back to the weights before step k, the schedule resumes there."""
 
     uses_rewind_step = True
+    needs_rewind_point = True
 
     def rewind(self, net: PrunableNet, config: TrialConfig) -> int:
         net.model.load_state_dict(net.references["rewind"])

@@ -34,7 +34,6 @@ from ap_core.pruning import METHODS, PruneRequest, ap_select, prune_cycle
 from ap_core.results import CycleResult
 from ap_core.retraining import RETRAINING
 from ap_core.training import (
-    MaskedParameters,
     build_optimizer,
     evaluate,
     lr_factor,
@@ -147,7 +146,8 @@ class Trial:
         example = self.data.x_train[:1]
         groups = find_channel_groups(model, example) if self.method.structured else []
         mask = Mask.ones(model, config.keep_first_dense, config.keep_classifier_dense)
-        net = PrunableNet(model, mask, example, self._make_optimizer, groups)
+        channels_last = self.use_amp and self.data.x_train.dim() == 4
+        net = PrunableNet(model, mask, example, self._make_optimizer, groups, channels_last)
         net.references["init"] = _clone_state(model)
         return net
 
@@ -209,7 +209,7 @@ class Trial:
                 ap_candidates=config.ap_candidates,
                 generator=generator,
             )
-        request = PruneRequest(net, net.weights(), 0, generator, self.hparams, self._context())
+        request = PruneRequest(net.weights(), net.mask, 0, generator, self.hparams, net, self._context())
         self._remove_channels(self.method.select(request).channels, 0)
         if ap_rate is None:
             return net.mask
@@ -227,7 +227,6 @@ class Trial:
             hparams=self.hparams,
             cycle=self.cycle,
             cycle_steps=self._cycle_steps(),
-            steps_per_epoch=self.steps_per_epoch,
             fired_units=self._fired_units,
             remove_channels=self._remove_channels,
             seed=lambda stream, *parts: derived_seed(stream, self.config.seed, *parts),
@@ -236,7 +235,7 @@ class Trial:
     def _cycle_hooks(self) -> list[TrainingHook]:
         if self._hooks is None:
             self._hooks = self.method.hooks(self._context())
-            if self.cycle == 0:
+            if self.cycle == 0 and self.retraining.needs_rewind_point:
                 self._hooks.append(RewindPoint(self.net, self.config.rewind_step))
         return self._hooks
 
@@ -331,7 +330,7 @@ class Trial:
         p = self.progress
         result = CycleResult(
             cycle=self.cycle,
-            weights_remaining=100.0 * (net.mask.alive() / net.dense.weights),
+            weights_remaining=left.weights,
             test_acc=p.test_acc[-1],
             best_acc=max(p.test_acc),
             test_loss=p.test_loss[-1],
@@ -405,13 +404,13 @@ class Trial:
         self.cycle, self.step, self.cycle_begun = meta["cycle"], meta["step"], meta["cycle_begun"]
         self.results = [CycleResult.from_dict(r) for r in meta["results"]]
         self.progress = CycleProgress(**meta["progress"])
-        net = self.net
-        net.replay_removals(meta["removals"])
-        net.model.load_state_dict(state["model"])
-        net.optimizer.load_state_dict(state["optimizer"])
-        net.mask = Mask.from_state_dict(state["mask"]).to(self.device)
-        net.masked = MaskedParameters(net.model, net.mask)
-        net.references = state["references"]
+        self.net.load_state(
+            meta["removals"],
+            state["model"],
+            state["optimizer"],
+            Mask.from_state_dict(state["mask"]).to(self.device),
+            state["references"],
+        )
         torch.set_rng_state(state["torch_rng"].cpu())
         self._hooks = None
 

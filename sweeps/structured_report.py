@@ -22,16 +22,29 @@ ROW_KEYS = ["dataset", "network", "method", "variant"]
 REFERENCE_METHODS = {"NS": "network_slimming", "RNI": "rni"}
 
 
-def final_cycles(rows: pd.DataFrame) -> pd.DataFrame:
-    """The last cycle each trial reached."""
-    return rows.sort_values("cycle").groupby("trial").tail(1)
+def final_cycles(rows: pd.DataFrame, plan: SweepPlan) -> pd.DataFrame:
+    """The last cycle of each trial that ran all its cycles (an unfinished trial has no pruned result)."""
+    if rows.empty:
+        return rows
+    planned = {t.name: t.config.cycles for t in plan.trials}
+    return rows[rows["cycle"] == rows["trial"].map(planned)]
+
+
+def dense_cycles(rows: pd.DataFrame) -> pd.DataFrame:
+    """Cycle 0 once per (row, seed): it does not depend on the ratio, lambda or AP, so each seed counts once."""
+    if rows.empty:
+        return rows
+    return rows[rows["cycle"] == 0].drop_duplicates([*ROW_KEYS[:3], "seed"])
 
 
 def _stats(frame: pd.DataFrame, keys: list[str], column: str) -> dict[tuple, tuple[float, float, int]]:
     if frame.empty:
         return {}
     grouped = frame.groupby(keys)[column].agg(["mean", "std", "count"])
-    return {key if isinstance(key, tuple) else (key,): tuple(v) for key, v in grouped.iterrows()}
+    return {
+        key if isinstance(key, tuple) else (key,): (float(mean), float(std), int(n))
+        for key, mean, std, n in grouped.itertuples(name=None)
+    }
 
 
 def _setting_ratio(plan: SweepPlan) -> dict[str, float]:
@@ -46,13 +59,13 @@ def _reference() -> pd.DataFrame:
 def structured_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
     """RNI's comparison: accuracy dense and after pruning each channel ratio, parameters left, the paper's numbers.
 
-    `dense` is cycle 0 (trained with the method's regulariser) over every trial of the row; each ratio column is
-    the last cycle, after removal and fine-tuning. `ref` columns are the authors' single runs (no AP).
+    `dense` is cycle 0 (trained with the method's regulariser), once per seed; each ratio column is the last cycle,
+    after removal and fine-tuning, of the trials that finished. `ref` columns are the authors' single runs (no AP).
     """
     ratios = _setting_ratio(plan)
     seeds = plan.seeds
-    finals = final_cycles(rows) if not rows.empty else rows
-    dense = _stats(rows[rows["cycle"] == 0] if not rows.empty else rows, ROW_KEYS, "test_acc")
+    finals = final_cycles(rows, plan)
+    dense = _stats(dense_cycles(rows), ROW_KEYS[:3], "test_acc")
     acc = _stats(finals, [*ROW_KEYS, "setting"], "test_acc")
     params = _stats(finals, [*ROW_KEYS, "setting"], "params_remaining")
     reference = _reference()
@@ -68,7 +81,7 @@ def structured_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
         dataset, network, method, variant = combo
         ref_key = (dataset, network, REFERENCE_METHODS.get(method, ""))
         has_ref = variant == variants[0] and ref_key in reference.index
-        cells = [format_cell(dense.get(combo), seeds * len(ratios))]
+        cells = [format_cell(dense.get(combo[:3]), seeds)]
         for label in ratios:
             cells += [format_cell(acc.get((*combo, label)), seeds), _mean(params.get((*combo, label)))]
         cells.append(f"{reference.loc[ref_key, 'dense']:.2f}" if has_ref else MISSING)
@@ -79,7 +92,7 @@ def structured_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
         table[combo] = cells
         if variant != variants[0] and (*combo[:3], variants[0]) in table:
             base = (*combo[:3], variants[0])
-            deltas = [format_delta(dense.get(combo), dense.get(base))]
+            deltas = [""]  # the dense net is trained the same way with or without AP
             for label in ratios:
                 deltas += [format_delta(acc.get((*combo, label)), acc.get((*base, label))), ""]
             table[(*combo[:3], f"Δ({variant})")] = deltas + [""] * (1 + len(ratios))
@@ -89,7 +102,7 @@ def structured_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
     )
     values = pd.concat(
         [
-            _long(dense, ROW_KEYS, "dense_acc"),
+            _long(dense, ROW_KEYS[:3], "dense_acc"),
             _long(acc, [*ROW_KEYS, "setting"], "final_acc"),
             _long(params, [*ROW_KEYS, "setting"], "params_remaining"),
         ],
@@ -101,7 +114,7 @@ def structured_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
 def demp_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
     """DemP's curve as a table: per lambda, accuracy after DemP's run (cycle 0) and at the end, and what is left."""
     seeds = plan.seeds
-    finals = final_cycles(rows) if not rows.empty else rows
+    finals = final_cycles(rows, plan)
     # Lambda before variant, so AP and no AP of one lambda sit on adjacent rows.
     keys = ["dataset", "network", "method", "setting", "variant"]
     demp_run = _stats(rows[rows["cycle"] == 0] if not rows.empty else rows, keys, "test_acc")
@@ -137,8 +150,9 @@ def _setting_position(plan: SweepPlan, setting: str) -> int:
 
 
 def params_figure(rows: pd.DataFrame, title: str) -> Figure:
-    """Accuracy and DNR against parameters remaining, one point per setting, one line per variant (AP, no AP)."""
-    return plots.accuracy_vs_params_figure(final_cycles(rows), title)
+    """Accuracy and DNR against parameters remaining, one point per setting, one line per variant (AP, no AP):
+    each trial's last cycle (the driver draws it only when some trial finished)."""
+    return plots.accuracy_vs_params_figure(rows.sort_values("cycle").groupby("trial").tail(1), title)
 
 
 def _mean(stat: tuple[float, float, int] | None) -> str:

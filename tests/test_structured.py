@@ -1,5 +1,6 @@
 """Channel pruning: the network's surgery, Network Slimming, RNI and DemP, and trials that shrink and resume."""
 
+import shutil
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ from ap_core.pruning.channels import lowest_channels
 from ap_core.pruning.demp import DemonHook, DempHparams, dead_channels, schedule_factor
 from ap_core.pruning.rni import BoundedBatchNorm2d, receding_penalty
 from ap_core.training import build_optimizer
-from ap_core.trial import CHECKPOINT_FILE, read_checkpoint
+from ap_core.trial import CHECKPOINT_FILE, Trial, read_checkpoint
 
 DIGITS_IMAGE = torch.zeros(1, 1, 8, 8)
 QUICK = {"dataset": "digits", "epochs": 2, "cycles": 2, "cpu_threads": 1, "max_train_samples": 256}
@@ -102,10 +103,9 @@ def test_replaying_the_removal_log_rebuilds_the_architecture():
     net.remove_channels({"features.3": [1, 2, 3], "features.10": [0]})
     net.remove_channels({"features.3": [0]})
     fresh = make_net("vgg_small")
-    fresh.replay_removals(net.removals)
-    assert {k: v.shape for k, v in fresh.model.state_dict().items()} == {
-        k: v.shape for k, v in net.model.state_dict().items()
-    }
+    fresh.load_state(net.removals, net.model.state_dict(), net.optimizer.state_dict(), net.mask, {})
+    for name, tensor in net.model.state_dict().items():
+        assert torch.equal(fresh.model.state_dict()[name], tensor), name
 
 
 # ---- RNI --------------------------------------------------------------------------------------------------------
@@ -175,7 +175,6 @@ def demon_context(net: PrunableNet, hparams: DempHparams, removed: list) -> Cycl
         hparams=hparams,
         cycle=0,
         cycle_steps=1000,
-        steps_per_epoch=100,
         fired_units=lambda: {},
         remove_channels=lambda removal, step: removed.append((removal, step)),
         seed=lambda *parts: sum(parts),
@@ -270,12 +269,61 @@ def test_ap_prunes_its_share_inside_the_remaining_structure(digits):
         ({"method": "rni", "method_options": {"alpha": "big"}}, "alpha 'big'"),
         ({"method": "demp", "model": "mlp"}, "'mlp'"),
         ({"method": "global_magnitude", "method_options": {"channel_ratio": 0.5}}, "'channel_ratio'"),
+        ({"method": "demp", "method_options": {"lam": float("nan")}}, "lam nan"),
+        ({"method": "demp", "method_options": {"noise": float("inf")}}, "noise inf"),
+        ({"method": "demp", "method_options": {"span": 1.5}}, "span 1.5"),
+        ({"method": "rni", "method_options": {"b": float("nan")}}, "b nan"),
+        ({"method": "network_slimming", "method_options": {"bn_init": -1}}, "bn_init -1"),
     ],
 )
 def test_bad_method_options_are_one_line_errors(changes, named):
     with pytest.raises(ConfigError) as err:
         TrialConfig(**{"model": "resnet20", **changes})
     assert named in str(err.value) and "\n" not in str(err.value)
+
+
+def test_ap_beside_a_channel_method_is_not_bound_by_the_unused_prune_rate():
+    assert TrialConfig(model="resnet20", method="rni", ap=True, ap_rate=0.25).ap_rate == 0.25
+    with pytest.raises(ConfigError, match=r"ap_rate 0\.25"):
+        TrialConfig(model="resnet20", method="global_magnitude", ap=True, ap_rate=0.25)
+
+
+def test_removal_keeps_channels_last_weights_channels_last():
+    net = make_net("vgg_small")
+    net.model.to(memory_format=torch.channels_last)
+    net.channels_last = True
+    net.remove_channels({"features.3": [0, 1]})
+    weight = net.model.features[3].weight
+    assert weight.shape == (30, 32, 3, 3) and weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_resumed_from_a_mid_epoch_checkpoint_after_demp_removed_channels(digits, tmp_path, monkeypatch):
+    config = TrialConfig(
+        model="vgg_small",
+        method="demp",
+        method_options={"lam": 0.5, "prune_every": 3},
+        checkpoint_every_epoch=True,
+        **{**QUICK, "epochs": 3},
+    )
+    uninterrupted = run_trial(config, dataset=digits)
+    saved = []
+    original_save = Trial.save
+
+    def save_and_keep_a_copy(self, directory):
+        original_save(self, directory)
+        meta = read_checkpoint(directory / CHECKPOINT_FILE)["meta"]
+        if meta["cycle"] == 0 and meta["cycle_begun"] and meta["removals"] and not saved:
+            shutil.copy(directory / CHECKPOINT_FILE, tmp_path / "mid.pt")
+            saved.append(meta["step"])
+
+    monkeypatch.setattr(Trial, "save", save_and_keep_a_copy)
+    run_trial(config, checkpoint_dir=tmp_path / "run", dataset=digits)
+    monkeypatch.undo()
+    assert saved, "no checkpoint inside cycle 0 after a removal"
+    (tmp_path / "resume").mkdir()
+    shutil.copy(tmp_path / "mid.pt", tmp_path / "resume" / CHECKPOINT_FILE)
+    resumed = run_trial(config, resume_from=tmp_path / "resume", dataset=digits)
+    assert comparable(resumed) == comparable(uninterrupted)
 
 
 def test_cli_takes_method_options_and_refuses_bad_ones(tmp_path):

@@ -77,6 +77,15 @@ def test_structured_table_shows_mean_std_delta_params_and_the_published_numbers(
     assert cells.loc[("vgg16", "RNI", "no AP"), "ref 90%"] == "90.88"
     assert cells.loc[("vgg16", "RNI", "no AP"), "ref dense"] == "93.63"
     assert cells.loc[("vgg16", "RNI", "AP"), "ref 90%"] == MISSING
+    # A trial that never got past cycle 0 has no pruned result: its cell counts the seeds that finished.
+    unfinished = fake_rows(plan, accuracy)
+    unfinished = unfinished[~((unfinished["trial"] == "vgg16-rni-r50-ap-seed3") & (unfinished["cycle"] == 1))]
+    partial = structured_table(unfinished, plan).cells
+    assert partial.loc[("vgg16", "RNI", "AP"), "50% acc"].endswith("(n=2)")
+    assert partial.loc[("vgg16", "RNI", "AP"), "dense"] == cells.loc[("vgg16", "RNI", "AP"), "dense"]
+    # Dense is cycle 0 once per seed, whatever the ratio or AP: three values, not twelve.
+    assert cells.loc[("vgg16", "NS", "no AP"), "dense"] == "93.20 ± 0.10"
+    assert cells.loc[("vgg16", "NS", "Δ(AP)"), "dense"] == ""
     # A network the paper did not run has no reference.
     smoke = expand(table_structured.SPEC, "smoke", seeds=1)
     smoke_cells = structured_table(pd.DataFrame(), smoke).cells

@@ -49,7 +49,8 @@ def run_tuner(plans: dict[str, dict], datasets: dict, resources: dict, storage: 
 
 
 def test_reports_every_cycle_with_a_checkpoint_and_uses_the_shipped_dataset(local_ray: None, tmp_path: Path) -> None:
-    base = TrialConfig(model="mlp", dataset="digits", epochs=3, cycles=CYCLES, device="cpu")
+    # Long enough (a few seconds) that the second trial starts before the first ends, even on a loaded machine.
+    base = TrialConfig(model="mlp", dataset="digits", epochs=12, cycles=CYCLES, device="cpu")
     # Two trials whose datasets differ by key: one gets a shipped copy whose training labels are scrambled,
     # the other finds no shipped copy and loads digits itself.
     shipped = base.replace(data_dir="shipped")

@@ -1,10 +1,12 @@
 """One trial end to end: accuracy, exact zeros, retraining schemes, determinism, resume, bad configs."""
 
+import json
 import math
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -319,3 +321,29 @@ def test_a_bad_checkpoint_is_a_one_line_error_and_runs_nothing(kind, digits, tmp
         run_trial(quick(cycles=1, epochs=1), resume_from=tmp_path, dataset=digits)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
     assert not marker.exists()
+
+
+def _sha256(tensors: dict[str, torch.Tensor]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in tensors.items():
+        digest.update(name.encode())
+        digest.update(tensor.cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+FIXED_SEED = json.loads((Path(__file__).parent / "data" / "fixed_seed_results.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "expected", FIXED_SEED["trials"], ids=lambda t: f"{t['config']['model']}-{t['config'].get('method', 'gp')}"
+)
+def test_fixed_seed_trials_keep_the_numbers_of_the_code_before_the_core_reshape(expected, digits, tmp_path):
+    """Refactors keep the numbers: same masks, weights and per-cycle results, bit for bit (CPU, one thread)."""
+    torch.set_num_threads(1)
+    results, checkpoints = run_with_checkpoints(TrialConfig(**expected["config"]), digits, tmp_path)
+    for result, cycle in zip(results, expected["cycles"], strict=True):
+        assert {k: getattr(result, k) for k in cycle} == cycle
+    assert _sha256(checkpoints[-1]["mask"]) == expected["mask_sha256"]
+    assert _sha256(checkpoints[-1]["model"]) == expected["weights_sha256"]

@@ -58,4 +58,4 @@ def prune(
     weights = named_weights(model, mask)
     count = round(fraction * mask.alive())
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    return mask.prune(weight_method(method).choose(weights, mask, count, gen))
+    return mask.prune(weight_method(method).select(PruneRequest(weights, mask, count, gen)).weights)

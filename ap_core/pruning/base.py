@@ -41,16 +41,18 @@ class NoHparams:
 class PruneRequest:
     """What a method sees when a pruning cycle begins.
 
-    `count` is the number of weights an element method removes this cycle (the cycle works it out so the totals
-    stay exact); channel methods decide their own amount from their hparams and the dense totals.
+    Element methods read `weights`, `mask` and remove exactly `count` alive weights (the cycle works the count out so
+    the totals stay exact), drawing any randomness from `generator`. Channel methods read the network (`net`: its
+    channel groups and BatchNorm scales) and `context` (the eval window) and decide their own amount from `hparams`.
     """
 
-    net: PrunableNet
     weights: Mapping[str, torch.Tensor]
+    mask: Mask
     count: int
     generator: torch.Generator
-    hparams: Any
-    context: CycleContext
+    hparams: Any = None
+    net: PrunableNet | None = None
+    context: CycleContext | None = None
 
 
 @dataclass
@@ -106,16 +108,16 @@ class WeightMethod(PruningMethod):
         self.choose = choose
 
     def select(self, request: PruneRequest) -> Removal:
-        return Removal(weights=self.choose(request.weights, request.net.mask, request.count, request.generator))
+        return Removal(weights=self.choose(request.weights, request.mask, request.count, request.generator))
 
 
 METHODS: Registry[PruningMethod] = Registry("pruning method")
 
 
-def weight_method(name: str) -> WeightMethod:
+def weight_method(name: str) -> PruningMethod:
     """The element method `name`; a ConfigError for a channel method."""
     method = METHODS.get(name)
-    if not isinstance(method, WeightMethod):
+    if method.structured:
         raise ConfigError(f"method {name!r} removes channels, not single weights; valid: {', '.join(weight_methods())}")
     return method
 

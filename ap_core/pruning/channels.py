@@ -49,7 +49,7 @@ def channel_models() -> list[str]:
 
 
 def family(model: str) -> str:
-    """`vgg` or `resnet`: the architecture family whose published defaults a method uses (DenseNet as ResNet)."""
+    """`vgg` or `resnet`: the architecture family whose published defaults a method uses."""
     return "vgg" if model.startswith("vgg") else "resnet"
 
 

@@ -6,7 +6,7 @@ import torch
 
 from ap_core.masks import Mask
 from ap_core.pruning.ap import ap_select
-from ap_core.pruning.base import removed_count, weight_method
+from ap_core.pruning.base import PruneRequest, removed_count, weight_method
 
 
 def target_alive(total: int, prune_rate: float, cycle: int) -> int:
@@ -36,17 +36,21 @@ def prune_cycle(
     Without AP, X removes everything down to the target. With AP, AP takes round(p_ap * alive) of that total
     among the survivors of X, and X prunes any shortfall (too few negative candidates) so the total stays exact.
     """
-    prune_fn = weight_method(method).choose
+    prune_method = weight_method(method)
     gen = generator if generator is not None else torch.Generator().manual_seed(cycle)
+
+    def prune_fn(current: Mask, count: int) -> dict[str, torch.Tensor]:
+        return prune_method.select(PruneRequest(weights, current, count, gen)).weights
+
     n_alive = mask.alive()
     n_total = max(0, n_alive - target_alive(mask.total(), prune_rate, cycle))
     n_ap = min(round(ap_rate * n_alive), n_total) if ap_rate else 0
 
-    mask = mask.prune(prune_fn(weights, mask, n_total - n_ap, gen))
+    mask = mask.prune(prune_fn(mask, n_total - n_ap))
     if n_ap:
         ap_removal = ap_select(weights, start_weights, mask, n_ap, ap_score, ap_candidates)
         mask = mask.prune(ap_removal)
         shortfall = n_ap - removed_count(ap_removal)
         if shortfall:
-            mask = mask.prune(prune_fn(weights, mask, shortfall, gen))
+            mask = mask.prune(prune_fn(mask, shortfall))
     return mask

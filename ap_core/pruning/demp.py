@@ -7,6 +7,7 @@ is not targeted; sweeping lambda traces the accuracy/size curve.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -30,14 +31,14 @@ class DempHparams:
     min_channels: int = field(default=1, metadata={"help": "channels every layer keeps"})
 
     def validate(self) -> None:
-        if self.lam < 0:
-            raise ConfigError(f"lam {self.lam} must be >= 0")
-        if self.noise < 0:
-            raise ConfigError(f"noise {self.noise} must be >= 0")
+        for name in ("lam", "noise"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} {value} must be a number >= 0")
         if self.prune_every < 1:
             raise ConfigError(f"prune_every {self.prune_every} must be >= 1")
-        if not self.span > 0:
-            raise ConfigError(f"span {self.span} must be > 0")
+        if not 0 < self.span <= 1:
+            raise ConfigError(f"span {self.span} must be in (0, 1]: a share of cycle 0")
         if self.min_channels < 1:
             raise ConfigError(f"min_channels {self.min_channels} must be >= 1")
 
@@ -59,7 +60,11 @@ def dead_channels(net: PrunableNet, fired: dict[str, torch.Tensor], floor: int) 
 
 
 class DemonHook(TrainingHook):
-    """The L1 term and noise on their one-cycle schedules, and dead-channel removal every `prune_every` steps."""
+    """The L1 term and noise on their one-cycle schedules, and dead-channel removal every `prune_every` steps.
+
+    Noise goes to every parameter of the net as it stands: the units alive at the last dead-unit check, since the
+    dead ones were removed then (a unit kept only by `min_channels` gets it too).
+    """
 
     def __init__(self, context: CycleContext) -> None:
         self.context = context

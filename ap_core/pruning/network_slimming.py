@@ -6,6 +6,7 @@ Train with an L1 term on every BatchNorm scale (gamma starts at 0.5), then remov
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,19 +38,21 @@ class SlimmingHparams(RatioHparams):
 
     def validate(self) -> None:
         super().validate()
-        if self.sparsity is not None and self.sparsity < 0:
-            raise ConfigError(f"sparsity {self.sparsity} must be >= 0")
+        if self.sparsity is not None and not (math.isfinite(self.sparsity) and self.sparsity >= 0):
+            raise ConfigError(f"sparsity {self.sparsity} must be a number >= 0")
+        if not (math.isfinite(self.bn_init) and self.bn_init > 0):
+            raise ConfigError(f"bn_init {self.bn_init} must be a number > 0")
 
 
 class SparsityHook(TrainingHook):
-    """s * sign(gamma) added to every BatchNorm scale's gradient."""
+    """s * sign(gamma) added to every BatchNorm scale's gradient (looked up each step: a removal replaces them)."""
 
     def __init__(self, model: nn.Module, strength: float) -> None:
-        self.scales = norm_scales(model)
+        self.model = model
         self.strength = strength
 
     def after_backward(self, step: int) -> None:
-        add_l1_subgradient(self.scales, self.strength)
+        add_l1_subgradient(norm_scales(self.model), self.strength)
 
 
 @register_method("network_slimming")

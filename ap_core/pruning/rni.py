@@ -8,6 +8,7 @@ the requested share of channels (at least `min_channels` per layer; ResNets only
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,21 +65,25 @@ class RNIHparams(RatioHparams):
 
     def validate(self) -> None:
         super().validate()
-        if self.alpha is not None and self.alpha < 0:
-            raise ConfigError(f"alpha {self.alpha} must be >= 0")
-        if self.bn_lr_scale <= 0:
-            raise ConfigError(f"bn_lr_scale {self.bn_lr_scale} must be > 0")
+        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise ConfigError(f"alpha {self.alpha} must be a number >= 0")
+        if self.b is not None and not math.isfinite(self.b):
+            raise ConfigError(f"b {self.b} must be a finite number")
+        if not (math.isfinite(self.bn_lr_scale) and self.bn_lr_scale > 0):
+            raise ConfigError(f"bn_lr_scale {self.bn_lr_scale} must be a number > 0")
 
 
 class RecedingHook(TrainingHook):
-    """Adds alpha * dR/dw to every bounded BatchNorm scale's gradient."""
+    """Adds alpha * dR/dw to every bounded BatchNorm scale's gradient (looked up each step: a removal replaces
+    them)."""
 
     def __init__(self, model: nn.Module, alpha: float, b: float) -> None:
-        self.scales = [m.weight for m in model.modules() if isinstance(m, BoundedBatchNorm2d)]
+        self.model = model
         self.alpha, self.b = alpha, b
 
     def after_backward(self, step: int) -> None:
-        penalty = sum(receding_penalty(w, self.b).sum() for w in self.scales)
+        scales = [m.weight for m in self.model.modules() if isinstance(m, BoundedBatchNorm2d)]
+        penalty = sum(receding_penalty(w, self.b).sum() for w in scales)
         (self.alpha * penalty).backward()
 
 
