@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import UnionType
@@ -114,15 +115,17 @@ class TrialConfig:
                 raise ConfigError(f"{name} {value} must be a positive number")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum {self.momentum} must be in [0, 1)")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay {self.weight_decay} must be >= 0")
-        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay {self.weight_decay} must be a number >= 0")
+        if not 0 <= self.warmup_epochs <= self.epochs:  # written so that nan fails too
             raise ConfigError(f"warmup_epochs {self.warmup_epochs} must be in [0, epochs={self.epochs}]")
+        if self.max_train_samples == 1:
+            raise ConfigError("max_train_samples 1 leaves no training batch (BatchNorm needs 2); use 0 (all) or >= 2")
         if any(not 0 < m < 1 for m in self.milestones):
             raise ConfigError(f"milestones {self.milestones} must be fractions of the epochs in (0, 1)")
         if not 0 < self.lr_gamma <= 1:
             raise ConfigError(f"lr_gamma {self.lr_gamma} must be in (0, 1]")
-        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device {self.device!r} must be auto, cpu, cuda or cuda:N")
 
     def method_hparams(self) -> Any:

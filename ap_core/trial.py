@@ -30,7 +30,7 @@ from ap_core.hooks import CycleContext, TrainingHook
 from ap_core.masks import Mask
 from ap_core.models import build_model
 from ap_core.network import ChannelRemoval, PrunableNet, find_channel_groups
-from ap_core.pruning import METHODS, PruneRequest, ap_select, prune_cycle
+from ap_core.pruning import METHODS, PruneRequest, ap_select, prune_cycle, target_alive
 from ap_core.results import CycleResult
 from ap_core.retraining import RETRAINING
 from ap_core.training import (
@@ -93,6 +93,10 @@ class Trial:
     def __init__(self, config: TrialConfig, dataset: ArrayDataset | None = None) -> None:
         self.config = config  # validated when constructed (frozen)
         self.device = resolve_device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {config.device!r}: this machine has no CUDA GPU; use --device cpu or auto")
+        if config.cpu_threads > (os.cpu_count() or 1):
+            raise ConfigError(f"cpu_threads {config.cpu_threads} is more than this machine's {os.cpu_count()} CPUs")
         self.use_amp = config.amp and self.device.type == "cuda"
         if config.cpu_threads:
             # Tiny models on a shared CPU slow down sharply when several trials each spin up all cores.
@@ -109,6 +113,8 @@ class Trial:
         self.data = dataset.to(self.device)
         # A last batch of a single sample would break BatchNorm in training mode: drop it.
         n_train = len(self.data.y_train)
+        if config.batch_size > n_train:
+            raise ConfigError(f"batch_size {config.batch_size} is larger than the {n_train} training samples")
         self.drop_last = n_train % config.batch_size == 1
         self.steps_per_epoch = (
             n_train // config.batch_size if self.drop_last else math.ceil(n_train / config.batch_size)
@@ -127,6 +133,12 @@ class Trial:
 
         torch.manual_seed(config.seed)
         self.net = self._build_net()
+        if not self.method.structured and target_alive(self.net.dense.weights, config.prune_rate, config.cycles) < 1:
+            most = max(k for k in range(config.cycles) if target_alive(self.net.dense.weights, config.prune_rate, k))
+            raise ConfigError(
+                f"cycles {config.cycles} would prune all {self.net.dense.weights} weights of {config.model} at "
+                f"prune_rate {config.prune_rate}; at most {most}"
+            )
         self.counter = DeadNeuronCounter(self.net.model)
         self.results: list[CycleResult] = []
         self.cycle = 0

@@ -213,6 +213,10 @@ def expand(
     are merged option by option across the layers.
     """
     preset = spec.preset(preset_name)
+    for axis, values in (("networks", networks), ("datasets", datasets), ("methods", methods)):
+        repeated = next((v for v in values if values.count(v) > 1), None)
+        if repeated is not None:
+            raise ConfigError(f"--{axis} names {repeated!r} twice; give each value once (use --seeds for repeats)")
     networks = networks or preset.networks
     datasets = datasets or preset.datasets
     chosen_methods = spec.select_methods(methods or preset.methods)
@@ -220,11 +224,20 @@ def expand(
     seed_count = seeds or preset.seeds
     if seed_count < 1:
         raise ConfigError(f"seeds {seed_count} must be >= 1")
+    settings = preset.settings or spec.settings or (Variant("", ""),)
+    # Count before building anything: a typo like --seeds 100000000 must not hang the planner.
+    size = len(datasets) * len(networks) * len(chosen_methods) * len(spec.variants) * len(settings) * seed_count
+    points_count = min(num_samples, search.size) if search is not None and search_mode == "random" else None
+    size *= (search.size if points_count is None else points_count) if search is not None else 1
+    if size > MAX_TRIALS:
+        raise ConfigError(
+            f"this sweep would plan {size} trials (seeds {seed_count}); at most {MAX_TRIALS}: "
+            "lower --seeds or narrow --networks/--datasets/--methods"
+        )
     points: list[dict[str, Any]] = [{}]
     if search is not None:
         points = search.points(search_mode, num_samples)
     trials = []
-    settings = preset.settings or spec.settings or (Variant("", ""),)
     for dataset, network, method, variant, setting in itertools.product(
         datasets, networks, chosen_methods, spec.variants, settings
     ):
@@ -247,6 +260,10 @@ def expand(
                 labels["setting"] = setting.label
             trials.append(PlannedTrial(name, group, _copy(labels), config))
     return SweepPlan(spec, preset_name, tuple(trials), seed_count, search)
+
+
+# A bound on one sweep's trials: the paper's full grid is 22,000; planning ten times that still takes seconds.
+MAX_TRIALS = 250_000
 
 
 def _layered(*layers: Mapping[str, Any]) -> dict[str, Any]:

@@ -91,6 +91,13 @@ BAD_INPUTS = {
     "bad trial setting": (["--epochs", "0"], "epochs 0"),
     "bad flag value": (["--seeds", "three"], "'three'"),
     "bad gpu share": (["--gpus-per-trial", "1.5"], "1.5"),
+    "repeated network": (["--networks", "mlp", "mlp"], "'mlp' twice"),
+    "repeated dataset": (["--datasets", "digits", "digits"], "'digits' twice"),
+    "repeated method": (["--methods", "GP", "GP"], "'GP' twice"),
+    # Refused from the count alone, in well under a second, instead of building 400 million trials.
+    "absurd seed count": (["--seeds", "100000000"], "seeds 100000000"),
+    "nan weight decay": (["--weight-decay", "nan"], "weight_decay nan"),
+    "unknown device": (["--device", "cudafoo"], "'cudafoo'"),
 }
 
 

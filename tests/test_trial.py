@@ -179,12 +179,37 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, digits):
         ({"retraining": "magic"}, "magic"),
         ({"lr": math.nan}, "lr nan"),
         ({"device": "tpu"}, "tpu"),
+        ({"device": "cudafoo"}, "cudafoo"),
+        ({"weight_decay": math.inf}, "weight_decay inf"),
+        ({"weight_decay": math.nan}, "weight_decay nan"),
+        ({"warmup_epochs": math.nan}, "warmup_epochs nan"),
+        ({"max_train_samples": 1}, "max_train_samples 1"),
     ],
 )
 def test_bad_configs_raise_one_clear_error(changes, named):
     with pytest.raises(ConfigError) as err:
         TrialConfig(**changes)
     assert named in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"cycles": 60}, "cycles 60 would prune all 50432 weights of mlp at prune_rate 0.2; at most 51"),
+        ({"batch_size": 10**11}, f"batch_size {10**11} is larger than the 1437 training samples"),
+        ({"cpu_threads": 100_000}, "cpu_threads 100000"),
+    ],
+)
+def test_settings_a_trial_cannot_honour_on_its_data_or_machine_are_refused_before_training(changes, named, digits):
+    with pytest.raises(ConfigError) as err:
+        Trial(quick(**changes), digits)
+    assert named in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_a_machine_without_it_is_refused(digits):
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        Trial(quick(device="cuda"), digits)
 
 
 def test_missing_dataset_offline_is_a_one_line_error(tmp_path):
