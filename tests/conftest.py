@@ -150,6 +150,28 @@ def run_killed_after_cycle(config, cycle: int, checkpoint_dir: Path, dataset) ->
         run_trial(config, on_cycle=kill, checkpoint_dir=checkpoint_dir, dataset=dataset)
 
 
+def resumed_from_checkpoint_where(config, dataset, folder: Path, monkeypatch, wanted) -> list:
+    """Run a trial writing checkpoints, keep the first one whose `meta` satisfies `wanted`, and resume a fresh trial
+    from it; returns the resumed trial's results."""
+    from ap_core import run_trial
+    from ap_core.trial import CHECKPOINT_FILE, Trial, read_checkpoint
+
+    kept = folder / "resume" / CHECKPOINT_FILE
+    original_save = Trial.save
+
+    def save_and_keep_a_copy(self, directory):
+        original_save(self, directory)
+        if not kept.exists() and wanted(read_checkpoint(directory / CHECKPOINT_FILE)["meta"]):
+            kept.parent.mkdir(parents=True)
+            shutil.copy(directory / CHECKPOINT_FILE, kept)
+
+    monkeypatch.setattr(Trial, "save", save_and_keep_a_copy)
+    run_trial(config, checkpoint_dir=folder / "run", dataset=dataset)
+    monkeypatch.undo()
+    assert kept.exists(), "no checkpoint matched"
+    return run_trial(config, resume_from=kept.parent, dataset=dataset)
+
+
 def comparable(results) -> list[dict]:
     """Everything a trial's results hold except wall-clock time."""
     return [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in results]

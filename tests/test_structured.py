@@ -1,12 +1,11 @@
 """Channel pruning: the network's surgery, Network Slimming, RNI and DemP, and trials that shrink and resume."""
 
-import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import comparable, run_killed_after_cycle
+from conftest import comparable, resumed_from_checkpoint_where, run_killed_after_cycle
 from torch import nn
 
 from ap_core import ConfigError, TrialConfig, build_model, load_dataset, run_trial
@@ -19,7 +18,7 @@ from ap_core.pruning.channels import lowest_channels
 from ap_core.pruning.demp import DemonHook, DempHparams, dead_channels, schedule_factor
 from ap_core.pruning.rni import BoundedBatchNorm2d, receding_penalty
 from ap_core.training import build_optimizer
-from ap_core.trial import CHECKPOINT_FILE, Trial, read_checkpoint
+from ap_core.trial import CHECKPOINT_FILE, read_checkpoint
 
 DIGITS_IMAGE = torch.zeros(1, 1, 8, 8)
 QUICK = {"dataset": "digits", "epochs": 2, "cycles": 2, "cpu_threads": 1, "max_train_samples": 256}
@@ -306,23 +305,13 @@ def test_resumed_from_a_mid_epoch_checkpoint_after_demp_removed_channels(digits,
         **{**QUICK, "epochs": 3},
     )
     uninterrupted = run_trial(config, dataset=digits)
-    saved = []
-    original_save = Trial.save
-
-    def save_and_keep_a_copy(self, directory):
-        original_save(self, directory)
-        meta = read_checkpoint(directory / CHECKPOINT_FILE)["meta"]
-        if meta["cycle"] == 0 and meta["cycle_begun"] and meta["removals"] and not saved:
-            shutil.copy(directory / CHECKPOINT_FILE, tmp_path / "mid.pt")
-            saved.append(meta["step"])
-
-    monkeypatch.setattr(Trial, "save", save_and_keep_a_copy)
-    run_trial(config, checkpoint_dir=tmp_path / "run", dataset=digits)
-    monkeypatch.undo()
-    assert saved, "no checkpoint inside cycle 0 after a removal"
-    (tmp_path / "resume").mkdir()
-    shutil.copy(tmp_path / "mid.pt", tmp_path / "resume" / CHECKPOINT_FILE)
-    resumed = run_trial(config, resume_from=tmp_path / "resume", dataset=digits)
+    resumed = resumed_from_checkpoint_where(
+        config,
+        digits,
+        tmp_path,
+        monkeypatch,
+        lambda meta: meta["cycle"] == 0 and meta["cycle_begun"] and meta["removals"],
+    )
     assert comparable(resumed) == comparable(uninterrupted)
 
 

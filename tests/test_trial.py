@@ -2,7 +2,6 @@
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 import time
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import comparable, run_killed_after_cycle
+from conftest import comparable, resumed_from_checkpoint_where, run_killed_after_cycle
 
 from ap_core import MODELS, ConfigError, DatasetUnavailableError, TrialConfig, build_model, load_dataset, run_trial
 from ap_core.dnr import activation_layers
@@ -139,23 +138,10 @@ def test_killed_after_a_cycle_and_resumed_gives_the_same_numbers(tmp_path, digit
 def test_resume_from_a_mid_cycle_checkpoint(tmp_path, monkeypatch, digits):
     config = quick(epochs=3, checkpoint_every_epoch=True)
     uninterrupted = run_trial(config, dataset=digits)
-    saved = []
-    original_save = Trial.save
-
-    def save_and_keep_a_copy(self, directory):
-        original_save(self, directory)
-        meta = read_checkpoint(directory / CHECKPOINT_FILE)["meta"]
-        if meta["cycle_begun"] and meta["cycle"] == 2 and not saved:  # first epoch checkpoint of cycle 2
-            shutil.copy(directory / CHECKPOINT_FILE, tmp_path / "mid.pt")
-            saved.append(meta["step"])
-
-    monkeypatch.setattr(Trial, "save", save_and_keep_a_copy)
-    run_trial(config, checkpoint_dir=tmp_path / "run", dataset=digits)
-    monkeypatch.undo()
-    assert saved, "no mid-cycle checkpoint was written"
-    (tmp_path / "resume").mkdir()
-    shutil.copy(tmp_path / "mid.pt", tmp_path / "resume" / CHECKPOINT_FILE)
-    resumed = run_trial(config, resume_from=tmp_path / "resume", dataset=digits)
+    # The first epoch checkpoint of cycle 2.
+    resumed = resumed_from_checkpoint_where(
+        config, digits, tmp_path, monkeypatch, lambda meta: meta["cycle_begun"] and meta["cycle"] == 2
+    )
     assert comparable(resumed) == comparable(uninterrupted)
 
 
