@@ -242,6 +242,7 @@ class PrunableNet:
         self.channel_groups = list(channel_groups)
         self.references: dict[str, dict[str, torch.Tensor]] = {}
         self.removals: list[dict[str, list[int]]] = []
+        self._flops: float | None = None
         self.mask = mask
         self.masked = MaskedParameters(model, mask)
         self.optimizer = make_optimizer(model)
@@ -260,9 +261,14 @@ class PrunableNet:
         return sum(params[f"{g.root}.weight"].shape[0] for g in self.channel_groups)
 
     def flops(self) -> float:
-        """Multiply-accumulates of one forward pass on one input, as executed (masked weights still cost)."""
-        macs, _ = tp.utils.count_ops_and_params(self.model, self.example)
-        return float(macs)
+        """Multiply-accumulates of one forward pass on one input, as executed (masked weights still cost).
+
+        Counted on a copy of the model, so only after a channel removal: nothing else changes it.
+        """
+        if self._flops is None:
+            macs, _ = tp.utils.count_ops_and_params(self.model, self.example)
+            self._flops = float(macs)
+        return self._flops
 
     def remaining(self) -> Remaining:
         params = sum(p.numel() for p in self.model.parameters()) - (self.mask.total() - self.mask.alive())
@@ -309,6 +315,7 @@ class PrunableNet:
 
     def _remove(self, removal: ChannelRemoval) -> None:
         remove_channels(self.model, removal, self.example)
+        self._flops = None
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.removals.append({k: [int(i) for i in v] for k, v in removal.items()})
