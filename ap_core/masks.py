@@ -99,3 +99,9 @@ class Mask(Mapping[str, torch.Tensor]):
         return self._masks.keys() == other._masks.keys() and all(
             torch.equal(m.cpu(), other[name].cpu()) for name, m in self._masks.items()
         )
+
+
+def named_weights(model: nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
+    """The model's prunable weights (detached), keyed like the mask."""
+    params = dict(model.named_parameters())
+    return {name: params[name].detach() for name in mask}

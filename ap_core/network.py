@@ -19,7 +19,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner.function import BatchnormPruner
 
-from ap_core.masks import PRUNABLE_TYPES, Mask
+from ap_core.masks import PRUNABLE_TYPES, Mask, named_weights
 from ap_core.training import MaskedParameters
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -281,8 +281,7 @@ class PrunableNet:
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The prunable weights (detached), keyed like the mask."""
-        params = dict(self.model.named_parameters())
-        return {name: params[name].detach() for name in self.mask}
+        return named_weights(self.model, self.mask)
 
     # ---- element removal ----------------------------------------------------------------------------------------
 

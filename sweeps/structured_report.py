@@ -123,9 +123,11 @@ def demp_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
         for column in ("test_acc", "params_remaining", "channels_remaining", "flops_remaining")
     }
     columns = ["acc after DemP", "final acc", "params %", "channels %", "FLOPs %"]
+    # The order the sweep declares its settings in.
+    position = {setting: i for i, setting in enumerate(dict.fromkeys(t.labels["setting"] for t in plan.trials))}
     combos = sorted(
         dict.fromkeys(tuple(t.labels[k] for k in keys) for t in plan.trials),
-        key=lambda c: (c[:3], _setting_position(plan, c[3]), c[4] != plan.spec.variants[0].label),
+        key=lambda c: (c[:3], position[c[3]], c[4] != plan.spec.variants[0].label),
     )
     table = {
         combo: [
@@ -142,11 +144,6 @@ def demp_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
     values = pd.concat([_long(stats[c], keys, c) for c in stats], ignore_index=True)
     index_names = ["dataset", "network", "method", "lambda", "variant"]
     return SweepTable(title, _frame(table, columns, combos, index_names), values)
-
-
-def _setting_position(plan: SweepPlan, setting: str) -> int:
-    """The position of `setting` in the plan (the order the sweep declares its settings in)."""
-    return list(dict.fromkeys(t.labels["setting"] for t in plan.trials)).index(setting)
 
 
 def params_figure(rows: pd.DataFrame, title: str) -> Figure:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ap_core.config import coerce_setting
 from ap_core.errors import ConfigError
-from ap_core.masks import Mask
+from ap_core.masks import Mask, named_weights  # noqa: F401  (named_weights: re-exported for methods)
 from ap_core.registry import Registry
 
 if TYPE_CHECKING:
@@ -177,9 +177,3 @@ def removed_count(removal: Mapping[str, torch.Tensor]) -> int:
 def alive_on(mask: Mask, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The mask's tensors on the weights' devices."""
     return {n: mask[n].to(weights[n].device) for n in weights}
-
-
-def named_weights(model: torch.nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
-    """The model's prunable weights (detached), keyed like the mask."""
-    params = dict(model.named_parameters())
-    return {name: params[name].detach() for name in mask}
