@@ -10,9 +10,9 @@ as JSON that every table sweep takes with `--hparams FILE`.
     python sweeps/hparam_grid.py --preset paper --search random --num-samples 200 --address auto
 """
 
+from sweeps.engine.driver import main
+from sweeps.engine.spec import GP, LP, SearchSpace, SweepSpec, Variant
 from sweeps.presets import PAPER_CIFAR10, SMOKE
-from sweeps.sweep_driver import main
-from sweeps.sweep_spec import GP, LP, SearchSpace, SweepSpec, Variant
 
 PAPER_GRID = SearchSpace(
     {

@@ -1,6 +1,6 @@
 """Protocols shared by the table sweeps: the paper's CIFAR recipe and the offline smoke version of it."""
 
-from sweeps.sweep_spec import Preset
+from sweeps.engine.spec import Preset
 
 # The paper's pruning schedule: 20% of the remaining weights per cycle, AP's share 2%, 16 cycles (2.8% remain).
 PRUNING = {"prune_rate": 0.2, "ap_rate": 0.02, "cycles": 16}

@@ -7,9 +7,9 @@ mean +- std over seeds per level of weights remaining, with a Delta(AP) row.
     python sweeps/table1.py --preset paper   # CIFAR-10, ResNet-20 and VGG-19, 5 seeds (GPU cluster)
 """
 
+from sweeps.engine.driver import main
+from sweeps.engine.spec import GP, LP, NO_AP, WITH_AP, SweepSpec
 from sweeps.presets import PAPER_CIFAR10, SMOKE
-from sweeps.sweep_driver import main
-from sweeps.sweep_spec import GP, LP, NO_AP, WITH_AP, SweepSpec
 
 SPEC = SweepSpec(
     name="table1",

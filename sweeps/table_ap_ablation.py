@@ -7,9 +7,9 @@ for the magnitude |theta_T| and/or the candidates for all weights. Each is compa
     python sweeps/table_ap_ablation.py --preset paper   # CIFAR-10, ResNet-20 and VGG-19, 5 seeds
 """
 
+from sweeps.engine.driver import main
+from sweeps.engine.spec import GP, NO_AP, SweepSpec, Variant
 from sweeps.presets import PAPER_CIFAR10, SMOKE
-from sweeps.sweep_driver import main
-from sweeps.sweep_spec import GP, NO_AP, SweepSpec, Variant
 
 
 def ap_variant(label: str, tag: str, score: str, candidates: str) -> Variant:

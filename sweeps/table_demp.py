@@ -9,9 +9,9 @@ table and `comparison.png` (accuracy against parameters remaining).
     python sweeps/table_demp.py --preset paper   # CIFAR-10, VGG-16, AdamW, lambda 1e-6 ... 0.125, 3 seeds
 """
 
-from sweeps.structured_report import demp_table, params_figure
-from sweeps.sweep_driver import main
-from sweeps.sweep_spec import NO_AP, WITH_AP, Preset, SweepSpec, Variant
+from sweeps.engine.driver import main
+from sweeps.engine.spec import NO_AP, WITH_AP, Preset, SweepSpec, Variant
+from sweeps.engine.structured_report import demp_table, params_figure
 
 DEMP = Variant("DemP", "demp", {"method": "demp"})
 

@@ -4,9 +4,9 @@ python sweeps/table_gp_lp.py                  # smoke preset (digits + mlp)
 python sweeps/table_gp_lp.py --preset paper   # CIFAR-10 and CIFAR-100, ResNet-20 and VGG-19, 5 seeds
 """
 
+from sweeps.engine.driver import main
+from sweeps.engine.spec import GP, LP, NO_AP, WITH_AP, SweepSpec
 from sweeps.presets import PAPER_CIFAR, SMOKE
-from sweeps.sweep_driver import main
-from sweeps.sweep_spec import GP, LP, NO_AP, WITH_AP, SweepSpec
 
 SPEC = SweepSpec(
     name="table_gp_lp",

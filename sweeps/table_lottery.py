@@ -7,9 +7,9 @@ iteration k instead (Frankle et al. 2020), which the deeper networks need to fin
     python sweeps/table_lottery.py --preset paper   # CIFAR-10, ResNet-20 and VGG-19, 5 seeds
 """
 
+from sweeps.engine.driver import main
+from sweeps.engine.spec import NO_AP, WITH_AP, SweepSpec, Variant
 from sweeps.presets import PAPER_CIFAR10, SMOKE
-from sweeps.sweep_driver import main
-from sweeps.sweep_spec import NO_AP, WITH_AP, SweepSpec, Variant
 
 LTR = Variant("LTR", "ltr", {"method": "global_magnitude", "retraining": "rewind_init"})
 LTR_LATE = Variant("LTR-late", "ltrlate", {"method": "global_magnitude", "retraining": "rewind_iteration"})

@@ -7,9 +7,9 @@ trains at a small constant rate. Renda et al.'s recipe: 182 epochs, lr 0.1 x0.1 
     python sweeps/table_lrr.py --preset paper   # CIFAR-10, ResNet-20 and VGG-19, 5 seeds
 """
 
+from sweeps.engine.driver import main
+from sweeps.engine.spec import NO_AP, WITH_AP, SweepSpec, Variant
 from sweeps.presets import PAPER_CIFAR10, SMOKE
-from sweeps.sweep_driver import main
-from sweeps.sweep_spec import NO_AP, WITH_AP, SweepSpec, Variant
 
 LRR = Variant("LRR", "lrr", {"method": "global_magnitude", "retraining": "lr_rewind", "rewind_step": 0})
 FT = Variant("FT", "ft", {"method": "global_magnitude", "retraining": "finetune"})

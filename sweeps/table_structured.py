@@ -9,10 +9,10 @@ remaining channels. The printed table puts the authors' published numbers (no AP
     python sweeps/table_structured.py --preset paper   # CIFAR-10/100, VGG-16 and ResNet-56, 3 seeds (GPU cluster)
 """
 
+from sweeps.engine.driver import main
+from sweeps.engine.spec import NO_AP, WITH_AP, Preset, SweepSpec, Variant
+from sweeps.engine.structured_report import params_figure, structured_table
 from sweeps.presets import PAPER_RECIPE
-from sweeps.structured_report import params_figure, structured_table
-from sweeps.sweep_driver import main
-from sweeps.sweep_spec import NO_AP, WITH_AP, Preset, SweepSpec, Variant
 
 # Nesterov for both: the RNI authors' code, which produced the reference numbers of both methods, uses it for both.
 NS = Variant("NS", "ns", {"method": "network_slimming", "nesterov": True})

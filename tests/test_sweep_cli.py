@@ -13,7 +13,7 @@ import pytest
 from conftest import free_port, run_cli
 
 from sweeps import hparam_grid, table1
-from sweeps.sweep_driver import main
+from sweeps.engine.driver import main
 
 # The paper's protocol (paper-protocol.md): ResNet-20 and VGG-19 on CIFAR-10, AP on/off, 5 seeds, 16 cycles of
 # 160 epochs (+ the dense cycle); the hyperparameter grid 5 batch sizes x 50 learning rates x 22 epoch counts.

@@ -10,7 +10,7 @@ from conftest import run_cli
 from mlflow.tracking import MlflowClient
 
 from sweeps import hparam_grid, table1
-from sweeps.sweep_driver import main
+from sweeps.engine.driver import main
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ import pytest
 
 from ap_core.errors import ConfigError
 from sweeps import table1, table_ap_ablation
-from sweeps.hparams_file import load_hparams
-from sweeps.result_table import MISSING, build_table
-from sweeps.sweep_options import SweepOptions
-from sweeps.sweep_spec import GP, LP, NO_AP, WITH_AP, Preset, SearchSpace, SweepSpec, Variant, expand
+from sweeps.engine.hparams_file import load_hparams
+from sweeps.engine.options import SweepOptions
+from sweeps.engine.result_table import MISSING, build_table
+from sweeps.engine.spec import GP, LP, NO_AP, WITH_AP, Preset, SearchSpace, SweepSpec, Variant, expand
 
 TINY = Preset(
     "tiny",

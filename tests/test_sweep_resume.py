@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, MlflowServer, run_cli, stop_process_group, sweep_command, sweep_env
 from mlflow.tracking import MlflowClient
 
-from sweeps.sweep_spec import expand
+from sweeps.engine.spec import expand
 from sweeps.table1 import SPEC
 
 pytestmark = pytest.mark.integration

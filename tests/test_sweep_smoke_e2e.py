@@ -14,7 +14,7 @@ import pytest
 from conftest import MlflowServer, parse_printed_table, run_cli
 from mlflow.tracking import MlflowClient
 
-from sweeps.sweep_spec import expand
+from sweeps.engine.spec import expand
 from sweeps.table1 import SPEC
 
 pytestmark = pytest.mark.integration

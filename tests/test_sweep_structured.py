@@ -12,10 +12,11 @@ from conftest import MlflowServer, parse_printed_table, run_cli
 from mlflow.tracking import MlflowClient
 
 from ap_core import ConfigError
-from sweeps import plots, table_demp, table_structured
-from sweeps.result_table import MISSING
-from sweeps.structured_report import demp_table, params_figure, structured_table
-from sweeps.sweep_spec import expand
+from sweeps import table_demp, table_structured
+from sweeps.engine import plots
+from sweeps.engine.result_table import MISSING
+from sweeps.engine.spec import expand
+from sweeps.engine.structured_report import demp_table, params_figure, structured_table
 
 
 def fake_rows(plan, accuracy, params=50.0) -> pd.DataFrame:

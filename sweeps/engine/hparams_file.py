@@ -14,7 +14,7 @@ from typing import Any
 from ap_core import METHODS, MODELS, TrialConfig
 from ap_core.config import coerce_setting
 from ap_core.errors import ConfigError
-from sweeps.sweep_options import AXIS_FIELDS
+from sweeps.engine.options import AXIS_FIELDS
 
 Hparams = dict[str, dict[str, dict[str, Any]]]
 

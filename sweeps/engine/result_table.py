@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweeps.sweep_spec import SweepPlan
+from sweeps.engine.spec import SweepPlan
 
 MISSING = "—"
 GROUP_KEYS = ["dataset", "network", "method"]

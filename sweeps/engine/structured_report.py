@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sweeps import plots
-from sweeps.result_table import MISSING, SweepTable, format_cell, format_delta
-from sweeps.sweep_spec import SweepPlan
+from sweeps.engine import plots
+from sweeps.engine.result_table import MISSING, SweepTable, format_cell, format_delta
+from sweeps.engine.spec import SweepPlan
 
 REFERENCE = Path(__file__).resolve().parent / "reference" / "rni_results.csv"
 ROW_KEYS = ["dataset", "network", "method", "variant"]

@@ -24,9 +24,9 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from sweeps import plots
-from sweeps.sweep_options import SweepError
-from sweeps.sweep_spec import PlannedTrial
+from sweeps.engine import plots
+from sweeps.engine.options import SweepError
+from sweeps.engine.spec import PlannedTrial
 
 PARENT_TAG = "mlflow.parentRunId"
 # Bookkeeping Tune adds to every result; the trial's own metrics are everything else that is numeric.

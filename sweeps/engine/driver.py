@@ -22,14 +22,14 @@ import pandas as pd
 from ap_core import DATASETS, METHODS, MODELS, load_dataset
 from ap_core.errors import ConfigError
 from ap_core.trial import RESUME_MAY_CHANGE
-from sweeps.hparams_file import Hparams, load_hparams, write_hparams
-from sweeps.sweep_options import ParsedArgs, SweepError, flat_options, parse_args
-from sweeps.sweep_spec import PlannedTrial, SweepPlan, SweepSpec, expand
+from sweeps.engine.hparams_file import Hparams, load_hparams, write_hparams
+from sweeps.engine.options import ParsedArgs, SweepError, flat_options, parse_args
+from sweeps.engine.spec import PlannedTrial, SweepPlan, SweepSpec, expand
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
 
-    from sweeps.mlflow_logger import SweepRun
+    from sweeps.engine.trial_logger import SweepRun
 
 EXIT_INPUT_ERROR = 2
 EXIT_TRIALS_FAILED = 1
@@ -152,7 +152,7 @@ class SweepRunner:
         state = self._previous_state()
         tracking_uri = self._tracking_uri(state)
         if tracking_uri:
-            from sweeps.mlflow_logger import check_tracking_uri
+            from sweeps.engine.trial_logger import check_tracking_uri
 
             check_tracking_uri(tracking_uri)
         datasets = self._load_datasets()  # missing data fails here, before anything starts
@@ -172,7 +172,7 @@ class SweepRunner:
             grids = self._run_tune(sweep_run, datasets, experiments)
             rows, failed, unfinished = self._collect(grids)
             if sweep_run is not None and not unfinished:
-                from sweeps.mlflow_logger import close_dangling_child_runs
+                from sweeps.engine.trial_logger import close_dangling_child_runs
 
                 close_dangling_child_runs(sweep_run, set(failed))
             artifacts, summary = self._report(rows)
@@ -193,7 +193,7 @@ class SweepRunner:
             raise
         finally:
             if sweep_run is not None:
-                from sweeps.mlflow_logger import finish_parent_run
+                from sweeps.engine.trial_logger import finish_parent_run
 
                 finish_parent_run(sweep_run, status, artifacts, summary)
 
@@ -250,7 +250,7 @@ class SweepRunner:
     def _sweep_run(self, state: dict[str, Any] | None, tracking_uri: str) -> SweepRun | None:
         if not tracking_uri:
             return None
-        from sweeps.mlflow_logger import SweepRun, reopen_parent_run, start_parent_run
+        from sweeps.engine.trial_logger import SweepRun, reopen_parent_run, start_parent_run
 
         if state and state.get("parent_run_id"):
             sweep_run = SweepRun(tracking_uri, state["experiment_id"], state["parent_run_id"])
@@ -322,7 +322,7 @@ class SweepRunner:
     ) -> ResultGrid:
         from ray import tune
 
-        from sweeps.progress import OverallProgress
+        from sweeps.engine.progress import OverallProgress
         from trainables.pruning_trial import train_trial
 
         configs = {t.name: t.config.to_dict() for t in trials}
@@ -336,7 +336,7 @@ class SweepRunner:
 
         callbacks: list[Any] = []
         if sweep_run is not None:
-            from sweeps.mlflow_logger import MlflowTrialLogger
+            from sweeps.engine.trial_logger import MlflowTrialLogger
 
             callbacks.append(MlflowTrialLogger(sweep_run, {t.name: t for t in trials}, self._sweep_tags()))
         if self.options.progress:
@@ -412,8 +412,8 @@ class SweepRunner:
 
     def _report(self, rows: pd.DataFrame) -> tuple[list[Path], dict[str, float]]:
         """Print and write the table (or the best search settings); returns the parent run's artifacts/metrics."""
-        from sweeps import plots
-        from sweeps.result_table import build_table
+        from sweeps.engine import plots
+        from sweeps.engine.result_table import build_table
 
         spec = self.plan.spec
         artifacts: list[Path] = []
