@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import re
@@ -31,9 +32,19 @@ def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def _runtime(default: Any, help: str) -> Any:
+    """A setting of where a trial runs, not of what it computes: outside the experiment's identity."""
+    return field(default=default, metadata={"help": help, "runtime": True})
+
+
 @dataclass(frozen=True)
 class TrialConfig:
-    """One pruning experiment: a network trained dense (cycle 0), then pruned for `cycles` cycles."""
+    """One pruning experiment: a network trained dense (cycle 0), then pruned for `cycles` cycles.
+
+    Two concerns share one flat record (one flag, Tune key and MLflow param each): the experiment's settings,
+    which decide every number it produces, and the runtime settings (`RUNTIME_FIELDS`: device, threads, paths),
+    which decide only where and how fast it runs. `experiment_id` hashes the first kind only.
+    """
 
     model: str = _opt("mlp", "network name (see --list)")
     dataset: str = _opt("digits", "dataset name (see --list)")
@@ -68,12 +79,12 @@ class TrialConfig:
     max_train_samples: int = _opt(0, "use only the first N training samples (0 = all)")
     dead_unit_window: int = _opt(1500, "training images used to count dead units after each cycle")
     seed: int = _opt(0, "random seed (initialisation, data order, augmentation, random pruning)")
-    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
-    cpu_threads: int = _opt(0, "torch intra-op threads (0 = torch's default); match the CPUs a trial owns")
+    device: str = _runtime("auto", "auto, cpu, cuda or cuda:N")
+    cpu_threads: int = _runtime(0, "torch intra-op threads (0 = torch's default); match the CPUs a trial owns")
     amp: bool = _opt(True, "bf16 autocast and channels-last on CUDA (ignored on CPU)")
-    data_dir: str = _opt("data", "folder for torchvision datasets")
-    download: bool = _opt(False, "download torchvision datasets when missing")
-    checkpoint_every_epoch: bool = _opt(False, "also checkpoint between epochs, not only between cycles")
+    data_dir: str = _runtime("data", "folder for torchvision datasets")
+    download: bool = _runtime(False, "download torchvision datasets when missing")
+    checkpoint_every_epoch: bool = _runtime(False, "also checkpoint between epochs, not only between cycles")
 
     def __post_init__(self) -> None:
         _coerce_field_types(self)
@@ -140,6 +151,18 @@ class TrialConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def experiment_settings(self) -> dict[str, Any]:
+        """The settings that decide the results (every field but the runtime ones)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+    def runtime_settings(self) -> dict[str, Any]:
+        return {k: v for k, v in self.to_dict().items() if k in RUNTIME_FIELDS}
+
+    def experiment_id(self) -> str:
+        """A short hash of the experiment settings: equal for runs that compute the same thing anywhere."""
+        payload = json.dumps(self.experiment_settings(), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
         """Build from a flat dict (e.g. Tune's config), rejecting unknown keys by name."""
@@ -148,6 +171,11 @@ class TrialConfig:
         if unknown:
             raise ConfigError(f"unknown trial setting {unknown[0]!r}; valid: {', '.join(sorted(names))}")
         return cls(**values)
+
+
+# Where a trial runs and how fast: a resumed trial may change them (ap_core.trial checks the device type).
+# On a CPU, results are bit-identical only for the same cpu_threads (reduction order follows the threads).
+RUNTIME_FIELDS = frozenset(f.name for f in dataclasses.fields(TrialConfig) if f.metadata.get("runtime"))
 
 
 @functools.cache

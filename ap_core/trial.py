@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ap_core.config import TrialConfig
+from ap_core.config import RUNTIME_FIELDS, TrialConfig
 from ap_core.data import ArrayDataset, eval_batches, load_dataset, train_batches
 from ap_core.dnr import DeadNeuronCounter, count_dead_units, fired_units
 from ap_core.errors import ConfigError, NonFiniteLossError
@@ -43,9 +43,6 @@ from ap_core.training import (
 
 CHECKPOINT_FILE = "trial.pt"
 EVAL_BATCH_SIZE = 1000
-# Settings that may differ between a run and its resumption. The device may change within its type (cuda:0 ->
-# cuda:1), not across types. CPU results are bit-identical only for the same cpu_threads.
-RESUME_MAY_CHANGE = frozenset({"device", "cpu_threads", "data_dir", "download", "checkpoint_every_epoch"})
 # Independent random streams: a tag keeps e.g. (seed, cycle) apart from (seed, cycle, epoch=0).
 DATA_STREAM, PRUNING_STREAM = 1, 2
 
@@ -405,9 +402,7 @@ class Trial:
         state = read_checkpoint(path, self.device)
         meta = state["meta"]
         saved, current = meta["config"], self.config.to_dict()
-        changed = [
-            k for k in current if k not in RESUME_MAY_CHANGE and _as_saved(saved.get(k)) != _as_saved(current[k])
-        ]
+        changed = [k for k in current if k not in RUNTIME_FIELDS and _as_saved(saved.get(k)) != _as_saved(current[k])]
         if resolve_device(saved["device"]).type != self.device.type:
             changed.insert(0, "device")
         if changed:

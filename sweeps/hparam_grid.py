@@ -11,7 +11,7 @@ as JSON that every table sweep takes with `--hparams FILE`.
 """
 
 from sweeps.engine.driver import main
-from sweeps.engine.spec import GP, LP, SearchSpace, SweepSpec, Variant
+from sweeps.engine.spec import GP, LP, AxisValue, SearchSpace, SweepSpec
 from sweeps.presets import PAPER_CIFAR10, SMOKE
 
 PAPER_GRID = SearchSpace(
@@ -27,7 +27,7 @@ SPEC = SweepSpec(
     name="hparam_grid",
     title="Hyperparameter grid of the AP paper",
     methods=(GP, LP),
-    variants=(Variant("no AP", "", {"ap": False}),),  # tuned for method X; AP rides along with its settings
+    variants=(AxisValue("no AP", "", {"ap": False}),),  # tuned for method X; AP rides along with its settings
     presets={
         "paper": PAPER_CIFAR10.replace(seeds=1),
         "smoke": SMOKE.replace(seeds=1, trial={**SMOKE.trial, "cycles": 4}, search=SMOKE_GRID),

@@ -8,12 +8,12 @@ for the magnitude |theta_T| and/or the candidates for all weights. Each is compa
 """
 
 from sweeps.engine.driver import main
-from sweeps.engine.spec import GP, NO_AP, SweepSpec, Variant
+from sweeps.engine.spec import GP, NO_AP, AxisValue, SweepSpec
 from sweeps.presets import PAPER_CIFAR10, SMOKE
 
 
-def ap_variant(label: str, tag: str, score: str, candidates: str) -> Variant:
-    return Variant(label, tag, {"ap": True, "ap_score": score, "ap_candidates": candidates})
+def ap_variant(label: str, tag: str, score: str, candidates: str) -> AxisValue:
+    return AxisValue(label, tag, {"ap": True, "ap_score": score, "ap_candidates": candidates})
 
 
 SPEC = SweepSpec(

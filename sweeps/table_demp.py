@@ -10,14 +10,14 @@ table and `comparison.png` (accuracy against parameters remaining).
 """
 
 from sweeps.engine.driver import main
-from sweeps.engine.spec import NO_AP, WITH_AP, Preset, SweepSpec, Variant
+from sweeps.engine.spec import NO_AP, WITH_AP, AxisValue, Preset, SweepSpec
 from sweeps.engine.structured_report import demp_table, params_figure
 
-DEMP = Variant("DemP", "demp", {"method": "demp"})
+DEMP = AxisValue("DemP", "demp", {"method": "demp"})
 
 
-def lambdas(*values: float) -> tuple[Variant, ...]:
-    return tuple(Variant(f"λ={v:g}", f"lam{v:g}", {"method_options": {"lam": v}}) for v in values)
+def lambdas(*values: float) -> tuple[AxisValue, ...]:
+    return tuple(AxisValue(f"λ={v:g}", f"lam{v:g}", {"method_options": {"lam": v}}) for v in values)
 
 
 # structured-methods.md: AdamW (0.9/0.999, wd 5e-4) at 5e-3 with a one-cycle LR, batch 256, about 80 epochs;

@@ -8,11 +8,11 @@ iteration k instead (Frankle et al. 2020), which the deeper networks need to fin
 """
 
 from sweeps.engine.driver import main
-from sweeps.engine.spec import NO_AP, WITH_AP, SweepSpec, Variant
+from sweeps.engine.spec import NO_AP, WITH_AP, AxisValue, SweepSpec
 from sweeps.presets import PAPER_CIFAR10, SMOKE
 
-LTR = Variant("LTR", "ltr", {"method": "global_magnitude", "retraining": "rewind_init"})
-LTR_LATE = Variant("LTR-late", "ltrlate", {"method": "global_magnitude", "retraining": "rewind_iteration"})
+LTR = AxisValue("LTR", "ltr", {"method": "global_magnitude", "retraining": "rewind_init"})
+LTR_LATE = AxisValue("LTR-late", "ltrlate", {"method": "global_magnitude", "retraining": "rewind_iteration"})
 
 SPEC = SweepSpec(
     name="table_lottery",

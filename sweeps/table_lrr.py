@@ -8,11 +8,11 @@ trains at a small constant rate. Renda et al.'s recipe: 182 epochs, lr 0.1 x0.1 
 """
 
 from sweeps.engine.driver import main
-from sweeps.engine.spec import NO_AP, WITH_AP, SweepSpec, Variant
+from sweeps.engine.spec import NO_AP, WITH_AP, AxisValue, SweepSpec
 from sweeps.presets import PAPER_CIFAR10, SMOKE
 
-LRR = Variant("LRR", "lrr", {"method": "global_magnitude", "retraining": "lr_rewind", "rewind_step": 0})
-FT = Variant("FT", "ft", {"method": "global_magnitude", "retraining": "finetune"})
+LRR = AxisValue("LRR", "lrr", {"method": "global_magnitude", "retraining": "lr_rewind", "rewind_step": 0})
+FT = AxisValue("FT", "ft", {"method": "global_magnitude", "retraining": "finetune"})
 
 RENDA_RECIPE = {"epochs": 182, "milestones": (91 / 182, 136 / 182), "weight_decay": 2e-4}
 

@@ -10,16 +10,16 @@ remaining channels. The printed table puts the authors' published numbers (no AP
 """
 
 from sweeps.engine.driver import main
-from sweeps.engine.spec import NO_AP, WITH_AP, Preset, SweepSpec, Variant
+from sweeps.engine.spec import NO_AP, WITH_AP, AxisValue, Preset, SweepSpec
 from sweeps.engine.structured_report import params_figure, structured_table
 from sweeps.presets import PAPER_RECIPE
 
 # Nesterov for both: the RNI authors' code, which produced the reference numbers of both methods, uses it for both.
-NS = Variant("NS", "ns", {"method": "network_slimming", "nesterov": True})
-RNI = Variant("RNI", "rni", {"method": "rni", "nesterov": True})
+NS = AxisValue("NS", "ns", {"method": "network_slimming", "nesterov": True})
+RNI = AxisValue("RNI", "rni", {"method": "rni", "nesterov": True})
 RATIOS = (
-    Variant("50%", "r50", {"method_options": {"channel_ratio": 0.5}}),
-    Variant("90%", "r90", {"method_options": {"channel_ratio": 0.9}}),
+    AxisValue("50%", "r50", {"method_options": {"channel_ratio": 0.5}}),
+    AxisValue("90%", "r90", {"method_options": {"channel_ratio": 0.9}}),
 )
 
 # structured-methods.md: the CIFAR recipe of the other tables (SGD 0.1, momentum 0.9, wd 1e-4, x0.1 at 50% and 75% of

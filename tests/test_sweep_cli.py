@@ -52,10 +52,13 @@ def test_dry_run_of_the_hparam_grid_counts_5500_points_per_network_and_method(
     groups = PAPER_NETWORKS * 2  # GP and LP
     points = GRID_BATCH_SIZES * GRID_LRS * len(GRID_EPOCHS)
     assert points == 5500
-    assert len(trial_lines(out)) == groups * points
+    lines = trial_lines(out)  # one line per searched group: Tune draws the points, the plan counts them
+    assert len(lines) == groups and all(
+        "grid search over" in line and "5500 points x 1 seeds" in line for line in lines
+    )
     epochs = groups * GRID_BATCH_SIZES * GRID_LRS * sum(GRID_EPOCHS) * (PAPER_CYCLES + 1)
     assert f"{groups * points} trials in {groups} Tune experiment(s); {epochs} training epochs" in out
-    assert "lr=0.099" in out and "lr=0.101" not in out and "epochs=500" in out and "epochs=520" not in out
+    assert "lr 50 values 0.001..0.099" in out and "epochs 22 values 80..500" in out
     assert not (tmp_path / "r").exists()
 
 

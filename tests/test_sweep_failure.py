@@ -39,7 +39,7 @@ def test_failing_trials_are_retried_then_failed(tmp_path: Path) -> None:
     assert len(children) == 2 * 2 * SEEDS  # GP and LP, AP on/off
     for run in children:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")]
-        if run.data.tags["method"] == "LP":
+        if run.data.tags["method_label"] == "LP":
             assert run.info.status == "FAILED"
             assert "loss became nan" in run.data.tags["error"]
             assert run.data.tags["attempts"] == "2"  # the first try and one retry

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 from mlflow.tracking import MlflowClient
+from ray.tune import ExperimentAnalysis
 
 from sweeps import hparam_grid, table1
 from sweeps.engine.driver import main
@@ -49,3 +50,48 @@ def test_asha_grid_writes_the_best_complete_point_for_the_tables(
     lines = [line for line in capsys.readouterr().out.splitlines() if ": model=" in line]
     assert lines and all(f"batch_size={settings['batch_size']} lr={settings['lr']:g}" in line for line in lines)
     assert all(f"epochs={settings['epochs']} " in line for line in lines)
+
+
+def test_optuna_with_asha_chooses_a_point_by_its_mean_over_seeds_and_resumes(tmp_path: Path) -> None:
+    command = [
+        "hparam_grid", "--results-dir", str(tmp_path), "--num-cpus", "2", "--methods", "GP", "--name", "optuna",
+        "--search", "optuna", "--num-samples", "4", "--seeds", "2", "--grace-period", "2", "--reduction-factor", "2",
+        "--max-concurrent", "1", "--progress", "false",
+    ]  # fmt: skip
+    done = run_cli(*command, timeout_s=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("optuna")
+    children = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 8 and all(r.info.status == "FINISHED" for r in children)
+    axes = list(hparam_grid.SMOKE_GRID.axes)
+    cycles = hparam_grid.SPEC.presets["smoke"].trial["cycles"]
+    by_trial_number: dict[str, list] = {}
+    for run in children:  # Tune's Repeater runs each point once per seed, one after the other
+        point = tuple(run.data.params[k] for k in axes)
+        by_trial_number.setdefault(point, []).append(run)
+    assert all(
+        sorted(r.data.params["seed"] for r in runs) in (["1", "2"], ["1", "1", "2", "2"])
+        for runs in by_trial_number.values()
+    )
+    assert any(r.data.tags.get("early_stopped") == "true" for r in children)  # ASHA stopped some
+
+    complete = {
+        point: sum(r.data.metrics["test_acc"] for r in runs) / len(runs)
+        for point, runs in by_trial_number.items()
+        if len(runs) == 2 and all(r.data.metrics["cycle"] == cycles for r in runs)
+    }
+    assert complete, "no point ran every cycle on both seeds: pick another search seed for this test"
+    best = json.loads((tmp_path / "optuna" / "best_hparams.json").read_text())["mlp"]["global_magnitude"]
+    assert tuple(str(best[k]) for k in axes) == max(complete, key=complete.__getitem__)
+
+    state = json.loads((tmp_path / "optuna" / "sweep.json").read_text())
+    frame = ExperimentAnalysis(next(iter(state["experiments"].values()))).dataframe()
+    assert {f"config/{k}" for k in axes} | {"config/model", "config/method"} <= set(frame.columns)
+
+    resumed = run_cli(*command, "--resume", timeout_s=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in children)
+    assert all(len(client.get_metric_history(r.info.run_id, "test_acc")) == r.data.metrics["cycle"] + 1 for r in again)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from sweeps import table1, table_ap_ablation
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import SweepOptions
 from sweeps.engine.result_table import MISSING, build_table
-from sweeps.engine.spec import GP, LP, NO_AP, WITH_AP, Preset, SearchSpace, SweepSpec, Variant, expand
+from sweeps.engine.spec import GP, LP, NO_AP, WITH_AP, AxisValue, Preset, SearchSpace, SweepSpec, expand
 
 TINY = Preset(
     "tiny",
@@ -59,25 +60,26 @@ def test_methods_and_networks_can_be_narrowed_and_are_validated() -> None:
         expand(SPEC, "huge")
 
 
-def test_search_space_grid_and_random_points() -> None:
+def test_a_search_plans_groups_whose_points_tune_draws() -> None:
     space = SearchSpace({"batch_size": (64, 128, 256), "lr": (0.01, 0.02)})
-    assert space.size == 6 and len(space.points("grid", 0)) == 6
-    drawn = space.points("random", 4)
-    assert len(drawn) == 4 and len({tuple(p.values()) for p in drawn}) == 4
-    assert drawn == space.points("random", 4)  # reproducible
     searched = SweepSpec(
         "s", "s", methods=(GP,), presets={"tiny": TINY}, variants=(NO_AP,), search=space, default_preset="tiny"
     )
-    plan = expand(searched, "tiny", networks=("mlp",), seeds=1)
-    assert len(plan.trials) == 6 and plan.groups == ["digits-mlp-gp"]
-    assert "mlp-gp-noap-bs128-lr0.02-seed1" in plan.by_name()
+    plan = expand(searched, "tiny", networks=("mlp",), seeds=2)
+    assert plan.trials == () and plan.groups == ["digits-mlp-gp"]
+    assert plan.trial_count == 12 and plan.points_per_group == 6
+    assert expand(searched, "tiny", networks=("mlp",), seeds=2, search_mode="optuna", num_samples=4).trial_count == 8
+    assert expand(searched, "tiny", networks=("mlp",), search_mode="random").points_per_group == 6  # capped default
+    with pytest.raises(ConfigError, match="num_samples 7 exceeds the 6 points"):
+        expand(searched, "tiny", search_mode="optuna", num_samples=7)
+    with pytest.raises(ConfigError, match="batch_size 0"):
+        expand(dataclasses.replace(searched, search=SearchSpace({"batch_size": (64, 0)})), "tiny")
 
 
 def test_fingerprint_ignores_where_a_trial_runs_but_not_what_it_computes() -> None:
-    ignore = {"device", "data_dir"}
-    base = expand(SPEC, "tiny").fingerprint(ignore)
-    assert expand(SPEC, "tiny", overrides={"device": "cuda", "data_dir": "/x"}).fingerprint(ignore) == base
-    assert expand(SPEC, "tiny", overrides={"lr": 0.5}).fingerprint(ignore) != base
+    base = expand(SPEC, "tiny").fingerprint()
+    assert expand(SPEC, "tiny", overrides={"device": "cuda", "data_dir": "/x", "cpu_threads": 2}).fingerprint() == base
+    assert expand(SPEC, "tiny", overrides={"lr": 0.5}).fingerprint() != base
 
 
 def test_hparams_file_round_trip(tmp_path: Path) -> None:
@@ -152,7 +154,7 @@ def test_latex_escapes_names_and_formats_plus_minus(tmp_path: Path) -> None:
     spec = SweepSpec(
         "t",
         "T",
-        methods=(Variant("GP", "gp", {"method": "global_magnitude"}),),
+        methods=(AxisValue("GP", "gp", {"method": "global_magnitude"}),),
         variants=(NO_AP, WITH_AP),
         presets={"tiny": TINY},
         default_preset="tiny",

@@ -19,11 +19,13 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.engine.spec import expand
 from sweeps.table1 import SPEC
+from trainables.pruning_trial import trial_config
 
 pytestmark = pytest.mark.integration
 
 CYCLES = 8
 NAME = "resume-test"
+CATALOG = expand(SPEC, "smoke", methods=("GP",), seeds=3, overrides={"epochs": 6, "cycles": CYCLES}).catalog()
 
 
 def child_runs(client: MlflowClient) -> list:
@@ -48,7 +50,8 @@ def persisted_trials(storage: Path) -> dict[str, tuple[str, int]]:
             return {}
         for trial_state, metadata in state["trial_data"]:
             trial, meta = json.loads(trial_state), json.loads(metadata)
-            trials[trial["config"]["trial"]] = (trial["status"], meta["last_result"].get("cycle", -1))
+            name = CATALOG.describe(trial_config(trial["config"])).name
+            trials[name] = (trial["status"], meta["last_result"].get("cycle", -1))
     return trials
 
 

@@ -49,7 +49,11 @@ def test_smoke_preset_matches_mlflow(mlflow_server: MlflowServer, tmp_path: Path
         tags = run.data.tags
         assert run.info.status == "FINISHED"
         assert tags["network"] == trial.config.model and tags["dataset"] == trial.config.dataset
-        assert tags["method"] == trial.labels["method"] and tags["ap"] == str(trial.config.ap).lower()
+        assert (
+            tags["method_label"] == trial.labels["method"]
+            and tags["method"] == trial.config.method
+            and tags["ap"] == str(trial.config.ap).lower()
+        )
         assert tags["seed"] == str(trial.config.seed) and tags["sweep"] == "smoke-e2e" and tags["code_version"]
         assert run.data.params["lr"] == str(trial.config.lr)
         history = {

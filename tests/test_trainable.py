@@ -38,11 +38,14 @@ class RunningTrials(tune.Callback):
         self.most = max(self.most, sum(t.status == "RUNNING" for t in trials))
 
 
-def run_tuner(plans: dict[str, dict], datasets: dict, resources: dict, storage: Path) -> tuple[Any, RunningTrials]:
+def run_tuner(
+    param_space: dict, runtime: dict, datasets: dict, resources: dict, storage: Path
+) -> tuple[Any, RunningTrials]:
     running = RunningTrials()
+    trainable = tune.with_parameters(train_trial, runtime=runtime, datasets=datasets)
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(train_trial, plans=plans, datasets=datasets), resources),
-        param_space={"trial": tune.grid_search(list(plans))},
+        tune.with_resources(trainable, resources),
+        param_space=param_space,
         run_config=tune.RunConfig(storage_path=str(storage), callbacks=[running], verbose=0),
     )
     return tuner.fit(), running
@@ -54,15 +57,18 @@ def test_reports_every_cycle_with_a_checkpoint_and_uses_the_shipped_dataset(loca
     # Two trials whose datasets differ by key: one gets a shipped copy whose training labels are scrambled,
     # the other finds no shipped copy and loads digits itself.
     shipped = base.replace(data_dir="shipped")
-    own = base.replace(data_dir="own")
     digits = load_dataset("digits")
     scrambled = dataclasses.replace(digits, y_train=digits.y_train[torch.randperm(digits.num_train)])
-    plans = {"shipped": shipped.to_dict(), "own": own.to_dict()}
-    results, running = run_tuner(plans, {dataset_key(shipped): ray.put(scrambled)}, {"cpu": 1, "gpu": 0.5}, tmp_path)
+    # Tune's config holds the trial's settings (here the data folder too); runtime settings come beside it.
+    param_space = {**base.experiment_settings(), "data_dir": tune.grid_search(["shipped", "own"])}
+    datasets = {dataset_key(shipped): ray.put(scrambled)}
+    results, running = run_tuner(param_space, {"device": "cpu"}, datasets, {"cpu": 1, "gpu": 0.5}, tmp_path)
 
     assert results.num_errors == 0
     assert running.most == 2  # two half-GPU trials shared the single GPU at the same time
-    by_name = {r.config["trial"]: r for r in results}
+    by_name = {r.config["data_dir"]: r for r in results}
+    frame = results.get_dataframe()
+    assert set(frame["config/data_dir"]) == {"shipped", "own"} and set(frame["config/model"]) == {"mlp"}
     for result in by_name.values():
         history = result.metrics_dataframe
         assert history["cycle"].tolist() == list(range(CYCLES + 1))

@@ -10,7 +10,7 @@ from typing import Any
 from ap_core.config import TrialConfig, add_dataclass_arguments, dataclass_overrides
 from ap_core.errors import ConfigError
 
-SEARCH_MODES = ("grid", "random")
+SEARCH_MODES = ("grid", "random", "optuna", "hyperopt")
 SCHEDULERS = ("asha", "none")
 
 
@@ -66,8 +66,11 @@ class SweepOptions:
 class SearchOptions:
     """Options of hyperparameter-search sweeps (sweeps/hparam_grid.py)."""
 
-    search: str = _opt("grid", f"which points to try: {'/'.join(SEARCH_MODES)}")
-    num_samples: int = _opt(100, "points drawn per network and method with --search random")
+    search: str = _opt(
+        "grid", f"how Tune picks points: {'/'.join(SEARCH_MODES)} (optuna/hyperopt learn from earlier points)"
+    )
+    num_samples: int = _opt(0, "points per network and method for every search but grid (0 = 100, or the whole space)")
+    search_seed: int = _opt(0, "seed of the random draws and of the search algorithm")
     scheduler: str = _opt("asha", f"trial scheduler: {'/'.join(SCHEDULERS)} (asha stops weak points early)")
     grace_period: int = _opt(2, "ASHA: cycles every point trains before it can be stopped")
     reduction_factor: int = _opt(4, "ASHA: keep the best 1/N at each rung")
@@ -78,9 +81,9 @@ class SearchOptions:
             raise ConfigError(f"unknown search {self.search!r}; valid: {', '.join(SEARCH_MODES)}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
-        if self.num_samples < 1 or self.grace_period < 1 or self.reduction_factor < 2:
+        if self.num_samples < 0 or self.grace_period < 1 or self.reduction_factor < 2:
             raise ConfigError(
-                f"num_samples {self.num_samples} and grace_period {self.grace_period} must be >= 1, "
+                f"num_samples {self.num_samples} must be >= 0, grace_period {self.grace_period} >= 1, "
                 f"reduction_factor {self.reduction_factor} >= 2"
             )
 

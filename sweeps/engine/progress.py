@@ -9,14 +9,16 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from tqdm import tqdm
 
+from trainables.pruning_trial import trial_config
+
 REFRESH_SECONDS = 1.0
 
 
 class OverallProgress(Callback):
     """Counts finished training cycles over all trials (a stopped or failed trial counts as done)."""
 
-    def __init__(self, cycles_per_trial: dict[str, int], description: str) -> None:
-        self.cycles_per_trial = cycles_per_trial
+    def __init__(self, total_cycles: int, description: str) -> None:
+        self.total_cycles = total_cycles
         self.description = description
         self._bar: tqdm | None = None
         self._last_refresh = 0.0
@@ -38,12 +40,11 @@ class OverallProgress(Callback):
 
     def _update(self, trials: list[Trial]) -> None:
         if self._bar is None:
-            self._bar = tqdm(total=sum(self.cycles_per_trial.values()), desc=self.description, unit="cycle")
+            self._bar = tqdm(total=self.total_cycles, desc=self.description, unit="cycle")
         done = 0
         for trial in trials:
-            name = trial.config["trial"]
             if trial.status in (Trial.TERMINATED, Trial.ERROR):
-                done += self.cycles_per_trial[name]
+                done += trial_config(trial.config).cycles + 1
             else:
                 done += int(trial.last_result.get("cycle", -1)) + 1
         self._bar.update(done - self._bar.n)

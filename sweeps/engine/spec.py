@@ -11,8 +11,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +25,7 @@ def _copy(mapping: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Variant:
+class AxisValue:
     """One value of a table axis: a label for tables, a tag for run names, and the TrialConfig it implies."""
 
     label: str
@@ -38,15 +37,19 @@ class Variant:
 
 
 # The variants most tables share.
-GP = Variant("GP", "gp", {"method": "global_magnitude"})
-LP = Variant("LP", "lp", {"method": "layerwise_magnitude"})
-NO_AP = Variant("no AP", "noap", {"ap": False})
-WITH_AP = Variant("AP", "ap", {"ap": True})
+GP = AxisValue("GP", "gp", {"method": "global_magnitude"})
+LP = AxisValue("LP", "lp", {"method": "layerwise_magnitude"})
+NO_AP = AxisValue("no AP", "noap", {"ap": False})
+WITH_AP = AxisValue("AP", "ap", {"ap": True})
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """A hyperparameter search over TrialConfig fields (the paper's grid): one Tune experiment per group."""
+    """A hyperparameter search over TrialConfig fields (the paper's grid): one Tune experiment per group.
+
+    Each axis lists the values a field may take; `tune_space` turns them into Tune's own search primitives, so
+    Tune's generators and search algorithms (Optuna, HyperOpt) draw the points.
+    """
 
     axes: Mapping[str, tuple[Any, ...]]
 
@@ -60,13 +63,17 @@ class SearchSpace:
             size *= len(values)
         return size
 
-    def points(self, mode: str, num_samples: int, seed: int = 0) -> list[dict[str, Any]]:
-        """Every grid point (`grid`), or `num_samples` distinct points drawn uniformly (`random`)."""
-        keys = list(self.axes)
-        grid = [dict(zip(keys, values, strict=True)) for values in itertools.product(*self.axes.values())]
+    def tune_space(self, mode: str) -> dict[str, Any]:
+        """Every grid point (`grid`: `tune.grid_search` per axis), else a categorical per axis to sample from."""
+        from ray import tune
+
         if mode == "grid":
-            return grid
-        return random.Random(seed).sample(grid, min(num_samples, len(grid)))
+            return {k: tune.grid_search(list(v)) for k, v in self.axes.items()}
+        return {k: tune.choice(list(v)) for k, v in self.axes.items()}
+
+    def points_count(self, mode: str, num_samples: int) -> int:
+        """Points a search of this mode tries: the whole grid, or `num_samples` drawn ones (which may repeat)."""
+        return self.size if mode == "grid" else num_samples
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ class Preset:
     per_network: Mapping[str, Mapping[str, Any]] = field(default_factory=_copy)
     methods: tuple[str, ...] = ()
     search: SearchSpace | None = None
-    settings: tuple[Variant, ...] = ()  # replaces the sweep's settings axis (e.g. fewer lambdas for a smoke run)
+    settings: tuple[AxisValue, ...] = ()  # replaces the sweep's settings axis (e.g. fewer lambdas for a smoke run)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "trial", _copy(self.trial))
@@ -105,12 +112,12 @@ class SweepSpec:
 
     name: str
     title: str
-    methods: tuple[Variant, ...]
+    methods: tuple[AxisValue, ...]
     presets: Mapping[str, Preset]
-    variants: tuple[Variant, ...] = (NO_AP, WITH_AP)
+    variants: tuple[AxisValue, ...] = (NO_AP, WITH_AP)
     default_preset: str = "smoke"
     search: SearchSpace | None = None
-    settings: tuple[Variant, ...] = ()
+    settings: tuple[AxisValue, ...] = ()
     table: Callable[..., Any] | None = None
     figure: Callable[..., Any] | None = None
 
@@ -123,12 +130,12 @@ class SweepSpec:
         except KeyError:
             raise ConfigError(f"unknown preset {name!r}; valid: {', '.join(self.presets)}") from None
 
-    def select_methods(self, labels: tuple[str, ...]) -> tuple[Variant, ...]:
+    def select_methods(self, labels: tuple[str, ...]) -> tuple[AxisValue, ...]:
         """The methods named on the command line (by label or tag, any case); all of them when none."""
         if not labels:
             return self.methods
         by_name = {m.label.lower(): m for m in self.methods} | {m.tag.lower(): m for m in self.methods}
-        chosen: dict[str, Variant] = {}
+        chosen: dict[str, AxisValue] = {}
         for label in labels:
             if label.lower() not in by_name:
                 valid = ", ".join(m.label for m in self.methods)
@@ -144,7 +151,7 @@ class PlannedTrial:
 
     name: str
     group: str  # Tune experiment it runs in ("" for table sweeps: one experiment)
-    labels: Mapping[str, Any]  # dataset, network, method, variant, seed
+    labels: Mapping[str, Any]  # dataset, network, method, variant, seed (and setting)
     config: TrialConfig
 
     @property
@@ -164,33 +171,126 @@ class PlannedTrial:
 
 
 @dataclass(frozen=True)
+class SearchGroup:
+    """One network x dataset x method of a search: a Tune experiment whose trials Tune's search draws.
+
+    `base` is the trial recipe at seed 1 (the axes and the seed are filled in per trial); `labels` lack the seed.
+    """
+
+    key: str
+    stem: str  # the start of every trial name, e.g. "mlp-gp"
+    labels: Mapping[str, Any]
+    base: TrialConfig
+
+
+@dataclass(frozen=True)
 class SweepPlan:
-    """Everything a sweep will run, decided before Ray starts."""
+    """Everything a sweep will run, decided before Ray starts.
+
+    A table sweep lists its `trials`; a search lists its `search_groups`, whose trials Tune draws at run time
+    (every grid point, or `num_samples` points per group), each point once per seed.
+    """
 
     spec: SweepSpec
     preset_name: str
     trials: tuple[PlannedTrial, ...]
     seeds: int
     search: SearchSpace | None = None
+    search_groups: tuple[SearchGroup, ...] = ()
+    search_mode: str = "grid"
+    num_samples: int = 0
 
     @property
     def groups(self) -> list[str]:
+        if self.search is not None:
+            return [g.key for g in self.search_groups]
         return list(dict.fromkeys(t.group for t in self.trials))
+
+    @property
+    def points_per_group(self) -> int:
+        return self.search.points_count(self.search_mode, self.num_samples) if self.search is not None else 0
+
+    @property
+    def trial_count(self) -> int:
+        if self.search is None:
+            return len(self.trials)
+        return len(self.search_groups) * self.points_per_group * self.seeds
 
     def by_name(self) -> dict[str, PlannedTrial]:
         return {t.name: t for t in self.trials}
 
-    def fingerprint(self, ignore: Collection[str] = ()) -> str:
-        """Changes whenever any trial's name or config (but the `ignore`d fields) does."""
-        payload = json.dumps(
-            [[t.name, {k: v for k, v in t.config.to_dict().items() if k not in ignore}] for t in self.trials],
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    def trials_of(self, group: str) -> tuple[PlannedTrial, ...]:
+        return tuple(t for t in self.trials if t.group == group)
+
+    def search_group(self, key: str) -> SearchGroup:
+        return next(g for g in self.search_groups if g.key == key)
+
+    def fingerprint(self) -> str:
+        """Changes whenever what the sweep computes does: a trial's name or experiment settings, or the search."""
+        if self.search is None:
+            payload: Any = [[t.name, t.config.experiment_settings()] for t in self.trials]
+        else:
+            payload = {
+                "groups": [[g.key, g.base.experiment_settings()] for g in self.search_groups],
+                "axes": self.search.axes,
+                "mode": self.search_mode,
+                "points": self.points_per_group,
+                "seeds": self.seeds,
+            }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def total_epochs(self) -> int:
-        return sum(t.epochs for t in self.trials)
+        """Training epochs of the whole plan (for a sampled search: the expected value over its axes)."""
+        if self.search is None:
+            return sum(t.epochs for t in self.trials)
+        epochs = self.search.axes.get("epochs")
+        per_trial = [
+            (g.base.cycles + 1) * (sum(epochs) / len(epochs) if epochs else g.base.epochs) for g in self.search_groups
+        ]
+        return round(sum(per_trial) * self.points_per_group * self.seeds)
+
+    def catalog(self) -> TrialCatalog:
+        axes = tuple(self.search.axes) if self.search else ()
+        return TrialCatalog(self.trials, self.search_groups, axes, numbered=self.search_mode != "grid")
+
+
+class TrialCatalog:
+    """Names and labels a trial from its Tune config: the planned trial it is, or a searched point of a group.
+
+    Tune hands back only configs; the MLflow logger, the progress bar and the report ask this catalog who a
+    trial is. It is small and picklable, so it travels with Tune's callbacks.
+    """
+
+    def __init__(
+        self,
+        trials: tuple[PlannedTrial, ...],
+        groups: tuple[SearchGroup, ...],
+        axes: tuple[str, ...],
+        numbered: bool,
+    ) -> None:
+        self._planned = {_identity(t.config): t for t in trials}
+        self._groups = {(g.base.dataset, g.base.model, g.base.method): g for g in groups}
+        self._axes = axes
+        self._numbered = numbered  # sampled points may repeat: Tune's trial number keeps their names apart
+
+    def describe(self, config: TrialConfig, trial_id: str = "") -> PlannedTrial:
+        """The trial `config` belongs to; a sampled search point's name ends with Tune's trial number."""
+        planned = self._planned.get(_identity(config))
+        if planned is not None:
+            return planned
+        group = self._groups.get((config.dataset, config.model, config.method))
+        if group is None:
+            raise KeyError(f"trial {config.model}/{config.method} (seed {config.seed}) is not part of this sweep")
+        point = {k: getattr(config, k) for k in self._axes}
+        name = "-".join([group.stem, *_point_tags(point), f"seed{config.seed}"])
+        if trial_id and self._numbered:
+            name += f"-n{int(trial_id.rpartition('_')[2])}"
+        return PlannedTrial(name, group.key, _copy({**group.labels, "seed": config.seed}), config)
+
+
+def _identity(config: TrialConfig) -> str:
+    return json.dumps(config.experiment_settings(), sort_keys=True)
 
 
 def expand(
@@ -206,7 +306,8 @@ def expand(
     search_mode: str = "grid",
     num_samples: int = 0,
 ) -> SweepPlan:
-    """Expand the spec's axes into validated trials; raises ConfigError naming the first bad value.
+    """Expand the spec's axes into validated trials (or search groups); raises ConfigError naming the first bad
+    value.
 
     Settings are layered, later winning: preset recipe, method, variant, setting, per-network recipe, `--hparams`
     file entry for (network, pruning method), command-line overrides, then the axes themselves; `method_options`
@@ -224,20 +325,23 @@ def expand(
     seed_count = seeds or preset.seeds
     if seed_count < 1:
         raise ConfigError(f"seeds {seed_count} must be >= 1")
-    settings = preset.settings or spec.settings or (Variant("", ""),)
+    settings = preset.settings or spec.settings or (AxisValue("", ""),)
     # Count before building anything: a typo like --seeds 100000000 must not hang the planner.
     size = len(datasets) * len(networks) * len(chosen_methods) * len(spec.variants) * len(settings) * seed_count
-    points_count = min(num_samples, search.size) if search is not None and search_mode == "random" else None
-    size *= (search.size if points_count is None else points_count) if search is not None else 1
+    if search is not None and search_mode != "grid":
+        num_samples = num_samples or min(DEFAULT_SAMPLES, search.size)
+    if search is not None and search_mode != "grid" and num_samples > search.size:
+        raise ConfigError(
+            f"num_samples {num_samples} exceeds the {search.size} points of this search space; "
+            f"lower --num-samples or use --search grid"
+        )
+    size *= search.points_count(search_mode, num_samples) if search is not None else 1
     if size > MAX_TRIALS:
         raise ConfigError(
             f"this sweep would plan {size} trials (seeds {seed_count}); at most {MAX_TRIALS}: "
             "lower --seeds or narrow --networks/--datasets/--methods"
         )
-    points: list[dict[str, Any]] = [{}]
-    if search is not None:
-        points = search.points(search_mode, num_samples)
-    trials = []
+    trials, groups = [], []
     for dataset, network, method, variant, setting in itertools.product(
         datasets, networks, chosen_methods, spec.variants, settings
     ):
@@ -245,23 +349,37 @@ def expand(
         recipe = _layered(recipe, preset.per_network.get(network, {}))
         pruning_method = recipe.get("method", TrialConfig.method)
         recipe = _layered(recipe, (hparams or {}).get(network, {}).get(pruning_method, {}), overrides or {})
-        group = f"{dataset}-{network}-{method.tag}" if search is not None else ""
-        for seed, point in itertools.product(range(1, seed_count + 1), points):
-            config = TrialConfig(**{**recipe, **point, "model": network, "dataset": dataset, "seed": seed})
-            name = _trial_name(network, dataset, method, variant, setting, seed, point, multi_dataset=len(datasets) > 1)
-            labels = {
-                "dataset": dataset,
-                "network": network,
-                "method": method.label,
-                "variant": variant.label,
-                "seed": seed,
-            }
-            if setting.label:
-                labels["setting"] = setting.label
-            trials.append(PlannedTrial(name, group, _copy(labels), config))
-    return SweepPlan(spec, preset_name, tuple(trials), seed_count, search)
+        recipe.update(model=network, dataset=dataset)
+        labels = {"dataset": dataset, "network": network, "method": method.label, "variant": variant.label}
+        if setting.label:
+            labels["setting"] = setting.label
+        stem = "-".join(
+            p for p in [network, dataset if len(datasets) > 1 else "", method.tag, setting.tag, variant.tag] if p
+        )
+        if search is not None:
+            groups.append(_search_group(f"{dataset}-{network}-{method.tag}", stem, labels, recipe, search))
+            continue
+        for seed in range(1, seed_count + 1):
+            config = TrialConfig(**{**recipe, "seed": seed})
+            trials.append(PlannedTrial(f"{stem}-seed{seed}", "", _copy({**labels, "seed": seed}), config))
+    if len({(g.base.dataset, g.base.model, g.base.method) for g in groups}) < len(groups):
+        raise ConfigError(f"sweep {spec.name}: two searched methods share one pruning method; give each its own")
+    return SweepPlan(spec, preset_name, tuple(trials), seed_count, search, tuple(groups), search_mode, num_samples)
 
 
+def _search_group(
+    key: str, stem: str, labels: Mapping[str, Any], recipe: Mapping[str, Any], search: SearchSpace
+) -> SearchGroup:
+    """The group's recipe, checked with every value of every axis (so no drawn point can be invalid)."""
+    first = {k: v[0] for k, v in search.axes.items()}
+    for axis, values in search.axes.items():
+        for value in values:
+            TrialConfig(**{**recipe, **first, axis: value, "seed": 1})
+    return SearchGroup(key, stem, _copy(labels), TrialConfig(**{**recipe, **first, "seed": 1}))
+
+
+# Points per network and method a sampled search draws unless told (--num-samples).
+DEFAULT_SAMPLES = 100
 # A bound on one sweep's trials: the paper's full grid is 22,000; planning ten times that still takes seconds.
 MAX_TRIALS = 250_000
 
@@ -278,24 +396,12 @@ def _layered(*layers: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _trial_name(
-    network: str,
-    dataset: str,
-    method: Variant,
-    variant: Variant,
-    setting: Variant,
-    seed: int,
-    point: Mapping[str, Any],
-    multi_dataset: bool,
-) -> str:
-    """`resnet20-gp-ap-seed1`; a setting adds its tag (`vgg16-rni-r90-ap-seed1`), search trials their point
-    (`mlp-gp-bs64-lr0.011-ep80-seed1`)."""
-    parts = [network, dataset if multi_dataset else "", method.tag, setting.tag, variant.tag]
-    parts += [
+def _point_tags(point: Mapping[str, Any]) -> list[str]:
+    """A searched point as name parts: `bs64`, `lr0.011`, `ep80`."""
+    return [
         f"{_SHORT_KEYS.get(k, k)}{v:g}" if isinstance(v, float) else f"{_SHORT_KEYS.get(k, k)}{v}"
         for k, v in point.items()
     ]
-    return "-".join(p for p in [*parts, f"seed{seed}"] if p)
 
 
 _SHORT_KEYS = {"batch_size": "bs", "epochs": "ep"}

@@ -16,7 +16,7 @@ from sweeps.engine import plots
 from sweeps.engine.result_table import MISSING, SweepTable, format_cell, format_delta
 from sweeps.engine.spec import SweepPlan
 
-REFERENCE = Path(__file__).resolve().parent / "reference" / "rni_results.csv"
+REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "rni_results.csv"
 ROW_KEYS = ["dataset", "network", "method", "variant"]
 # Table labels of the methods -> their names in the reference file.
 REFERENCE_METHODS = {"NS": "network_slimming", "RNI": "rni"}

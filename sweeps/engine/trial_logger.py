@@ -1,4 +1,4 @@
-"""MLflow tracking of a sweep, from the driver only.
+"""MLflow child runs of a sweep's trials, logged from the driver only.
 
 Trials never talk to MLflow: Tune hands their results to `MlflowTrialLogger` in the driver, so a SQLite backend
 sees one writer however many trials run, and a remote server sees one client. The logger finds a trial's child
@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,87 +21,13 @@ from ray.tune.experiment import Trial
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from sweeps.engine import plots
-from sweeps.engine.options import SweepError
-from sweeps.engine.spec import PlannedTrial
+from sweeps.engine.spec import PlannedTrial, TrialCatalog
+from sweeps.engine.tracking import PARENT_TAG, ParentRun, now_ms
+from trainables.pruning_trial import trial_config
 
-PARENT_TAG = "mlflow.parentRunId"
 # Bookkeeping Tune adds to every result; the trial's own metrics are everything else that is numeric.
 NOT_METRICS = {*AUTO_RESULT_KEYS, "done", "trial_id", "checkpoint_dir_name", "should_checkpoint"}
 BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
-
-
-def check_tracking_uri(uri: str) -> None:
-    """Fail fast, in one line, when an http(s) tracking server does not answer its health check."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise SweepError(
-            f"cannot reach MLflow tracking server {uri!r} ({reason}); start it (mlflow server ...) "
-            "or leave out --tracking-uri to use the local SQLite store"
-        ) from None
-
-
-@dataclass(frozen=True)
-class SweepRun:
-    """Where a sweep's runs live: tracking URI, experiment and the parent run of this invocation."""
-
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-
-
-def start_parent_run(
-    tracking_uri: str,
-    experiment_name: str,
-    artifact_location: str | None,
-    run_name: str,
-    tags: dict[str, str],
-    params: dict[str, str],
-) -> SweepRun:
-    """Create the experiment if needed and a parent run for this sweep invocation."""
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment is not None
-        else client.create_experiment(experiment_name, artifact_location=artifact_location)
-    )
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
-    return SweepRun(tracking_uri, experiment_id, run.info.run_id)
-
-
-def reopen_parent_run(sweep_run: SweepRun) -> None:
-    """Mark a resumed sweep's parent run as running again."""
-    MlflowClient(sweep_run.tracking_uri).update_run(sweep_run.parent_run_id, status="RUNNING")
-
-
-def finish_parent_run(sweep_run: SweepRun, status: str, artifacts: list[Path], metrics: dict[str, float]) -> None:
-    client = MlflowClient(sweep_run.tracking_uri)
-    now = _now_ms()
-    client.log_batch(sweep_run.parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-    for path in artifacts:
-        client.log_artifact(sweep_run.parent_run_id, str(path))
-    client.set_terminated(sweep_run.parent_run_id, status)
-
-
-def close_dangling_child_runs(sweep_run: SweepRun, failed: set[str]) -> int:
-    """End child runs still RUNNING after every trial ended (a driver killed between Tune's record and ours)."""
-    client = MlflowClient(sweep_run.tracking_uri)
-    query = f"tags.`{PARENT_TAG}` = '{sweep_run.parent_run_id}' and attributes.status = 'RUNNING'"
-    closed, token = 0, None
-    while True:
-        page = client.search_runs([sweep_run.experiment_id], filter_string=query, page_token=token)
-        for run in page:
-            client.set_terminated(run.info.run_id, "FAILED" if run.data.tags.get("trial") in failed else "FINISHED")
-            closed += 1
-        token = page.token
-        if not token:
-            return closed
 
 
 class MlflowTrialLogger(Callback):
@@ -115,9 +37,9 @@ class MlflowTrialLogger(Callback):
     per-cycle rows of unfinished trials travel in Tune's callback state so a resumed trial's CSV is complete.
     """
 
-    def __init__(self, sweep_run: SweepRun, plans: dict[str, PlannedTrial], sweep_tags: dict[str, str]) -> None:
-        self.sweep_run = sweep_run
-        self.plans = plans
+    def __init__(self, parent: ParentRun, catalog: TrialCatalog, sweep_tags: dict[str, str]) -> None:
+        self.parent = parent
+        self.catalog = catalog
         self.sweep_tags = sweep_tags
         self._rows: dict[str, dict[int, dict[str, float]]] = {}
         self._client: MlflowClient | None = None
@@ -135,7 +57,7 @@ class MlflowTrialLogger(Callback):
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = MlflowClient(self.sweep_run.tracking_uri)
+            self._client = MlflowClient(self.parent.tracking_uri)
         return self._client
 
     # ---- Tune events ------------------------------------------------------------------------------------------
@@ -146,7 +68,7 @@ class MlflowTrialLogger(Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
-        name = trial.config["trial"]
+        name = self._planned(trial).name
         run_id, last_step = self._run(trial)
         step = int(result["cycle"])
         metrics = {
@@ -157,7 +79,7 @@ class MlflowTrialLogger(Callback):
         self._rows.setdefault(name, {})[step] = metrics
         if step <= last_step:
             return  # re-reported after a resume: MLflow has it already
-        now = _now_ms()
+        now = now_ms()
         entries = [Metric(k, v, now, step) for k, v in metrics.items()]
         entries += _removal_metrics(result.get("removal_events"), now)
         tags = [RunTag("node_ip", str(result.get("node_ip", ""))), RunTag("node_id", str(result.get("node_id", "")))]
@@ -178,14 +100,18 @@ class MlflowTrialLogger(Callback):
 
     # ---- helpers ----------------------------------------------------------------------------------------------
 
+    def _planned(self, trial: Trial) -> PlannedTrial:
+        return self.catalog.describe(trial_config(trial.config), trial.trial_id)
+
     def _run(self, trial: Trial) -> tuple[str, int]:
         """The trial's child run (created on first sight, found again after a resume) and its last step."""
-        name = trial.config["trial"]
+        planned = self._planned(trial)
+        name = planned.name
         if name in self._runs:
             return self._runs[name]
         found = self.client.search_runs(
-            [self.sweep_run.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{self.sweep_run.parent_run_id}' and tags.trial = '{name}'",
+            [self.parent.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent.run_id}' and tags.trial = '{name}'",
             max_results=1,
         )
         if found:
@@ -194,7 +120,7 @@ class MlflowTrialLogger(Callback):
             last_step = max((m.step for m in history), default=-1)
             self.client.update_run(run_id, status="RUNNING")
         else:
-            run_id = self._create_run(self.plans[name], trial.trial_id)
+            run_id = self._create_run(planned, trial.trial_id)
             last_step = -1
         self._runs[name] = (run_id, last_step)
         return run_id, last_step
@@ -203,29 +129,30 @@ class MlflowTrialLogger(Callback):
         config = plan.config
         tags = {
             **self.sweep_tags,
-            PARENT_TAG: self.sweep_run.parent_run_id,
+            PARENT_TAG: self.parent.run_id,
             "trial": plan.name,
             "tune_trial_id": trial_id,
             "network": config.model,
             "dataset": config.dataset,
-            "method": plan.labels["method"],
-            "pruning_method": config.method,
+            "method": config.method,
+            "method_label": plan.labels["method"],
             "variant": plan.labels["variant"],
             **({"setting": plan.labels["setting"]} if "setting" in plan.labels else {}),
             "ap": str(config.ap).lower(),
             "seed": str(config.seed),
             "attempts": "1",
         }
-        run = self.client.create_run(self.sweep_run.experiment_id, run_name=plan.name, tags=tags)
+        run = self.client.create_run(self.parent.experiment_id, run_name=plan.name, tags=tags)
         self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in plan.params().items()])
         return run.info.run_id
 
     def _finish(self, trial: Trial, status: str, error: str | None) -> None:
-        name = trial.config["trial"]
+        planned = self._planned(trial)
+        name = planned.name
         run_id, last_step = self._run(trial)
         cycles = pd.DataFrame([{**m, "cycle": c} for c, m in sorted(self._rows.pop(name, {}).items())])
         tags = {"status_detail": status.lower()}
-        if status == "FINISHED" and last_step < self.plans[name].config.cycles:
+        if status == "FINISHED" and last_step < planned.config.cycles:
             tags["early_stopped"] = "true"  # a scheduler (ASHA) ended it before its last cycle
         if error is not None:
             tags["error"] = _one_line(error)
@@ -291,7 +218,3 @@ def _one_line(error: str) -> str:
     """The exception line of a traceback (`NonFiniteLossError: loss is nan at ...`), at most 500 characters."""
     lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
     return (lines[-1] if lines else "unknown error")[:500]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

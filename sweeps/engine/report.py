@@ -1,0 +1,135 @@
+"""After Tune: per-cycle rows of every trial, the table (or a search's best settings) and the comparison plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from ray.tune import ResultGrid
+
+from sweeps.engine import plots
+from sweeps.engine.hparams_file import Hparams, write_hparams
+from sweeps.engine.result_table import build_table
+from sweeps.engine.spec import SweepPlan
+from trainables.pruning_trial import trial_config
+
+# Per-cycle metrics the tables and plots read (older results without the structured axes lack the last three).
+ROW_METRICS = (
+    "cycle",
+    "weights_remaining",
+    "test_acc",
+    "dnr",
+    "params_remaining",
+    "channels_remaining",
+    "flops_remaining",
+)
+
+
+def collect(grids: list[ResultGrid], plan: SweepPlan) -> tuple[pd.DataFrame, list[str], int]:
+    """Per-cycle rows of finished trials, the names of failed ones, and how many never finished.
+
+    Rows carry the trial's name, group and labels, plus each searched axis (for choosing the best point).
+    """
+    catalog = plan.catalog()
+    axes = list(plan.search.axes) if plan.search else []
+    frames, failed = [], []
+    # Trials of groups never started (the sweep was interrupted before them) count as unfinished too.
+    unfinished = plan.trial_count - sum(grid.num_terminated + grid.num_errors for grid in grids)
+    for grid in grids:
+        for result in grid:
+            if result.config is None:  # never started before Ctrl-C
+                continue
+            config = trial_config(result.config)
+            trial = catalog.describe(config, str((result.metrics or {}).get("trial_id", "")))
+            if result.error is not None:
+                failed.append(trial.name)
+                continue
+            history = result.metrics_dataframe
+            if history is None or history.empty or "cycle" not in history:
+                continue
+            cycles = history.drop_duplicates("cycle", keep="last").sort_values("cycle")
+            frame = cycles[[c for c in ROW_METRICS if c in cycles]].assign(
+                trial=trial.name, group=trial.group, **trial.labels, **{k: getattr(config, k) for k in axes}
+            )
+            frames.append(frame.assign(final_cycle=config.cycles))
+    # In plan order (not completion order), so tables and plots list variants and settings as declared.
+    order = {t.name: index for index, t in enumerate(plan.trials)}
+    frames.sort(key=lambda frame: (order.get(frame["trial"].iloc[0], len(order)), frame["trial"].iloc[0]))
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not rows.empty:
+        rows["level"] = rows["weights_remaining"].round(1)
+    return rows, sorted(failed), unfinished
+
+
+def write_report(
+    rows: pd.DataFrame, plan: SweepPlan, sweep_dir: Path, name: str, best_settings_path: Path | None
+) -> tuple[list[Path], dict[str, float]]:
+    """Print and write the table (or the best search settings); returns the parent run's artifacts/metrics."""
+    spec = plan.spec
+    artifacts: list[Path] = []
+    rows_path = sweep_dir / "trial_cycles.csv"
+    rows.to_csv(rows_path, index=False)
+    artifacts.append(rows_path)
+    if plan.search is not None:
+        artifacts += write_best_settings(rows, plan, best_settings_path or sweep_dir / "best_hparams.json", sweep_dir)
+    else:
+        table = (spec.table or build_table)(rows, plan)
+        print(f"\n{table.title}\n\n{table.to_markdown()}\n")
+        artifacts += table.write(sweep_dir, name)
+    if not rows.empty:
+        figure_path = sweep_dir / "comparison.png"
+        plots.save((spec.figure or plots.comparison_figure)(rows, spec.title), str(figure_path))
+        artifacts.append(figure_path)
+    print(f"results in {sweep_dir}")
+    finished = rows["trial"].nunique() if not rows.empty else 0
+    return artifacts, {"trials": plan.trial_count, "trials_finished": finished}
+
+
+def best_points(rows: pd.DataFrame, plan: SweepPlan) -> pd.DataFrame:
+    """Per group, the point with the highest mean final accuracy over its seeds, among points whose every seed
+    ran every cycle (a point ASHA stopped on any seed is out)."""
+    assert plan.search is not None
+    axes = list(plan.search.axes)
+    if rows.empty:
+        return pd.DataFrame()
+    finals = rows.sort_values("cycle").groupby("trial").tail(1)
+    complete = finals[finals["cycle"] == finals["final_cycle"]]
+    by_point = complete.groupby(["group", *axes], sort=False).agg(
+        test_acc=("test_acc", "mean"), seeds=("seed", "nunique"), trial=("trial", "first")
+    )
+    by_point = by_point[by_point["seeds"] == plan.seeds].reset_index()
+    if by_point.empty:
+        return by_point
+    best = by_point.loc[by_point.groupby("group", sort=False)["test_acc"].idxmax()]
+    points_per_group = by_point.groupby("group").size()
+    return best.assign(complete_points=best["group"].map(points_per_group).to_numpy())
+
+
+def write_best_settings(rows: pd.DataFrame, plan: SweepPlan, path: Path, sweep_dir: Path) -> list[Path]:
+    """The best point per (network, pruning method) as the `--hparams` file, plus a CSV summary."""
+    assert plan.search is not None
+    axes = list(plan.search.axes)
+    best = best_points(rows, plan)
+    settings: Hparams = {}
+    summary = []
+    for row in best.itertuples(index=False):
+        group = plan.search_group(row.group)
+        point = {k: getattr(row, k) for k in axes}
+        point = {k: v.item() if hasattr(v, "item") else v for k, v in point.items()}
+        settings.setdefault(group.base.model, {})[group.base.method] = point
+        summary.append(
+            {
+                "trial": row.trial,
+                **group.labels,
+                **point,
+                "test_acc": float(row.test_acc),
+                "seeds": plan.seeds,
+                "complete_points": int(row.complete_points),
+            }
+        )
+    write_hparams(path, settings)
+    summary_path = sweep_dir / "best_hparams.csv"
+    pd.DataFrame(summary).to_csv(summary_path, index=False)
+    print(pd.DataFrame(summary).to_markdown(index=False) if summary else "no point completed every cycle on every seed")
+    print(f"best settings written to {path} (use: --hparams {path})")
+    return [path, summary_path]

@@ -1,0 +1,209 @@
+"""Ray and Tune for a sweep: join or start Ray, one Tuner per group (restored on `--resume`), nothing else.
+
+Tune's param space is the trials' experiment settings. A table sweep's trials are fixed in advance: the settings
+they share are the param space's constants and `PlannedTrials` (a Tune `Searcher`) hands out what differs, in plan
+order. A search gives Tune the axes as its own primitives: `tune.grid_search` for the grid, `tune.choice` for
+random draws and for Optuna / HyperOpt, whose every point is repeated once per seed (Tune's `Repeater`, which
+reports the mean over seeds back to the searcher).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune import ResultGrid
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator, Repeater, Searcher
+
+from sweeps.engine.options import SearchOptions, SweepOptions
+from sweeps.engine.progress import OverallProgress
+from sweeps.engine.spec import SweepPlan, TrialCatalog
+from sweeps.engine.tracking import ParentRun
+from sweeps.engine.trial_logger import MlflowTrialLogger
+from trainables.pruning_trial import train_trial, trial_config
+
+SEARCH_METRIC = "test_acc"
+
+
+def run_experiments(
+    plan: SweepPlan,
+    options: SweepOptions,
+    search: SearchOptions | None,
+    parent: ParentRun | None,
+    datasets: dict[str, Any],
+    experiments: Mapping[str, str],
+    runtime: Mapping[str, Any],
+    sweep_tags: dict[str, str],
+) -> list[ResultGrid]:
+    """Run (or resume) each group's Tune experiment in turn; stops after a group that Ctrl-C interrupted."""
+    # The snapshots forced by num_to_keep are intended; Tune would warn about them on every cycle.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if options.address:
+        ray.init(address=options.address)
+    else:  # "local": a fresh instance even when `ray start` left a cluster address on this machine
+        ray.init(address="local", num_cpus=options.num_cpus or None, include_dashboard=False)
+    try:
+        dataset_refs = {key: ray.put(data) for key, data in datasets.items()}
+        datasets.clear()  # the object store holds them now; free the driver's copies
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, runtime=dict(runtime), datasets=dataset_refs),
+            {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
+        )
+        catalog = plan.catalog()
+        grids = []
+        for group in plan.groups:
+            path = experiments[group]
+            if options.resume and tune.Tuner.can_restore(path):
+                print(f"resuming {path}")
+                grid = tune.Tuner.restore(path, trainable=trainable).fit()
+            else:
+                tuner = _tuner(plan, group, trainable, catalog, options, search, parent, path, sweep_tags)
+                grid = tuner.fit()
+            grids.append(grid)
+            if grid.num_terminated + grid.num_errors < len(grid):
+                break  # Tune caught Ctrl-C and returned: do not start the next group
+        return grids
+    finally:
+        ray.shutdown()
+
+
+def _tuner(
+    plan: SweepPlan,
+    group: str,
+    trainable: Any,
+    catalog: TrialCatalog,
+    options: SweepOptions,
+    search: SearchOptions | None,
+    parent: ParentRun | None,
+    path: str,
+    sweep_tags: dict[str, str],
+) -> tune.Tuner:
+    if plan.search is None:
+        trials = plan.trials_of(group)
+        constants, points = split_settings([t.config.experiment_settings() for t in trials])
+        param_space, search_alg, num_samples = constants, PlannedTrials(points), len(points)
+        cycles = [t.config.cycles + 1 for t in trials]
+    else:
+        assert search is not None
+        param_space, search_alg, num_samples = search_setup(plan, group, search)
+        cycles = [plan.search_group(group).base.cycles + 1] * (plan.points_per_group * plan.seeds)
+    callbacks: list[Any] = []
+    if parent is not None:
+        callbacks.append(MlflowTrialLogger(parent, catalog, sweep_tags))
+    if options.progress:
+        callbacks.append(OverallProgress(sum(cycles), group or path.rpartition("/")[2]))
+    storage_path, _, name = path.rpartition("/")
+    searching = plan.search is not None and search is not None
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            num_samples=num_samples,
+            scheduler=_scheduler(search, max(cycles)) if searching else None,
+            metric=SEARCH_METRIC if searching else None,
+            mode="max" if searching else None,
+            max_concurrent_trials=options.max_concurrent or None,
+            reuse_actors=True,  # a worker that finished one trial starts the next: torch stays imported
+            trial_name_creator=TrialNamer(catalog),
+            trial_dirname_creator=TrialNamer(catalog, with_id=True),
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),
+            # Old checkpoints are deleted (a VGG-19 trial would otherwise keep GBs); Tune snapshots its
+            # experiment state each time it does, which keeps --resume pointing at a checkpoint that exists.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            verbose=1,  # Tune's live trial table, without a result box per trial
+        ),
+    )
+
+
+def split_settings(settings: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The settings every trial shares (Tune's constants) and, per trial, the ones that differ."""
+    shared = {k: v for k, v in settings[0].items() if all(s[k] == v for s in settings[1:])}
+    return shared, [{k: v for k, v in s.items() if k not in shared} for s in settings]
+
+
+def search_setup(plan: SweepPlan, group: str, search: SearchOptions) -> tuple[dict[str, Any], Any, int]:
+    """Param space, search algorithm and Tune's num_samples of one searched group."""
+    assert plan.search is not None
+    axes = plan.search.axes
+    constants = {k: v for k, v in plan.search_group(group).base.experiment_settings().items() if k not in axes}
+    space = {**constants, **plan.search.tune_space(plan.search_mode)}
+    points = plan.points_per_group
+    if plan.search_mode in ("grid", "random"):
+        space["seed"] = tune.grid_search(list(range(1, plan.seeds + 1)))
+        # random: one draw per sample, kept the same across the seed grid, so every point runs on every seed
+        generator = BasicVariantGenerator(constant_grid_search=True, random_state=search.search_seed)
+        return space, generator, 1 if plan.search_mode == "grid" else points
+    del space["seed"]  # the Repeater's index is the seed (trainables.pruning_trial.trial_config)
+    searcher = _searcher(plan.search_mode, search.search_seed)
+    return space, Repeater(searcher, repeat=plan.seeds, set_index=True), points * plan.seeds
+
+
+def _searcher(mode: str, seed: int) -> Searcher:
+    if mode == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=seed)
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    return HyperOptSearch(random_state_seed=seed)
+
+
+def _scheduler(search: SearchOptions | None, max_t: int) -> ASHAScheduler | None:
+    if search is None or search.scheduler == "none":
+        return None
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=max_t,
+        grace_period=search.grace_period,
+        reduction_factor=search.reduction_factor,
+    )
+
+
+class PlannedTrials(Searcher):
+    """Hands Tune a table sweep's planned trials, in plan order; its state (the next index) is JSON."""
+
+    def __init__(self, points: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.points = points
+        self.next_index = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        if self.next_index >= len(self.points):
+            return Searcher.FINISHED
+        self.next_index += 1
+        return json.loads(json.dumps(self.points[self.next_index - 1]))  # a private copy for Tune to merge
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Nothing to learn: the trials were fixed in advance."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as file:
+            json.dump({"next_index": self.next_index}, file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as file:
+            self.next_index = int(json.load(file)["next_index"])
+
+
+class TrialNamer:
+    """Tune's trial name (`mlp-gp-ap-seed1`) or folder name (plus Tune's trial id) from the trial's config."""
+
+    def __init__(self, catalog: TrialCatalog, with_id: bool = False) -> None:
+        self.catalog = catalog
+        self.with_id = with_id
+
+    def __call__(self, trial: Trial) -> str:
+        name = self.catalog.describe(trial_config(trial.config), trial.trial_id).name
+        return f"{name}_{trial.trial_id}" if self.with_id else name

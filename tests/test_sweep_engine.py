@@ -1,0 +1,200 @@
+"""Units of the sweep engine: state file, tracking policy, Tune set-up, trial catalog, best point, trial logger.
+
+Nothing here starts Ray; the trial logger writes to a real (SQLite) MLflow store through Tune's own Trial objects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from ray.tune.experiment import Trial
+from ray.tune.search import Searcher
+
+from sweeps import hparam_grid, table1
+from sweeps.engine import tracking
+from sweeps.engine.options import SearchOptions, SweepError, SweepOptions
+from sweeps.engine.report import best_points
+from sweeps.engine.spec import expand
+from sweeps.engine.sweep_state import STATE_FILE, SweepState, experiment_paths, read_state
+from sweeps.engine.trial_logger import MlflowTrialLogger
+from sweeps.engine.tune_runner import PlannedTrials, TrialNamer, search_setup, split_settings
+from trainables.pruning_trial import REPEAT_INDEX, trial_config
+
+SMOKE = expand(table1.SPEC, "smoke")
+GRID = expand(hparam_grid.SPEC, "smoke", methods=("GP",), seeds=2)
+
+
+# ---- sweep_state --------------------------------------------------------------------------------------------------
+
+
+def test_state_round_trips_and_refuses_what_cannot_be_resumed(tmp_path: Path) -> None:
+    state = SweepState("s", SMOKE.fingerprint(), "sqlite:///x.db", "1", "abc", {"": "/r/s-1"})
+    state.write(tmp_path)
+    assert read_state(tmp_path, SMOKE) == state
+    assert read_state(tmp_path / "elsewhere", SMOKE) is None
+    with pytest.raises(SweepError, match="trials changed"):
+        read_state(tmp_path, expand(table1.SPEC, "smoke", overrides={"lr": 0.5}))
+    (tmp_path / STATE_FILE).write_text("{not json")
+    with pytest.raises(SweepError, match="not valid JSON"):
+        read_state(tmp_path, SMOKE)
+    (tmp_path / STATE_FILE).write_text("[]")
+    with pytest.raises(SweepError, match="not a sweep state file"):
+        read_state(tmp_path, SMOKE)
+
+
+def test_a_resumed_sweep_keeps_its_experiment_folders_and_a_new_one_gets_stamped_ones() -> None:
+    assert experiment_paths(SMOKE, "/r/", "s", "20261122", {}) == {"": "/r/s-20261122"}
+    assert experiment_paths(SMOKE, "/r", "s", "later", {"": "/r/s-1"}) == {"": "/r/s-1"}
+    assert experiment_paths(GRID, "s3://b", "g", "1", {}) == {"digits-mlp-gp": "s3://b/g-digits-mlp-gp-1"}
+
+
+# ---- tracking -----------------------------------------------------------------------------------------------------
+
+
+def test_tracking_uri_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    local = "sqlite:///results/mlflow.db"
+    assert tracking.choose_tracking_uri(SweepOptions(), None, local) == local
+    assert tracking.choose_tracking_uri(SweepOptions(mlflow=False), None, local) == ""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert tracking.choose_tracking_uri(SweepOptions(), None, local) == "http://127.0.0.1:1"
+    assert tracking.choose_tracking_uri(SweepOptions(tracking_uri="http://a"), None, local) == "http://a"
+    # A resumed sweep logs where it began, whatever the environment says now.
+    assert tracking.choose_tracking_uri(SweepOptions(), "sqlite:///old.db", local) == "sqlite:///old.db"
+    with pytest.raises(SweepError, match="started with 'sqlite:///old\\.db'"):
+        tracking.choose_tracking_uri(SweepOptions(tracking_uri="http://b"), "sqlite:///old.db", local)
+    with pytest.raises(SweepError, match="MLflow off"):
+        tracking.choose_tracking_uri(SweepOptions(tracking_uri="http://b"), "", local)
+
+
+# ---- Tune set-up --------------------------------------------------------------------------------------------------
+
+
+def test_param_space_holds_shared_settings_and_the_searcher_hands_out_the_rest(tmp_path: Path) -> None:
+    settings = [t.config.experiment_settings() for t in SMOKE.trials]
+    shared, points = split_settings(settings)
+    assert {"model", "epochs", "cycles"} <= set(shared) and not {"method", "ap", "seed"} & set(shared)
+    assert [{**shared, **p} for p in points] == settings
+    searcher = PlannedTrials(points)
+    assert [searcher.suggest(f"t{i}") for i in range(2)] == points[:2]
+    searcher.save(str(tmp_path / "searcher.json"))
+    restored = PlannedTrials(points)
+    restored.restore(str(tmp_path / "searcher.json"))
+    rest = [restored.suggest(f"t{i}") for i in range(len(points) - 2)]
+    assert rest == points[2:] and restored.suggest("last") == Searcher.FINISHED
+
+
+@pytest.mark.parametrize(("mode", "samples"), [("grid", 1), ("random", 3), ("optuna", 3 * 2), ("hyperopt", 3 * 2)])
+def test_each_search_mode_is_tunes_own(mode: str, samples: int) -> None:
+    plan = expand(hparam_grid.SPEC, "smoke", methods=("GP",), seeds=2, search_mode=mode, num_samples=3)
+    space, algorithm, num_samples = search_setup(plan, plan.groups[0], SearchOptions(search=mode, num_samples=3))
+    assert num_samples == samples
+    assert type(algorithm).__name__ == {"grid": "BasicVariantGenerator", "random": "BasicVariantGenerator"}.get(
+        mode, "Repeater"
+    )
+    assert space["model"] == "mlp" and space["cycles"] == plan.search_group(plan.groups[0]).base.cycles
+    # grid and random sweep the seeds as a Tune grid; the Repeater's index is the seed for the others
+    assert ("seed" in space) == (mode in ("grid", "random"))
+
+
+def test_repeat_index_is_the_seed_and_runtime_settings_come_beside_the_config() -> None:
+    config = trial_config({"model": "mlp", "lr": 0.02, REPEAT_INDEX: 1}, {"device": "cpu", "cpu_threads": 1})
+    assert (config.seed, config.lr, config.device, config.cpu_threads) == (2, 0.02, "cpu", 1)
+
+
+# ---- catalog and names --------------------------------------------------------------------------------------------
+
+
+def test_catalog_names_planned_and_searched_trials() -> None:
+    trial = SMOKE.by_name()["mlp-lp-ap-seed2"]
+    catalog = SMOKE.catalog()
+    assert catalog.describe(trial.config.replace(device="cuda", cpu_threads=3)) == trial  # runtime ignored
+    stub = Trial("train_trial", config=trial.config.experiment_settings(), trial_id="abc12_00003", stub=True)
+    assert TrialNamer(catalog)(stub) == "mlp-lp-ap-seed2"
+    assert TrialNamer(catalog, with_id=True)(stub) == "mlp-lp-ap-seed2_abc12_00003"
+
+    base = GRID.search_group("digits-mlp-gp").base
+    point = base.replace(batch_size=128, lr=0.05, epochs=4, seed=2)
+    described = GRID.catalog().describe(point, "abc12_00007")
+    assert described.name == "mlp-gp-bs128-lr0.05-ep4-seed2" and described.labels["seed"] == 2
+    sampled = expand(hparam_grid.SPEC, "smoke", methods=("GP",), search_mode="optuna", num_samples=2)
+    assert sampled.catalog().describe(point, "abc12_00007").name.endswith("-seed2-n7")  # points may repeat
+    with pytest.raises(KeyError, match="not part of this sweep"):
+        GRID.catalog().describe(point.replace(method="layerwise_magnitude"))
+
+
+# ---- best point ---------------------------------------------------------------------------------------------------
+
+
+def test_best_point_is_chosen_by_its_mean_over_seeds_among_complete_points() -> None:
+    def final(point: tuple[int, float, int], seed: int, acc: float, cycle: int = 4) -> dict:
+        bs, lr, epochs = point
+        return {
+            "trial": f"{point}-{seed}",
+            "group": "digits-mlp-gp",
+            "seed": seed,
+            "batch_size": bs,
+            "lr": lr,
+            "epochs": epochs,
+            "cycle": cycle,
+            "final_cycle": 4,
+            "test_acc": acc,
+        }
+
+    a, b, c = (64, 0.01, 2), (128, 0.05, 4), (64, 0.05, 2)
+    rows = pd.DataFrame(
+        [
+            final(a, 1, 90.0),
+            final(a, 2, 80.0),  # mean 85
+            final(b, 1, 99.0),
+            final(b, 2, 60.0),  # mean 79.5, despite the best single run
+            final(c, 1, 97.0),
+            final(c, 2, 96.0, cycle=2),  # stopped early on seed 2: not complete
+        ]
+    )
+    best = best_points(rows, GRID)
+    assert len(best) == 1
+    row = best.iloc[0]
+    assert (row.batch_size, row.lr, row.epochs, row.test_acc, row.complete_points) == (64, 0.01, 2, 85.0, 2)
+
+
+# ---- trial logger -------------------------------------------------------------------------------------------------
+
+
+def test_trial_logger_writes_one_child_run_per_trial_and_skips_steps_it_has(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.start_parent_run(uri, "unit", None, "unit parent", {"sweep": "unit"}, {"preset": "smoke"})
+    trial = SMOKE.by_name()["mlp-gp-ap-seed1"]
+    tune_trial = Trial("train_trial", config=trial.config.experiment_settings(), trial_id="abc12_00000", stub=True)
+    result = {
+        "cycle": 0,
+        "test_acc": 50.0,
+        "weights_remaining": 100.0,
+        "dnr": 0.3,
+        "node_id": "n1",
+        "removal_events": "[]",
+    }
+
+    logger = MlflowTrialLogger(parent, SMOKE.catalog(), {"sweep": "unit"})
+    logger.on_trial_start(0, [], tune_trial)
+    logger.on_trial_result(0, [], tune_trial, result)
+    # A resumed driver (a fresh logger) finds the same child run and does not log cycle 0 again.
+    again = MlflowTrialLogger(parent, SMOKE.catalog(), {"sweep": "unit"})
+    again.on_trial_result(0, [], tune_trial, result)
+    again.on_trial_result(0, [], tune_trial, {**result, "cycle": 1, "test_acc": 60.0, "weights_remaining": 80.0})
+    again.on_trial_complete(0, [], tune_trial)
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([parent.experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent.run_id}'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name == "mlp-gp-ap-seed1" and run.info.status == "FINISHED"
+    assert run.data.tags["method"] == "global_magnitude" and run.data.tags["method_label"] == "GP"
+    assert run.data.params["lr"] == str(trial.config.lr)
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test_acc")] == [(0, 50.0), (1, 60.0)]
+    assert run.data.tags["early_stopped"] == "true"  # ended after cycle 1 of 16
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"cycles.csv", "mask_summary.csv", "plots"} <= artifacts
