@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from sweeps.sweep_driver import run_sweep
+from sweeps.engine.driver import run
 from sweeps.table1 import SPEC
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -40,7 +40,7 @@ def timed_sweep(results_dir: Path, trials: int, cpus: int, mlflow: bool) -> floa
     ]  # fmt: skip
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        code = run_sweep(SPEC, argv)
+        code = run(SPEC, argv)
     elapsed = time.perf_counter() - started
     if code != 0:
         raise SystemExit(f"sweep exited with {code}")
