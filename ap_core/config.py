@@ -77,6 +77,9 @@ class TrialConfig:
     warmup_epochs: float = _opt(0.0, "linear LR warm-up length in epochs")
     augment: bool = _opt(True, "random crop (pad 4) + horizontal flip on image datasets")
     max_train_samples: int = _opt(0, "use only the first N training samples (0 = all)")
+    val_fraction: float = _opt(
+        0.0, "share of the training set held out for validation (same split for every seed); 0 = train on all"
+    )
     dead_unit_window: int = _opt(1500, "training images used to count dead units after each cycle")
     seed: int = _opt(0, "random seed (initialisation, data order, augmentation, random pruning)")
     device: str = _runtime("auto", "auto, cpu, cuda or cuda:N")
@@ -130,6 +133,8 @@ class TrialConfig:
             raise ConfigError(f"weight_decay {self.weight_decay} must be a number >= 0")
         if not 0 <= self.warmup_epochs <= self.epochs:  # written so that nan fails too
             raise ConfigError(f"warmup_epochs {self.warmup_epochs} must be in [0, epochs={self.epochs}]")
+        if not 0 <= self.val_fraction < 0.5:  # written so that nan fails too
+            raise ConfigError(f"val_fraction {self.val_fraction} must be in [0, 0.5)")
         if self.max_train_samples == 1:
             raise ConfigError("max_train_samples 1 leaves no training batch (BatchNorm needs 2); use 0 (all) or >= 2")
         if any(not 0 < m < 1 for m in self.milestones):

@@ -35,6 +35,8 @@ class CycleResult:
     # Channel removals of the cycle: step (within the cycle and over the whole trial), channels removed and what
     # remained after each.
     removal_events: list[dict[str, float]] = field(default_factory=list)
+    # Accuracy (percent) on the held-out validation split after the cycle; None when no split was held out.
+    val_acc: float | None = None
 
     def metrics(self) -> dict[str, float]:
         """Flat scalar metrics: one entry per scalar, per-layer values under `dnr/<layer>` etc."""
@@ -54,6 +56,8 @@ class CycleResult:
             "dead_units_frac": self.dead_units / self.total_units if self.total_units else 0.0,
             "cycle_seconds": self.seconds,
         }
+        if self.val_acc is not None:
+            flat["val_acc"] = self.val_acc
         if self.dnr_layers_per_epoch:
             flat.update({f"dnr/{k}": v for k, v in self.dnr_layers_per_epoch[-1].items()})
         flat.update({f"dead_units/{k}": v for k, v in self.dead_units_layers.items()})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -45,6 +46,23 @@ CHECKPOINT_FILE = "trial.pt"
 EVAL_BATCH_SIZE = 1000
 # Independent random streams: a tag keeps e.g. (seed, cycle) apart from (seed, cycle, epoch=0).
 DATA_STREAM, PRUNING_STREAM = 1, 2
+VALIDATION_SPLIT_SEED = 20230101
+
+
+def hold_out(data: ArrayDataset, fraction: float) -> tuple[ArrayDataset, tuple[torch.Tensor, torch.Tensor]]:
+    """Split `fraction` of the training set off for validation.
+
+    The split depends on nothing but the dataset and the fraction: every seed and every searched point is
+    judged on the same held-out samples, and none of them is ever trained on.
+    """
+    n_train = len(data.y_train)
+    n_val = round(n_train * fraction)
+    if not 0 < n_val < n_train - 1:
+        raise ConfigError(f"val_fraction {fraction} of {n_train} training samples leaves no validation or train set")
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(VALIDATION_SPLIT_SEED))
+    val, train = order[:n_val].sort().values.to(data.device), order[n_val:].sort().values.to(data.device)
+    kept = dataclasses.replace(data, x_train=data.x_train[train], y_train=data.y_train[train])
+    return kept, (data.x_train[val], data.y_train[val])
 
 
 def derived_seed(*parts: int) -> int:
@@ -108,6 +126,9 @@ class Trial:
         elif config.max_train_samples:
             dataset = dataset.limit_train(config.max_train_samples)
         self.data = dataset.to(self.device)
+        self.validation: tuple[torch.Tensor, torch.Tensor] | None = None
+        if config.val_fraction:
+            self.data, self.validation = hold_out(self.data, config.val_fraction)
         # A last batch of a single sample would break BatchNorm in training mode: drop it.
         n_train = len(self.data.y_train)
         if config.batch_size > n_train:
@@ -358,11 +379,18 @@ class Trial:
             channels_remaining=left.channels,
             flops_remaining=left.flops,
             removal_events=list(p.removal_events),
+            val_acc=self._validation_accuracy(),
         )
         self.results.append(result)
         self.cycle += 1
         self.cycle_begun = False
         return result
+
+    def _validation_accuracy(self) -> float | None:
+        if self.validation is None:
+            return None
+        x_val, y_val = self.validation
+        return evaluate(self.net.model, eval_batches(x_val, y_val, EVAL_BATCH_SIZE), self.use_amp)[0]
 
     def _test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return eval_batches(self.data.x_test, self.data.y_test, EVAL_BATCH_SIZE)

@@ -129,7 +129,7 @@ def test_catalog_names_planned_and_searched_trials() -> None:
 # ---- best point ---------------------------------------------------------------------------------------------------
 
 
-def test_best_point_is_chosen_by_its_mean_over_seeds_among_complete_points() -> None:
+def test_best_point_is_chosen_by_its_mean_validation_accuracy_over_seeds_among_complete_points() -> None:
     def final(point: tuple[int, float, int], seed: int, acc: float, cycle: int = 4) -> dict:
         bs, lr, epochs = point
         return {
@@ -141,7 +141,8 @@ def test_best_point_is_chosen_by_its_mean_over_seeds_among_complete_points() -> 
             "epochs": epochs,
             "cycle": cycle,
             "final_cycle": 4,
-            "test_acc": acc,
+            "val_acc": acc,
+            "test_acc": 100.0 - acc,  # the test set must play no part in the choice
         }
 
     a, b, c = (64, 0.01, 2), (128, 0.05, 4), (64, 0.05, 2)
@@ -158,7 +159,8 @@ def test_best_point_is_chosen_by_its_mean_over_seeds_among_complete_points() -> 
     best = best_points(rows, GRID)
     assert len(best) == 1
     row = best.iloc[0]
-    assert (row.batch_size, row.lr, row.epochs, row.test_acc, row.complete_points) == (64, 0.01, 2, 85.0, 2)
+    assert (row.batch_size, row.lr, row.epochs, row.val_acc, row.complete_points) == (64, 0.01, 2, 85.0, 2)
+    assert row.test_acc == 15.0  # reported beside it
 
 
 # ---- trial logger -------------------------------------------------------------------------------------------------

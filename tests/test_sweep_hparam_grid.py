@@ -41,8 +41,10 @@ def test_asha_grid_writes_the_best_complete_point_for_the_tables(
     settings = best["mlp"]["global_magnitude"]
     assert set(settings) == set(hparam_grid.SMOKE_GRID.axes)
     chosen = [r for r in complete if all(r.data.params[k] == str(v) for k, v in settings.items())]
-    top = max(r.data.metrics["test_acc"] for r in complete)  # a run's metrics hold each key's last value
-    assert len(chosen) == 1 and chosen[0].data.metrics["test_acc"] == top
+    # Chosen on the held-out validation split: the test accuracy plays no part (a run's metrics hold the last value)
+    assert all("val_acc" in r.data.metrics and r.data.params["val_fraction"] == "0.1" for r in children)
+    top = max(r.data.metrics["val_acc"] for r in complete)
+    assert len(chosen) == 1 and chosen[0].data.metrics["val_acc"] == top
 
     with pytest.raises(SystemExit) as exit_info:
         main(table1.SPEC, ["--hparams", str(best_file), "--methods", "GP", "--dry-run"])
@@ -78,7 +80,7 @@ def test_optuna_with_asha_chooses_a_point_by_its_mean_over_seeds_and_resumes(tmp
     assert any(r.data.tags.get("early_stopped") == "true" for r in children)  # ASHA stopped some
 
     complete = {
-        point: sum(r.data.metrics["test_acc"] for r in runs) / len(runs)
+        point: sum(r.data.metrics["val_acc"] for r in runs) / len(runs)
         for point, runs in by_trial_number.items()
         if len(runs) == 2 and all(r.data.metrics["cycle"] == cycles for r in runs)
     }

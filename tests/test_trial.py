@@ -170,6 +170,8 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, digits):
         ({"weight_decay": math.nan}, "weight_decay nan"),
         ({"warmup_epochs": math.nan}, "warmup_epochs nan"),
         ({"max_train_samples": 1}, "max_train_samples 1"),
+        ({"val_fraction": 0.5}, "val_fraction 0.5"),
+        ({"val_fraction": math.nan}, "val_fraction nan"),
     ],
 )
 def test_bad_configs_raise_one_clear_error(changes, named):
@@ -190,6 +192,19 @@ def test_settings_a_trial_cannot_honour_on_its_data_or_machine_are_refused_befor
     with pytest.raises(ConfigError) as err:
         Trial(quick(**changes), digits)
     assert named in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_validation_split_is_held_out_of_training_the_same_for_every_seed(digits):
+    split = [Trial(quick(val_fraction=0.1, seed=seed), digits) for seed in (1, 2)]
+    assert all(len(t.data.y_train) == 1437 - 144 and len(t.validation[1]) == 144 for t in split)
+    assert torch.equal(split[0].validation[0], split[1].validation[0])  # one split for every seed
+    train_rows = {tuple(row.tolist()) for row in split[0].data.x_train.flatten(1)}
+    assert not any(tuple(row.tolist()) in train_rows for row in split[0].validation[0].flatten(1)[:20])
+    assert torch.equal(Trial(quick(), digits).data.x_train, digits.x_train)  # no split unless asked
+
+    results = run_trial(quick(val_fraction=0.1, cycles=1, epochs=1), dataset=digits)
+    assert all(0 <= r.val_acc <= 100 and r.metrics()["val_acc"] == r.val_acc for r in results)
+    assert "val_acc" not in run_trial(quick(cycles=1, epochs=1), dataset=digits)[0].metrics()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -22,6 +22,7 @@ ROW_METRICS = (
     "params_remaining",
     "channels_remaining",
     "flops_remaining",
+    "val_acc",
 )
 
 
@@ -86,21 +87,21 @@ def write_report(
 
 
 def best_points(rows: pd.DataFrame, plan: SweepPlan) -> pd.DataFrame:
-    """Per group, the point with the highest mean final accuracy over its seeds, among points whose every seed
-    ran every cycle (a point ASHA stopped on any seed is out)."""
+    """Per group, the point with the highest mean final validation accuracy over its seeds, among points whose
+    every seed ran every cycle (a point ASHA stopped on any seed is out). Test accuracy is reported, not used."""
     assert plan.search is not None
     axes = list(plan.search.axes)
-    if rows.empty:
+    if rows.empty or "val_acc" not in rows:
         return pd.DataFrame()
     finals = rows.sort_values("cycle").groupby("trial").tail(1)
     complete = finals[finals["cycle"] == finals["final_cycle"]]
     by_point = complete.groupby(["group", *axes], sort=False).agg(
-        test_acc=("test_acc", "mean"), seeds=("seed", "nunique"), trial=("trial", "first")
+        val_acc=("val_acc", "mean"), test_acc=("test_acc", "mean"), seeds=("seed", "nunique"), trial=("trial", "first")
     )
     by_point = by_point[by_point["seeds"] == plan.seeds].reset_index()
     if by_point.empty:
         return by_point
-    best = by_point.loc[by_point.groupby("group", sort=False)["test_acc"].idxmax()]
+    best = by_point.loc[by_point.groupby("group", sort=False)["val_acc"].idxmax()]
     points_per_group = by_point.groupby("group").size()
     return best.assign(complete_points=best["group"].map(points_per_group).to_numpy())
 
@@ -122,6 +123,7 @@ def write_best_settings(rows: pd.DataFrame, plan: SweepPlan, path: Path, sweep_d
                 "trial": row.trial,
                 **group.labels,
                 **point,
+                "val_acc": float(row.val_acc),
                 "test_acc": float(row.test_acc),
                 "seeds": plan.seeds,
                 "complete_points": int(row.complete_points),

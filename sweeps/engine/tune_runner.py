@@ -28,7 +28,8 @@ from sweeps.engine.tracking import ParentRun
 from sweeps.engine.trial_logger import MlflowTrialLogger
 from trainables.pruning_trial import train_trial, trial_config
 
-SEARCH_METRIC = "test_acc"
+# Searches are judged on the held-out validation split (the hparam_grid presets set val_fraction).
+SEARCH_METRIC = "val_acc"
 
 
 def run_experiments(
