@@ -22,12 +22,16 @@ SPEC = SweepSpec(
     methods=(GP,),
     variants=(
         NO_AP,
-        ap_variant("AP (change, negative)", "ap", "change", "negative"),
-        ap_variant("magnitude, negative", "apmagneg", "magnitude", "negative"),
-        ap_variant("change, all", "apchgall", "change", "all"),
-        ap_variant("magnitude, all", "apmagall", "magnitude", "all"),
+        ap_variant("AP (change/negative)", "ap", "change", "negative"),
+        ap_variant("magnitude/negative", "apmagneg", "magnitude", "negative"),
+        ap_variant("change/all", "apchgall", "change", "all"),
+        ap_variant("magnitude/all", "apmagall", "magnitude", "all"),
     ),
     presets={"paper": PAPER_CIFAR10, "smoke": SMOKE},
+    note=(
+        "'magnitude/all' equals 'no AP' in every cell by construction: AP's share, taken from all weights by "
+        "magnitude, is simply more magnitude pruning, so the masks are the same."
+    ),
 )
 
 if __name__ == "__main__":

@@ -207,3 +207,10 @@ def test_a_search_over_two_datasets_is_refused(capsys: pytest.CaptureFixture[str
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "one dataset at a time" in err and "cifar100" in err and "\n" not in err
+
+
+def test_levels_that_are_not_in_the_sweep_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    done = run_cli("table1", "--levels", "50", "--results-dir", str(tmp_path / "r"), timeout_s=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "--levels 50 is not a level of this sweep; valid: 100.0, 80.0" in done.stderr
+    assert not (tmp_path / "r").exists()

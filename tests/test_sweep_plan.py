@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ from ap_core.errors import ConfigError
 from sweeps import table1, table_ap_ablation
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import SweepOptions
-from sweeps.engine.result_table import MISSING, build_table
+from sweeps.engine.result_table import MISSING, build_table, format_paired_delta, paired_delta
 from sweeps.engine.spec import GP, LP, NO_AP, WITH_AP, AxisValue, Preset, SearchSpace, SweepSpec, expand
 
 TINY = Preset(
@@ -130,13 +131,24 @@ def test_table_cells_are_mean_and_std_over_seeds_with_delta_rows_and_gaps() -> N
     assert list(table.cells.columns) == ["100.0", "80.0", "64.0"]
     assert table.cells.loc[("mlp", "GP", "no AP"), "100.0"] == "91.50 ± 0.71"
     assert table.cells.loc[("mlp", "GP", "AP"), "64.0"] == "90.50 ± 0.71"
-    assert table.cells.loc[("mlp", "GP", "Δ(AP)"), "80.0"] == "+1.00"
+    assert table.cells.loc[("mlp", "GP", "Δ(AP)"), "80.0"] == "+1.00 ± 0.00*"  # +1 on both seeds
     assert table.cells.loc[("mlp", "LP", "no AP"), "100.0"] == "91.00 (n=1)"  # fewer seeds than planned
     assert set(table.cells.loc[("mlp", "LP", "AP")]) == {MISSING}
     assert set(table.cells.loc[("mlp", "LP", "Δ(AP)")]) == {MISSING}
-    assert len(table.values) == 3 * 3  # three (method, variant) rows with data x three levels
+    assert len(table.values) == 3 * 3 + 3  # three (method, variant) rows with data x three levels, GP's Δ row
     markdown = table.to_markdown()  # printed exactly as formatted, not re-parsed as numbers
-    assert " +1.00 |" in markdown and "91.00 (n=1)" in markdown and "64.0 |" in markdown.splitlines()[0]
+    assert " +1.00 ± 0.00* |" in markdown and "91.00 (n=1)" in markdown and "64.0 |" in markdown.splitlines()[0]
+    assert "paired differences" in table.note and "95% confidence interval" in table.note
+
+
+def test_delta_pairs_runs_by_seed_with_a_t_interval() -> None:
+    mean, half, n = paired_delta({1: 91.0, 2: 93.0, 3: 92.0}, {1: 90.0, 2: 90.0, 3: 92.0})
+    assert (round(mean, 4), round(half, 4), n) == (1.3333, 3.7946, 3)  # diffs 1, 3, 0; t(0.975, 2) = 4.303
+    assert format_paired_delta((mean, half, n), 3) == "+1.33 ± 3.79"  # the interval holds 0: no star
+    assert paired_delta({1: 91.0, 2: 95.0}, {1: 90.0, 2: 90.0, 3: 80.0})[2] == 2  # seed 3 has no pair
+    assert format_paired_delta((3.0, 2.0, 2), 3) == "+3.00 ± 2.00* (n=2)"
+    assert format_paired_delta((-0.4, float("nan"), 1), 1) == "-0.40"
+    assert paired_delta(None, {1: 90.0}) is None
 
 
 def test_table_of_a_sweep_with_no_finished_trial_still_renders(tmp_path: Path) -> None:
@@ -147,7 +159,10 @@ def test_table_of_a_sweep_with_no_finished_trial_still_renders(tmp_path: Path) -
     paths = table.write(tmp_path, "ablation")
     assert [p.name for p in paths] == ["ablation.csv", "ablation.md", "ablation.tex", "ablation_values.csv"]
     latex = (tmp_path / "ablation.tex").read_text()
-    assert r"$\Delta$(AP (change, negative))" in latex and "--" in latex and "—" not in latex
+    assert r"$\Delta$(AP (change/negative))" in latex and "--" in latex and "—" not in latex
+    assert latex.startswith("% needs \\usepackage{booktabs,multirow}") and "magnitude/all' equals 'no AP'" in latex
+    assert "Table" not in latex.split("caption{")[1].split("}")[0][:8]  # LaTeX numbers tables itself
+    assert not re.search(r"\\cline\{[^}]*\}\s*\\bottomrule", latex)
 
 
 def test_latex_escapes_names_and_formats_plus_minus(tmp_path: Path) -> None:
@@ -161,5 +176,11 @@ def test_latex_escapes_names_and_formats_plus_minus(tmp_path: Path) -> None:
     )
     plan = expand(spec, "tiny", networks=("lenet300_100",))
     rows = [row for t in plan.trials for row in cycle_rows(t.name, dict(t.labels), [90.0 + t.config.seed] * 3)]
-    latex = build_table(pd.DataFrame(rows), plan).to_latex()
+    table = build_table(pd.DataFrame(rows), plan)
+    latex = table.to_latex()
     assert r"lenet300\_100" in latex and r"91.50 $\pm$ 0.71" in latex
+    assert latex.count(r"\textbf{") == 2 * 3  # a tie: AP and no AP share the best mean at each of the 3 levels
+    assert "100.0" not in table.to_latex(table.columns_to_show((64.0, 80.0)))
+    with pytest.raises(ValueError, match=r"level 50\.0 is not a column"):
+        table.columns_to_show((50.0,))
+    assert table.columns_to_show(limit=2) == ["100.0", "64.0"]

@@ -18,6 +18,7 @@ from ap_core.errors import ConfigError
 from sweeps.engine.console import print_choices, print_plan
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import ParsedArgs, SweepError, flat_options, parse_args
+from sweeps.engine.result_table import expected_levels
 from sweeps.engine.spec import SweepPlan, SweepSpec, expand
 from sweeps.engine.sweep_state import SweepState, experiment_paths, read_state
 
@@ -65,6 +66,11 @@ def plan_sweep(spec: SweepSpec, args: ParsedArgs) -> SweepPlan:
         search_mode=args.search.search if args.search else "grid",
         num_samples=args.search.num_samples if args.search else 0,
     )
+    if options.levels and plan.spec.table is None and plan.search is None:
+        valid = expected_levels(plan)
+        unknown = next((level for level in options.levels if round(level, 1) not in valid), None)
+        if unknown is not None:
+            raise ConfigError(f"--levels {unknown:g} is not a level of this sweep; valid: {', '.join(map(str, valid))}")
     datasets = sorted({g.base.dataset for g in plan.search_groups})
     if len(datasets) > 1:
         # The best-settings file is keyed by network and method: runs on two datasets would overwrite each other.
@@ -128,7 +134,7 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
         if parent is not None and not unfinished:
             tracking.close_dangling_child_runs(parent, set(failed))
         output = Path(args.search.output) if args.search and args.search.output else None
-        artifacts, summary = report.write_report(rows, plan, sweep_dir, name, output)
+        artifacts, summary = report.write_report(rows, plan, sweep_dir, name, output, options.levels)
         if unfinished:
             status = "KILLED"
             print(f"interrupted with {unfinished} trial(s) unfinished; rerun the same command with --resume")

@@ -49,6 +49,9 @@ class SweepOptions:
     dry_run: bool = _opt(False, "print every trial, the count and the epochs of work; start nothing")
     list: bool = _opt(False, "list networks, datasets, methods and presets, then exit")
     progress: bool = _opt(True, "show an overall progress bar with ETA")
+    levels: tuple[float, ...] = _opt(
+        (), "weights-remaining levels (%) the printed and LaTeX tables show; none: 7 spread evenly (files hold all)"
+    )
 
     def __post_init__(self) -> None:
         if self.cpus_per_trial <= 0:

@@ -9,7 +9,7 @@ from ray.tune import ResultGrid
 
 from sweeps.engine import plots
 from sweeps.engine.hparams_file import Hparams, write_hparams
-from sweeps.engine.result_table import build_table
+from sweeps.engine.result_table import PRINTED_LEVELS, build_table
 from sweeps.engine.spec import SweepPlan
 from trainables.pruning_trial import trial_config
 
@@ -63,7 +63,12 @@ def collect(grids: list[ResultGrid], plan: SweepPlan) -> tuple[pd.DataFrame, lis
 
 
 def write_report(
-    rows: pd.DataFrame, plan: SweepPlan, sweep_dir: Path, name: str, best_settings_path: Path | None
+    rows: pd.DataFrame,
+    plan: SweepPlan,
+    sweep_dir: Path,
+    name: str,
+    best_settings_path: Path | None,
+    levels: tuple[float, ...] = (),
 ) -> tuple[list[Path], dict[str, float]]:
     """Print and write the table (or the best search settings); returns the parent run's artifacts/metrics."""
     spec = plan.spec
@@ -75,8 +80,13 @@ def write_report(
         artifacts += write_best_settings(rows, plan, best_settings_path or sweep_dir / "best_hparams.json", sweep_dir)
     else:
         table = (spec.table or build_table)(rows, plan)
-        print(f"\n{table.title}\n\n{table.to_markdown()}\n")
-        artifacts += table.write(sweep_dir, name)
+        # The weights-remaining table has a column per level: print (and typeset) a terminal's width of them.
+        shown = None if spec.table else table.columns_to_show(levels, PRINTED_LEVELS)
+        hidden = len(table.cells.columns) - len(shown or table.cells.columns)
+        more = f"\n({hidden} more levels in {sweep_dir / name}.md; choose with --levels)" if hidden else ""
+        note = f"\n{table.note}" if table.note else ""
+        print(f"\n{table.title}\n\n{table.to_markdown(shown)}\n{note}{more}\n")
+        artifacts += table.write(sweep_dir, name, shown)
     if not rows.empty:
         figure_path = sweep_dir / "comparison.png"
         plots.save((spec.figure or plots.comparison_figure)(rows, spec.title), str(figure_path))

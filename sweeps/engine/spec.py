@@ -106,8 +106,9 @@ class SweepSpec:
     `variants` are compared within each method; the first one is the baseline the Delta rows subtract.
     `settings` is an optional further axis (a channel ratio, DemP's lambda), a table column each.
     `search` turns the sweep into a hyperparameter search (one Tune experiment per network x method).
-    `table(rows, plan) -> SweepTable` and `figure(rows, title) -> Figure` replace the default weights-remaining
-    table and comparison plot (sweeps/result_table.py, sweeps/plots.py) for sweeps whose results read otherwise.
+    `note` is printed under the table. `table(rows, plan) -> SweepTable` and `figure(rows, title) -> Figure`
+    replace the default weights-remaining table and comparison plot (sweeps/engine/result_table.py,
+    sweeps/engine/plots.py) for sweeps whose results read otherwise.
     """
 
     name: str
@@ -119,6 +120,7 @@ class SweepSpec:
     search: SearchSpace | None = None
     settings: tuple[AxisValue, ...] = ()
     table: Callable[..., Any] | None = None
+    note: str = ""  # printed under the table (what a reader might otherwise suspect as a bug)
     figure: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
