@@ -12,6 +12,7 @@ import pytest
 
 from ap_core.errors import ConfigError
 from sweeps import table1, table_ap_ablation
+from sweeps.engine import plots
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import SweepOptions
 from sweeps.engine.result_table import MISSING, build_table, format_paired_delta, paired_delta
@@ -184,3 +185,21 @@ def test_latex_escapes_names_and_formats_plus_minus(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"level 50\.0 is not a column"):
         table.columns_to_show((50.0,))
     assert table.columns_to_show(limit=2) == ["100.0", "64.0"]
+
+
+def test_comparison_plot_gives_each_variant_one_style_in_every_panel(tmp_path: Path) -> None:
+    plan = expand(SPEC, "tiny", networks=("mlp",))
+    rows = []
+    for trial in sorted(plan.trials, key=lambda t: (t.labels["method"] == "LP") * -t.config.ap):  # LP's AP first
+        rows += cycle_rows(trial.name, dict(trial.labels), [90.0, 89.0, 88.0])
+    frame = pd.DataFrame(rows)
+    figure = plots.comparison_figure(frame, "A tiny table")
+    styles = {}
+    for ax in figure.axes:
+        for line in ax.get_lines():
+            styles.setdefault(line.get_label(), set()).add((line.get_color(), line.get_marker(), line.get_linestyle()))
+    assert set(styles) == {"no AP", "AP"} and all(len(s) == 1 for s in styles.values())  # one style per variant
+    assert styles["no AP"] != styles["AP"]
+    assert "bands: ±1 std" in figure._suptitle.get_text()
+    paths = plots.save(figure, str(tmp_path / "comparison.png"), vector=True)
+    assert [Path(p).suffix for p in paths] == [".png", ".pdf"] and all(Path(p).stat().st_size > 1000 for p in paths)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import matplotlib
 
@@ -57,36 +58,59 @@ def trial_dnr_figure(cycles: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def comparison_figure(rows: pd.DataFrame, title: str) -> Figure:
-    """Per dataset/network/method: mean +- std test accuracy vs weights remaining, and DNR per cycle, per variant.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+LINESTYLES = ("-", "--", "-.", ":")
 
-    `rows` has one row per (trial, cycle) with the table labels, `level`, `test_acc` and `dnr`.
+
+def variant_styles(variants: list[str]) -> dict[str, dict[str, object]]:
+    """One colour, marker and line style per variant, by its declared order: the same in every panel and plot,
+    however the trials finished. The baseline (first) is black and drawn on top, so an identical curve (the
+    ablation's 'magnitude/all' equals 'no AP') cannot hide it."""
+    styles: dict[str, dict[str, object]] = {}
+    for i, variant in enumerate(variants):
+        color = "black" if i == 0 else f"C{i - 1}"
+        linestyle = "--" if i == 0 else LINESTYLES[(i - 1) % len(LINESTYLES)]
+        styles[variant] = {"color": color, "marker": MARKERS[i % len(MARKERS)], "linestyle": linestyle}
+        styles[variant]["zorder"] = 10 if i == 0 else 2
+    return styles
+
+
+def comparison_figure(rows: pd.DataFrame, title: str) -> Figure:
+    """Per dataset/network/method: test accuracy and dynamic DNR against weights remaining, one line per variant.
+
+    `rows` has one row per (trial, cycle) with the table labels, `level`, `test_acc` and `dnr`, in the sweep's
+    declared order (report.collect keeps it). Lines are the mean over seeds; bands are ±1 std over them.
     """
+    variants = list(dict.fromkeys(rows["variant"]))
+    styles = variant_styles(variants)
     panels = list(rows.groupby(["dataset", "network", "method"], sort=False))
-    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 3.8 * len(panels)), squeeze=False)
-    for (keys, panel), (acc_ax, dnr_ax) in zip(panels, axes, strict=True):
-        for variant, runs in panel.groupby("variant", sort=False):
-            acc = runs.groupby("level")["test_acc"].agg(["mean", "std"]).sort_index(ascending=False)
-            line = acc_ax.plot(acc.index, acc["mean"], marker="o", label=variant)[0]
-            acc_ax.fill_between(
-                acc.index,
-                acc["mean"] - acc["std"].fillna(0),
-                acc["mean"] + acc["std"].fillna(0),
-                color=line.get_color(),
-                alpha=0.2,
-            )
-            dnr = runs.groupby("cycle")["dnr"].mean()
-            dnr_ax.plot(dnr.index, dnr.values, marker="o", label=variant)
-        _accuracy_axes(acc_ax)
-        acc_ax.set_title(" / ".join(map(str, keys)))
-        acc_ax.legend()
-        dnr_ax.set_xlabel("pruning cycle")
-        dnr_ax.set_ylabel("dynamic DNR (mean over seeds)")
-        dnr_ax.set_title(" / ".join(map(str, keys)))
-        dnr_ax.grid(True, alpha=0.3)
-        dnr_ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
+    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 3.8 * len(panels) + 0.8), squeeze=False)
+    for (keys, panel), row in zip(panels, axes, strict=True):
+        for variant in variants:
+            runs = panel[panel["variant"] == variant]
+            if runs.empty:
+                continue
+            for ax, measure in zip(row, ("test_acc", "dnr"), strict=True):
+                stats = runs.groupby("level")[measure].agg(["mean", "std"]).sort_index(ascending=False)
+                ax.plot(stats.index, stats["mean"], label=variant, markersize=4, **styles[variant])
+                ax.fill_between(
+                    stats.index,
+                    stats["mean"] - stats["std"].fillna(0),
+                    stats["mean"] + stats["std"].fillna(0),
+                    color=styles[variant]["color"],
+                    alpha=0.12 if len(variants) > 2 else 0.2,
+                    zorder=1,
+                )
+        for ax, ylabel in zip(row, ("test accuracy (%)", "dynamic DNR"), strict=True):
+            _percent_axis(ax, "weights remaining (%)")
+            ax.set_ylabel(ylabel)
+            ax.set_title(" / ".join(map(str, keys)))
+    seeds = rows.groupby("variant")["seed"].nunique().max() if "seed" in rows else 1
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    # One legend for the figure, below the panels, so it never covers a curve.
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False)
+    fig.suptitle(f"{textwrap.fill(title, 100)}\nlines: mean over {seeds} seeds; bands: ±1 std")
+    fig.tight_layout(rect=(0, 0.8 / (3.8 * len(panels) + 0.8), 1, 1))
     return fig
 
 
@@ -94,7 +118,7 @@ def accuracy_vs_params_figure(finals: pd.DataFrame, title: str) -> Figure:
     """Per dataset/network/method: final test accuracy and dynamic DNR against parameters remaining, one point per
     setting (channel ratio, lambda), one line per variant; error bars are the std over seeds."""
     panels = list(finals.groupby(["dataset", "network", "method"], sort=False))
-    colors = {variant: f"C{i}" for i, variant in enumerate(dict.fromkeys(finals["variant"]))}
+    styles = variant_styles(list(dict.fromkeys(finals["variant"])))
     fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.2 * len(panels)), squeeze=False)
     for (keys, panel), row in zip(panels, axes, strict=True):
         for variant, runs in panel.groupby("variant", sort=False):
@@ -106,10 +130,9 @@ def accuracy_vs_params_figure(finals: pd.DataFrame, title: str) -> Figure:
                     points[(measure, "mean")],
                     xerr=points[("params_remaining", "std")].fillna(0),
                     yerr=points[(measure, "std")].fillna(0),
-                    marker="o",
                     capsize=3,
-                    color=colors[variant],
                     label=variant,
+                    **styles[variant],
                 )
                 for setting, values in points.iterrows():
                     ax.annotate(
@@ -118,7 +141,7 @@ def accuracy_vs_params_figure(finals: pd.DataFrame, title: str) -> Figure:
                         textcoords="offset points",
                         xytext=(4, 4),
                         fontsize="x-small",
-                        color=colors[variant],
+                        color=styles[variant]["color"],
                     )
         for ax, ylabel in zip(row, ("test accuracy (%)", "dynamic DNR, last epoch"), strict=True):
             _percent_axis(ax, "parameters remaining (%)")
@@ -130,6 +153,12 @@ def accuracy_vs_params_figure(finals: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def save(fig: Figure, path: str) -> None:
+def save(fig: Figure, path: str, vector: bool = False) -> list[str]:
+    """Write the figure as PNG (and, with `vector`, as PDF beside it, for papers); returns the paths."""
+    paths = [path]
     fig.savefig(path, dpi=100)
+    if vector:
+        paths.append(str(Path(path).with_suffix(".pdf")))
+        fig.savefig(paths[-1])
     plt.close(fig)
+    return paths

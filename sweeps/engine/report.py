@@ -88,9 +88,8 @@ def write_report(
         print(f"\n{table.title}\n\n{table.to_markdown(shown)}\n{note}{more}\n")
         artifacts += table.write(sweep_dir, name, shown)
     if not rows.empty:
-        figure_path = sweep_dir / "comparison.png"
-        plots.save((spec.figure or plots.comparison_figure)(rows, spec.title), str(figure_path))
-        artifacts.append(figure_path)
+        figure = (spec.figure or plots.comparison_figure)(rows, spec.title)
+        artifacts += [Path(p) for p in plots.save(figure, str(sweep_dir / "comparison.png"), vector=True)]
     print(f"results in {sweep_dir}")
     finished = rows["trial"].nunique() if not rows.empty else 0
     return artifacts, {"trials": plan.trial_count, "trials_finished": finished}
