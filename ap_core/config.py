@@ -26,6 +26,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 AP_SCORES = ("change", "magnitude")
 AP_CANDIDATES = ("negative", "all")
+AP_SCOPES = ("global", "layer")
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -57,6 +58,11 @@ class TrialConfig:
     ap_rate: float = _opt(0.02, "AP's share p_ap of the alive weights pruned per cycle (< prune_rate)")
     ap_score: str = _opt("change", f"AP ranking score: {'/'.join(AP_SCORES)}")
     ap_candidates: str = _opt("negative", f"AP candidate weights: {'/'.join(AP_CANDIDATES)}")
+    ap_scope: str = _opt(
+        "global",
+        "where AP picks its share: global (across layers, as the official code) or layer (inside the per-layer "
+        "allocation method X alone would make)",
+    )
     prune_rate: float = _opt(0.2, "fraction p of the alive weights pruned per cycle")
     cycles: int = _opt(10, "pruning cycles after the dense cycle 0")
     retraining: str = _opt("rewind_init", "retraining between cycles (see --list)")
@@ -106,6 +112,9 @@ class TrialConfig:
         METHODS.get(self.method).check_model(self.model, self.method)
         _choice("ap_score", self.ap_score, AP_SCORES)
         _choice("ap_candidates", self.ap_candidates, AP_CANDIDATES)
+        _choice("ap_scope", self.ap_scope, AP_SCOPES)
+        if self.ap_scope == "layer" and METHODS.get(self.method).structured:
+            raise ConfigError(f"ap_scope 'layer' needs a weight method; {self.method} removes whole channels")
         RETRAINING.get(self.retraining)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)

@@ -238,6 +238,7 @@ class Trial:
                 ap_score=config.ap_score,
                 ap_candidates=config.ap_candidates,
                 generator=generator,
+                ap_scope=config.ap_scope,
             )
         request = PruneRequest(net.weights(), net.mask, 0, generator, self.hparams, net, self._context())
         self._remove_channels(self.method.select(request).channels, 0)

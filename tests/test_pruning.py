@@ -172,3 +172,21 @@ def test_a_model_with_nothing_prunable_still_trains():
     masked.mask_grads()
     masked.mask_weights()
     assert model[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("method", ["global_magnitude", "layerwise_magnitude"])
+def test_ap_scope_layer_keeps_the_per_layer_allocation_of_x(method):
+    torch.manual_seed(0)
+    # Layer b's weights are large: global magnitude prunes it little, so a global AP would move pruning there.
+    weights = {"a": torch.randn(2000), "b": torch.randn(500) * 5}
+    start = {n: w + torch.randn_like(w) * 0.01 for n, w in weights.items()}
+    mask = Mask({n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()})
+    without = prune_cycle(method, weights, start, mask, 1, 0.2)
+    per_layer = prune_cycle(method, weights, start, mask, 1, 0.2, ap_rate=0.05, ap_scope="layer")
+    global_ap = prune_cycle(method, weights, start, mask, 1, 0.2, ap_rate=0.05)
+    assert per_layer.alive() == global_ap.alive() == without.alive() == 2000
+    assert per_layer.layer_counts() == without.layer_counts()  # each layer loses exactly what X alone takes
+    assert global_ap.layer_counts() != without.layer_counts()  # the official global pick reallocates
+    for name in weights:  # AP's picks (pruned instead of X's) are negative weights of that layer
+        only_ap = without[name] & ~per_layer[name]
+        assert int(only_ap.sum()) > 0 and (weights[name][only_ap] < 0).all()

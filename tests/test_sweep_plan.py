@@ -140,6 +140,7 @@ def test_table_cells_are_mean_and_std_over_seeds_with_delta_rows_and_gaps() -> N
     markdown = table.to_markdown()  # printed exactly as formatted, not re-parsed as numbers
     assert " +1.00 ± 0.00* |" in markdown and "91.00 (n=1)" in markdown and "64.0 |" in markdown.splitlines()[0]
     assert "paired differences" in table.note and "95% confidence interval" in table.note
+    assert "AP picked its share across all layers (ap_scope global)" in table.note
 
 
 def test_delta_pairs_runs_by_seed_with_a_t_interval() -> None:

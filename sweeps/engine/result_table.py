@@ -150,9 +150,16 @@ def build_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
         f"{plan.spec.title} — test accuracy (%), mean ± std over {plan.seeds} seeds "
         f"[{plan.spec.name}, preset {plan.preset_name}]"
     )
-    note = " ".join(n for n in (DELTA_NOTE, plan.spec.note) if n)
+    note = " ".join(n for n in (DELTA_NOTE, ap_scope_note(plan), plan.spec.note) if n)
     values = pd.concat([stats, pd.DataFrame(deltas)], ignore_index=True) if deltas else stats
     return SweepTable(title, cells, values, note, best)
+
+
+def ap_scope_note(plan: SweepPlan) -> str:
+    """Which AP scope the table's AP runs used: a global pick moves pruning between layers, a layer pick does not."""
+    scopes = sorted({t.config.ap_scope for t in plan.trials if t.config.ap})
+    words = {"global": "across all layers (ap_scope global)", "layer": "inside each layer's share (ap_scope layer)"}
+    return f"AP picked its share {' and '.join(words[s] for s in scopes)}." if scopes else ""
 
 
 def paired_delta(
