@@ -260,21 +260,30 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one `--field-name` option per dataclass field, with the field's type, default and help."""
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    skip: tuple[str, ...] = (),
+    shown_defaults: Mapping[str, str] | None = None,
+) -> None:
+    """Add one `--field-name` option per dataclass field, with the field's type, default and help.
+
+    `shown_defaults` replaces a field's own default in the help where something else decides it (a preset);
+    a field whose metadata says `switch` is a plain flag that takes no value (`--resume`).
+    """
+    shown_defaults = shown_defaults or {}
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         hint = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
-        kwargs: dict[str, Any] = {
-            "dest": f.name,
-            "default": None,
-            "help": f"{help_text} (default: {f.default})",
-        }
-        if hint is bool:
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help texts
+        shown = shown_defaults.get(f.name, f.default)
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f"{help_text} (default: {shown})"}
+        if f.metadata.get("switch"):
+            kwargs.update(action="store_const", const=True, help=help_text)
+        elif hint is bool:
             kwargs.update(type=_parse_bool, nargs="?", const=True, metavar="BOOL")
         elif get_origin(hint) is dict:
             kwargs.update(type=_parse_key_value, nargs="*", metavar="KEY=VALUE", help=f"{help_text} (default: none)")

@@ -7,10 +7,12 @@ written to the results folder.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port, run_cli
+from conftest import REPO, free_port, run_cli
 
 from sweeps import hparam_grid, table1
 from sweeps.engine.driver import main
@@ -214,3 +216,24 @@ def test_levels_that_are_not_in_the_sweep_are_refused_before_anything_starts(tmp
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "--levels 50 is not a level of this sweep; valid: 100.0, 80.0" in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_help_shows_the_presets_values_and_loads_neither_torch_nor_ray() -> None:
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['table1.py', '--help']\n"
+        "try:\n    runpy.run_path('sweeps/table1.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('loaded:', sorted(m for m in ('torch', 'ray', 'mlflow', 'pandas') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    help_text = " ".join(done.stdout.split())  # argparse wraps lines
+    assert "loaded: []" in help_text  # --help stays instant: nothing heavy is imported
+    assert "(default: 16 in preset smoke)" in help_text and "(default: 8 in preset smoke)" in help_text
+    assert "presets: smoke, paper" in help_text
+    assert "[--resume] [--dry-run] [--list]" in help_text  # actions are plain switches
+
+
+def test_action_flags_take_no_value(tmp_path: Path) -> None:
+    done = run_cli("table1", "--dry-run", "true", "--results-dir", str(tmp_path / "r"), timeout_s=120)
+    assert done.returncode == 2 and "unrecognized arguments: true" in done.stderr

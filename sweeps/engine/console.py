@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from ap_core import DATASETS, METHODS, MODELS
 from sweeps.engine.spec import SweepPlan, SweepSpec
 
 
 def print_choices(spec: SweepSpec) -> None:
+    from ap_core import DATASETS, METHODS, MODELS  # the registries import torch: not for --help
+
     print(f"{spec.name}: {spec.title}")
     print(f"networks: {', '.join(MODELS.names())}")
     print(f"datasets: {', '.join(DATASETS.names())}")

@@ -12,13 +12,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from ap_core import load_dataset
 from ap_core.config import RUNTIME_FIELDS
 from ap_core.errors import ConfigError
 from sweeps.engine.console import print_choices, print_plan
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import ParsedArgs, SweepError, flat_options, parse_args
-from sweeps.engine.result_table import expected_levels
 from sweeps.engine.spec import SweepPlan, SweepSpec, expand
 from sweeps.engine.sweep_state import SweepState, experiment_paths, read_state
 
@@ -39,7 +37,7 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None) -> None:
 
 def run(spec: SweepSpec, argv: list[str] | None = None) -> int:
     """Run (or dry-run, list, resume) the sweep `spec` as the command line says; returns the exit status."""
-    args = parse_args(argv, spec.title, with_search=spec.search is not None)
+    args = parse_args(argv, spec)
     if args.options.list:
         print_choices(spec)
         return 0
@@ -67,6 +65,8 @@ def plan_sweep(spec: SweepSpec, args: ParsedArgs) -> SweepPlan:
         num_samples=args.search.num_samples if args.search else 0,
     )
     if options.levels and plan.spec.table is None and plan.search is None:
+        from sweeps.engine.result_table import expected_levels  # pandas: not for --help
+
         valid = expected_levels(plan)
         unknown = next((level for level in options.levels if round(level, 1) not in valid), None)
         if unknown is not None:
@@ -169,6 +169,7 @@ def runtime_settings(plan: SweepPlan) -> dict[str, object]:
 
 def load_datasets(plan: SweepPlan) -> dict[str, object]:
     """Load each distinct dataset once on the driver (this is also the check that its files exist)."""
+    from ap_core import load_dataset
     from trainables.pruning_trial import dataset_key
 
     datasets: dict[str, object] = {}

@@ -11,8 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ap_core import METHODS, MODELS, TrialConfig
-from ap_core.config import coerce_setting
+from ap_core.config import TrialConfig, coerce_setting
 from ap_core.errors import ConfigError
 from sweeps.engine.options import AXIS_FIELDS
 
@@ -32,6 +31,8 @@ def load_hparams(path: str | Path) -> Hparams:
         raise ConfigError(f"{where} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must hold a JSON object {{network: {{method: {{setting: value}}}}}}")
+    from ap_core import METHODS, MODELS  # the registries import torch: only once a file is really read
+
     settable = sorted(f.name for f in dataclasses.fields(TrialConfig) if f.name not in AXIS_FIELDS)
     for network, methods in data.items():
         if network not in MODELS:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ap_core.config import TrialConfig, add_dataclass_arguments, dataclass_overrides
 from ap_core.errors import ConfigError
+from sweeps.engine.spec import SweepSpec
 
 SEARCH_MODES = ("grid", "random", "optuna", "hyperopt")
 SCHEDULERS = ("asha", "none")
@@ -16,6 +17,11 @@ SCHEDULERS = ("asha", "none")
 
 def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
+
+
+def _switch(help: str) -> Any:
+    """An action flag: present or absent, no value (`--resume`, not `--resume true`)."""
+    return field(default=False, metadata={"help": help, "switch": True})
 
 
 class SweepError(Exception):
@@ -45,9 +51,9 @@ class SweepOptions:
     gpus_per_trial: float = _opt(0.0, "GPUs per trial; fractions share a GPU between trials (e.g. 0.25)")
     max_concurrent: int = _opt(0, "most trials running at once (0 = as many as resources allow)")
     max_failures: int = _opt(1, "retries of a failing trial before it is recorded FAILED")
-    resume: bool = _opt(False, "continue this sweep's last invocation (finished trials are not rerun)")
-    dry_run: bool = _opt(False, "print every trial, the count and the epochs of work; start nothing")
-    list: bool = _opt(False, "list networks, datasets, methods and presets, then exit")
+    resume: bool = _switch("continue this sweep's last invocation (finished trials are not rerun)")
+    dry_run: bool = _switch("print every trial, the count and the epochs of work; start nothing")
+    list: bool = _switch("list networks, datasets, methods and presets, then exit")
     progress: bool = _opt(True, "show an overall progress bar with ETA")
     levels: tuple[float, ...] = _opt(
         (), "weights-remaining levels (%) the printed and LaTeX tables show; none: 7 spread evenly (files hold all)"
@@ -100,17 +106,30 @@ class _OneLineParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def build_parser(description: str, with_search: bool) -> argparse.ArgumentParser:
-    parser = _OneLineParser(description=description, allow_abbrev=False)
-    add_dataclass_arguments(parser.add_argument_group("sweep"), SweepOptions)
-    if with_search:
+def build_parser(spec: SweepSpec) -> argparse.ArgumentParser:
+    """The sweep's flags; `--help` shows the default preset's values where the preset sets them."""
+    parser = _OneLineParser(description=spec.title, allow_abbrev=False)
+    presets = f"{spec.default_preset}; presets: {', '.join(spec.presets)} (--list describes them)"
+    add_dataclass_arguments(parser.add_argument_group("sweep"), SweepOptions, shown_defaults={"preset": presets})
+    if spec.search is not None:
         add_dataclass_arguments(parser.add_argument_group("search"), SearchOptions)
     add_dataclass_arguments(
         parser.add_argument_group("trial settings (override the preset for every trial)"),
         TrialConfig,
         skip=AXIS_FIELDS,
+        shown_defaults=preset_defaults(spec),
     )
     return parser
+
+
+def preset_defaults(spec: SweepSpec) -> dict[str, str]:
+    """What the default preset sets, as `--help` should show it (read from the preset, nothing validated)."""
+    name = spec.default_preset
+    preset = spec.presets[name]
+    shown = {key: f"{value} in preset {name}" for key, value in preset.trial.items()}
+    for recipe in preset.per_network.values():
+        shown.update({key: f"set per network by preset {name}" for key in recipe})
+    return shown
 
 
 @dataclass(frozen=True)
@@ -120,9 +139,10 @@ class ParsedArgs:
     overrides: dict[str, Any]
 
 
-def parse_args(argv: list[str] | None, description: str, with_search: bool) -> ParsedArgs:
+def parse_args(argv: list[str] | None, spec: SweepSpec) -> ParsedArgs:
     """Parse a sweep command line; raises ConfigError with argparse's or the dataclasses' one-line message."""
-    namespace = build_parser(description, with_search).parse_args(argv)
+    with_search = spec.search is not None
+    namespace = build_parser(spec).parse_args(argv)
     overrides = dataclass_overrides(namespace, TrialConfig)
     return ParsedArgs(
         SweepOptions(**dataclass_overrides(namespace, SweepOptions)),
