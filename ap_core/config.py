@@ -89,7 +89,9 @@ class TrialConfig:
     dead_unit_window: int = _opt(1500, "training images used to count dead units after each cycle")
     seed: int = _opt(0, "random seed (initialisation, data order, augmentation, random pruning)")
     device: str = _runtime("auto", "auto, cpu, cuda or cuda:N")
-    cpu_threads: int = _runtime(0, "torch intra-op threads (0 = torch's default); match the CPUs a trial owns")
+    cpu_threads: int = _runtime(
+        0, "torch intra-op threads on a CPU; 0 = auto: 1 for models under 1M parameters, else torch's default"
+    )
     amp: bool = _opt(True, "bf16 autocast and channels-last on CUDA (ignored on CPU)")
     data_dir: str = _runtime("data", "folder for torchvision datasets")
     download: bool = _runtime(False, "download torchvision datasets when missing")

@@ -47,6 +47,9 @@ EVAL_BATCH_SIZE = 1000
 # Independent random streams: a tag keeps e.g. (seed, cycle) apart from (seed, cycle, epoch=0).
 DATA_STREAM, PRUNING_STREAM = 1, 2
 VALIDATION_SPLIT_SEED = 20230101
+# Below this many parameters one CPU thread trains fastest (cpu_threads 0 = auto): more threads only add
+# synchronisation, and several trials sharing a machine each spinning up every core slow down sharply.
+SMALL_MODEL_PARAMS = 1_000_000
 
 
 def hold_out(data: ArrayDataset, fraction: float) -> tuple[ArrayDataset, tuple[torch.Tensor, torch.Tensor]]:
@@ -151,6 +154,8 @@ class Trial:
 
         torch.manual_seed(config.seed)
         self.net = self._build_net()
+        if self.device.type == "cpu" and not config.cpu_threads and self.net.dense.params < SMALL_MODEL_PARAMS:
+            torch.set_num_threads(1)
         if not self.method.structured and target_alive(self.net.dense.weights, config.prune_rate, config.cycles) < 1:
             most = max(k for k in range(config.cycles) if target_alive(self.net.dense.weights, config.prune_rate, k))
             raise ConfigError(

@@ -373,3 +373,11 @@ def test_fixed_seed_trials_keep_the_numbers_of_the_code_before_the_core_reshape(
         assert {k: getattr(result, k) for k in cycle} == cycle
     assert _sha256(checkpoints[-1]["mask"]) == expected["mask_sha256"]
     assert _sha256(checkpoints[-1]["model"]) == expected["weights_sha256"]
+
+
+def test_small_models_train_on_one_cpu_thread_unless_told(digits):
+    torch.set_num_threads(2)
+    Trial(quick(cpu_threads=0), digits)
+    assert torch.get_num_threads() == 1  # the MLP is far below a million parameters
+    Trial(quick(cpu_threads=2), digits)
+    assert torch.get_num_threads() == 2
