@@ -13,7 +13,7 @@ from sweeps.presets import PAPER_CIFAR10, SMOKE
 
 SPEC = SweepSpec(
     name="table1",
-    title="Table 1: global magnitude pruning with and without AP",
+    title="Table 1: magnitude pruning with and without AP (the paper's preset: GP; smoke adds LP)",
     methods=(GP, LP),
     variants=(NO_AP, WITH_AP),
     presets={

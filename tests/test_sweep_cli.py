@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO, free_port, run_cli
 
 from sweeps import hparam_grid, table1
+from sweeps.cli import SWEEPS
 from sweeps.engine.driver import main
 
 # The paper's protocol (paper-protocol.md): ResNet-20 and VGG-19 on CIFAR-10, AP on/off, 5 seeds, 16 cycles of
@@ -237,3 +238,19 @@ def test_help_shows_the_presets_values_and_loads_neither_torch_nor_ray() -> None
 def test_action_flags_take_no_value(tmp_path: Path) -> None:
     done = run_cli("table1", "--dry-run", "true", "--results-dir", str(tmp_path / "r"), timeout_s=120)
     assert done.returncode == 2 and "unrecognized arguments: true" in done.stderr
+
+
+def test_every_sweep_is_an_installed_command_and_a_module() -> None:
+    modules = {p.stem for p in (REPO / "sweeps").glob("table*.py")} | {"hparam_grid"}
+    assert modules == set(SWEEPS)
+    command = Path(sys.executable).parent / "ap-sweeps"
+    done = subprocess.run([command, "table_ap_ablation", "--dry-run", "--seeds", "1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = trial_lines(done.stdout)  # the four AP variants differ visibly in their dry-run lines
+    assert len(lines) == 5 and len({line.split("ap_score=")[-1].split(" retraining")[0] for line in lines[1:]}) == 4
+    as_module = subprocess.run(
+        [sys.executable, "-m", "sweeps.table1", "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert as_module.returncode == 0 and "12 trials in 1 Tune experiment(s)" in as_module.stdout
+    unknown = subprocess.run([command, "table9"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "unknown sweep 'table9'; valid: table1" in unknown.stderr

@@ -30,8 +30,10 @@ def print_plan(plan: SweepPlan) -> None:
     for trial in plan.trials:
         c = trial.config
         options = "".join(f" {k}={v}" for k, v in c.method_options.items())
+        ap = f" ap_rate={c.ap_rate:g} ap_score={c.ap_score} ap_candidates={c.ap_candidates} ap_scope={c.ap_scope}"
         print(
-            f"{trial.name}: model={c.model} dataset={c.dataset} method={c.method}{options} ap={c.ap} "
+            f"{trial.name}: model={c.model} dataset={c.dataset} method={c.method}{options} ap={c.ap}"
+            f"{ap if c.ap else ''} "
             f"retraining={c.retraining} seed={c.seed} cycles={c.cycles} epochs={c.epochs} "
             f"batch_size={c.batch_size} lr={c.lr:g}"
         )
