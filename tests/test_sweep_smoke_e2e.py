@@ -31,7 +31,11 @@ def test_smoke_preset_matches_mlflow(mlflow_server: MlflowServer, tmp_path: Path
         "--name", "smoke-e2e", timeout_s=400,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    printed = parse_printed_table(done.stdout)
+    # The console is the progress bar and the table: no Tune boxes, TensorBoard hints or Ray/MLflow INFO lines.
+    console = done.stdout + done.stderr
+    assert not any(noise in console for noise in ("Configuration for experiment", "TensorBoard", "INFO", "Token"))
+    assert len(parse_printed_table(done.stdout)[("mlp", "GP", "AP")]) == 7  # a terminal's width of the 17 levels
+    printed = parse_printed_table((tmp_path / "smoke-e2e" / "smoke-e2e.md").read_text())  # every level
 
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name("smoke-e2e")
@@ -77,8 +81,9 @@ def test_smoke_preset_matches_mlflow(mlflow_server: MlflowServer, tmp_path: Path
         baseline = acc[(key[0], key[1], "no AP")]
         if key[2] == "AP":
             for level, values in levels.items():
-                delta = statistics.mean(values) - statistics.mean(baseline[level])
-                assert abs(float(printed[(key[0], key[1], "Δ(AP)")][level]) - delta) <= 0.0051
+                delta = statistics.mean(values) - statistics.mean(baseline[level])  # = the mean paired difference
+                cell = printed[(key[0], key[1], "Δ(AP)")][level]
+                assert abs(float(cell.split(" ± ")[0]) - delta) <= 0.0051
 
     parent_artifacts = {a.path for a in client.list_artifacts(parent_id)}
     stem = "smoke-e2e"

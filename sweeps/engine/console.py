@@ -1,6 +1,10 @@
-"""What `--list` and `--dry-run` print: the sweep's choices, and every planned trial (or searched group)."""
+"""What a sweep prints: `--list` (its choices), `--dry-run` (every planned trial or searched group), and nothing
+else from the libraries unless `--verbose`."""
 
 from __future__ import annotations
+
+import logging
+import os
 
 from sweeps.engine.spec import SweepPlan, SweepSpec
 
@@ -50,3 +54,13 @@ def print_plan(plan: SweepPlan) -> None:
         f"{plan.trial_count} trials in {max(len(plan.groups), 1)} Tune experiment(s); "
         f"{plan.total_epochs} training epochs in total{bound}"
     )
+
+
+def quiet_libraries() -> None:
+    """Leave the console to the progress bar and the table: Ray's and MLflow's INFO lines and Ray's hint on how
+    to switch token authentication off (which it should stay) go; warnings and errors still show."""
+    os.environ.setdefault("RAY_LOGGER_LEVEL", "warning")  # read when ray is first imported, workers inherit it
+    # Tune's newer console output prints its experiment box and a TensorBoard hint even at verbose=0
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)

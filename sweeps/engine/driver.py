@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ap_core.config import RUNTIME_FIELDS
 from ap_core.errors import ConfigError
-from sweeps.engine.console import print_choices, print_plan
+from sweeps.engine.console import print_choices, print_plan, quiet_libraries
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import ParsedArgs, SweepError, flat_options, parse_args
 from sweeps.engine.spec import SweepPlan, SweepSpec, expand
@@ -83,9 +83,11 @@ def plan_sweep(spec: SweepSpec, args: ParsedArgs) -> SweepPlan:
 
 def execute(plan: SweepPlan, args: ParsedArgs) -> int:
     """Run the planned sweep: state, parent run, Tune, table; returns the exit status."""
+    options = args.options
+    if not options.verbose:
+        quiet_libraries()
     from sweeps.engine import report, tracking, tune_runner  # Ray and MLflow: only for a sweep that runs
 
-    options = args.options
     name = options.name or f"{plan.spec.name}-{plan.preset_name}"
     results_dir = Path(options.results_dir).resolve()
     sweep_dir = results_dir / name

@@ -54,7 +54,8 @@ class SweepOptions:
     resume: bool = _switch("continue this sweep's last invocation (finished trials are not rerun)")
     dry_run: bool = _switch("print every trial, the count and the epochs of work; start nothing")
     list: bool = _switch("list networks, datasets, methods and presets, then exit")
-    progress: bool = _opt(True, "show an overall progress bar with ETA")
+    progress: bool = _opt(True, "show an overall progress bar with ETA and trials done/running/failed")
+    verbose: bool = _switch("also show Tune's live trial tables and Ray's log lines")
     levels: tuple[float, ...] = _opt(
         (), "weights-remaining levels (%) the printed and LaTeX tables show; none: 7 spread evenly (files hold all)"
     )

@@ -1,4 +1,4 @@
-"""An overall progress bar with ETA across all trials of a sweep, next to Tune's own trial table."""
+"""The sweep's one live display: cycles done over all trials with ETA, and trials done/running/failed."""
 
 from __future__ import annotations
 
@@ -47,4 +47,9 @@ class OverallProgress(Callback):
                 done += trial_config(trial.config).cycles + 1
             else:
                 done += int(trial.last_result.get("cycle", -1)) + 1
+        counts = {status: sum(t.status == status for t in trials) for status in (Trial.RUNNING, Trial.ERROR)}
+        finished = sum(t.status == Trial.TERMINATED for t in trials)
+        self._bar.set_postfix_str(
+            f"trials: {finished} done, {counts[Trial.RUNNING]} running, {counts[Trial.ERROR]} failed", refresh=False
+        )
         self._bar.update(done - self._bar.n)

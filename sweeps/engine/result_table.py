@@ -146,7 +146,7 @@ def build_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
         best = {column: [key[1:] for key in keys] for column, keys in best.items()}
     cells.columns.name = "weights remaining (%)"
     title = (
-        f"{plan.spec.title} — test accuracy (%), mean ± std over {plan.seeds} seeds "
+        f"{plan.spec.title} — test accuracy (%), mean ± std over {plan.seeds} seed{'s' if plan.seeds > 1 else ''} "
         f"[{plan.spec.name}, preset {plan.preset_name}]"
     )
     note = " ".join(n for n in (DELTA_NOTE, ap_scope_note(plan), plan.spec.note) if n)

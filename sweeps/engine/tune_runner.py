@@ -123,7 +123,7 @@ def _tuner(
             # Old checkpoints are deleted (a VGG-19 trial would otherwise keep GBs); Tune snapshots its
             # experiment state each time it does, which keeps --resume pointing at a checkpoint that exists.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            verbose=1,  # Tune's live trial table, without a result box per trial
+            verbose=1 if options.verbose else 0,  # by default our progress bar is the one live display
         ),
     )
 
