@@ -16,7 +16,9 @@ from ray.tune.search import Searcher
 from sweeps import hparam_grid, table1
 from sweeps.engine import tracking
 from sweeps.engine.options import SearchOptions, SweepError, SweepOptions
+from sweeps.engine.parent_view import headline_metrics, log_results, protocol_params
 from sweeps.engine.report import best_points
+from sweeps.engine.result_table import build_table
 from sweeps.engine.spec import expand
 from sweeps.engine.sweep_state import STATE_FILE, SweepState, experiment_paths, read_state
 from sweeps.engine.trial_logger import MlflowTrialLogger
@@ -200,3 +202,33 @@ def test_trial_logger_writes_one_child_run_per_trial_and_skips_steps_it_has(tmp_
     assert run.data.tags["early_stopped"] == "true"  # ended after cycle 1 of 16
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"cycles.csv", "mask_summary.csv", "plots"} <= artifacts
+
+
+# ---- parent run view ----------------------------------------------------------------------------------------------
+
+
+def test_parent_run_holds_the_protocol_headline_metrics_and_the_rendered_table(tmp_path: Path) -> None:
+    params = protocol_params(SMOKE)
+    assert params["cycles"] == "16" and params["epochs"] == "8" and params["model"] == "mlp"
+    assert params["axis.method"] == "GP, LP" and params["axis.variant"] == "no AP, AP" and params["axis.seeds"] == "3"
+    assert not {"dry_run", "resume", "progress", "list", "seed", "ap"} & set(params)  # flags and axes stay out
+
+    rows = pd.DataFrame(
+        [
+            {"dataset": "digits", "network": "mlp", "method": "GP", "variant": variant, "seed": seed, "cycle": cycle,
+             "weights_remaining": 100 * 0.8**cycle, "test_acc": 90.0 + cycle + seed + (1.5 if variant == "AP" else 0)}
+            for variant in ("no AP", "AP") for seed in (1, 2) for cycle in (0, 1)
+        ]
+    )  # fmt: skip
+    metrics = {(m.key, m.step): m.value for m in headline_metrics(rows, SMOKE)}
+    assert metrics[("test_acc/mlp/GP/no AP", 1)] == 92.5 and metrics[("weights_remaining/mlp/GP/AP", 1)] == 80.0
+    assert metrics[("delta/mlp/GP/AP", 0)] == 1.5 and ("delta/mlp/GP/no AP", 0) not in metrics
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.start_parent_run(uri, "view", None, "view parent", {}, params)
+    log_results(parent, rows, SMOKE, build_table(rows.assign(level=rows["weights_remaining"].round(1)), SMOKE))
+    client = MlflowClient(uri)
+    assert client.get_experiment(parent.experiment_id).tags[tracking.EXPERIMENT_KIND] == "custom_model_development"
+    assert [m.step for m in client.get_metric_history(parent.run_id, "delta/mlp/GP/AP")] == [0, 1]
+    assert "table.json" in {a.path for a in client.list_artifacts(parent.run_id)}
+    assert client.get_run(parent.run_id).data.params["axis.method"] == "GP, LP"

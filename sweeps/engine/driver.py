@@ -7,6 +7,7 @@ runs, so `--help`, `--dry-run`, `--list` and input errors stay fast and start no
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -86,7 +87,7 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
     options = args.options
     if not options.verbose:
         quiet_libraries()
-    from sweeps.engine import report, tracking, tune_runner  # Ray and MLflow: only for a sweep that runs
+    from sweeps.engine import parent_view, report, tracking, tune_runner  # Ray and MLflow: only when running
 
     name = options.name or f"{plan.spec.name}-{plan.preset_name}"
     results_dir = Path(options.results_dir).resolve()
@@ -111,8 +112,13 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
         state.experiment_id if state else "",
         state.parent_run_id if state else "",
         name,
-        tags={**sweep_tags, "sweep.role": "parent", "mlflow.note.content": f"{plan.spec.title}: {description}"},
-        params={**flat_options(args), "trials": str(plan.trial_count), "preset": plan.preset_name},
+        tags={
+            **sweep_tags,
+            "sweep.role": "parent",
+            "sweep.flags": json.dumps(flat_options(args)),  # how it was run; the params say what it computes
+            "mlflow.note.content": f"{plan.spec.title}: {description}",
+        },
+        params={**parent_view.protocol_params(plan), "trials": str(plan.trial_count), "preset": plan.preset_name},
         # The embedded store keeps artifacts next to it; a server decides for itself.
         artifact_location=(results_dir / "mlartifacts" / name).as_uri() if tracking_uri == local_store else None,
     )
@@ -136,7 +142,9 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
         if parent is not None and not unfinished:
             tracking.close_dangling_child_runs(parent, set(failed))
         output = Path(args.search.output) if args.search and args.search.output else None
-        artifacts, summary = report.write_report(rows, plan, sweep_dir, name, output, options.levels)
+        artifacts, summary, table = report.write_report(rows, plan, sweep_dir, name, output, options.levels)
+        if parent is not None:
+            parent_view.log_results(parent, rows, plan, table)
         if unfinished:
             status = "KILLED"
             print(f"interrupted with {unfinished} trial(s) unfinished; rerun the same command with --resume")

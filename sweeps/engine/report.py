@@ -9,7 +9,7 @@ from ray.tune import ResultGrid
 
 from sweeps.engine import plots
 from sweeps.engine.hparams_file import Hparams, write_hparams
-from sweeps.engine.result_table import PRINTED_LEVELS, build_table
+from sweeps.engine.result_table import PRINTED_LEVELS, SweepTable, build_table
 from sweeps.engine.spec import SweepPlan
 from trainables.pruning_trial import trial_config
 
@@ -69,10 +69,12 @@ def write_report(
     name: str,
     best_settings_path: Path | None,
     levels: tuple[float, ...] = (),
-) -> tuple[list[Path], dict[str, float]]:
-    """Print and write the table (or the best search settings); returns the parent run's artifacts/metrics."""
+) -> tuple[list[Path], dict[str, float], SweepTable | None]:
+    """Print and write the table (or the best search settings); returns the parent run's artifacts and metrics,
+    and the table (None for a search)."""
     spec = plan.spec
     artifacts: list[Path] = []
+    table = None
     rows_path = sweep_dir / "trial_cycles.csv"
     rows.to_csv(rows_path, index=False)
     artifacts.append(rows_path)
@@ -92,7 +94,7 @@ def write_report(
         artifacts += [Path(p) for p in plots.save(figure, str(sweep_dir / "comparison.png"), vector=True)]
     print(f"results in {sweep_dir}")
     finished = rows["trial"].nunique() if not rows.empty else 0
-    return artifacts, {"trials": plan.trial_count, "trials_finished": finished}
+    return artifacts, {"trials": plan.trial_count, "trials_finished": finished}, table
 
 
 def best_points(rows: pd.DataFrame, plan: SweepPlan) -> pd.DataFrame:

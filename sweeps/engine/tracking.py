@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from sweeps.engine.options import SweepError, SweepOptions
 
 PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
 def choose_tracking_uri(options: SweepOptions, started_on: str | None, local_store: str) -> str:
@@ -76,7 +77,10 @@ def start_parent_run(
     experiment_id = (
         experiment.experiment_id
         if experiment is not None
-        else client.create_experiment(experiment_name, artifact_location=artifact_location)
+        # MLflow 3's UI opens a training experiment (runs, charts) rather than its GenAI overview for this kind.
+        else client.create_experiment(
+            experiment_name, artifact_location=artifact_location, tags={EXPERIMENT_KIND: "custom_model_development"}
+        )
     )
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
