@@ -74,7 +74,10 @@ def log_results(parent: ParentRun, rows: pd.DataFrame, plan: SweepPlan, table: S
     for start in range(0, len(metrics), BATCH_LIMIT):
         client.log_batch(parent.run_id, metrics=metrics[start : start + BATCH_LIMIT])
     if table is not None:
-        client.log_table(parent.run_id, data=table.cells.reset_index(), artifact_file="table.json")
+        # MLflow's table viewer reads a '.' in a column name as a path and shows the column empty: 51.2 -> 51·2
+        cells = table.cells.reset_index()
+        cells.columns = [str(c).replace(".", "·") for c in cells.columns]
+        client.log_table(parent.run_id, data=cells, artifact_file="table.json")
 
 
 def _metric_name(text: str) -> str:
