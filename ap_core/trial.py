@@ -110,7 +110,9 @@ class Trial:
             )
         elif config.max_train_samples:
             dataset = dataset.limit_train(config.max_train_samples)
+        # The only copy of a shared (read-only) dataset a trial makes: to its GPU, still in its stored form (uint8).
         self.data = dataset.to(self.device)
+        self._standardise = self.data.standardiser(self.device)
         # A last batch of a single sample would break BatchNorm in training mode: drop it.
         n_train = len(self.data.y_train)
         if config.batch_size > n_train:
@@ -155,7 +157,7 @@ class Trial:
         model = model.to(self.device)
         if self.use_amp and self.data.x_train.dim() == 4:
             model = model.to(memory_format=torch.channels_last)
-        example = self.data.x_train[:1]
+        example = self.data.standardised(self.data.x_train[:1])
         groups = find_channel_groups(model, example) if self.method.structured else []
         mask = Mask.ones(model, config.keep_first_dense, config.keep_classifier_dense)
         channels_last = self.use_amp and self.data.x_train.dim() == 4
@@ -262,7 +264,9 @@ class Trial:
 
     def _window(self) -> Iterator[torch.Tensor]:
         window = self.config.dead_unit_window
-        return (x for x, _ in eval_batches(self.data.x_train[:window], self.data.y_train[:window], EVAL_BATCH_SIZE))
+        data = self.data
+        batches = eval_batches(data.x_train[:window], data.y_train[:window], EVAL_BATCH_SIZE, self._standardise)
+        return (x for x, _ in batches)
 
     def _fired_units(self) -> dict[str, torch.Tensor]:
         with self._not_counting():
@@ -368,7 +372,7 @@ class Trial:
         return result
 
     def _test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return eval_batches(self.data.x_test, self.data.y_test, EVAL_BATCH_SIZE)
+        return eval_batches(self.data.x_test, self.data.y_test, EVAL_BATCH_SIZE, self._standardise)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
 
