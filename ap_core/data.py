@@ -37,7 +37,7 @@ class ArrayDataset:
     """A train/test split held as NCHW images and int64 labels.
 
     Images from an 8-bit source are stored raw (uint8, `pixel_max` > 0) with the per-channel `mean`/`std` beside
-    them; `standardise` turns a drawn batch into float32 on its device, so the whole set never exists as float32.
+    them; `standardiser` turns each drawn batch into float32 on its device, so the whole set never exists as float32.
     Other images (synthetic) are stored as the float32 the model sees (`pixel_max` 0).
 
     `crop_padding` and `flip` record the augmentation the dataset calls for, so the training loop needs no
@@ -58,6 +58,7 @@ class ArrayDataset:
     # The standardised value of a black pixel per channel: crops pad with it, as torchvision's RandomCrop pads the
     # raw image with zeros before normalisation.
     pad_value: tuple[float, ...] = ()
+    # Stored images are standardised per batch as (x / pixel_max - mean) / std per channel; pixel_max 0: as stored.
     pixel_max: float = 0.0
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
