@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -40,8 +41,17 @@ class EpochCost:
 
 
 def peak_host_mib() -> float:
-    """This process's peak resident memory so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """This process's peak resident memory so far.
+
+    Linux: VmHWM, the high-water mark of this process's own address space. ru_maxrss is not used there: it carries
+    over the parent's resident size through fork and exec, so a freshly spawned child would report its parent's.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux and BSDs, bytes on macOS
     return peak / MIB if sys.platform == "darwin" else peak / 1024
 
 

@@ -43,6 +43,13 @@ def medians(measured: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in measured.items()}
 
 
+def paired_ratio(measured: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """The median of per-repeat ratios: each pair ran back to back, so load that drifts between repeats (a shared
+    machine) cancels within a pair instead of landing on one variant's median."""
+    pairs = zip(measured[numerator], measured[denominator], strict=True)
+    return statistics.median(a / b for a, b in pairs)
+
+
 def machine_line(device: torch.device) -> str:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return (

@@ -1,6 +1,7 @@
 """Issue 11's performance numbers in one run: overheads, speed-up over a naive loop, epoch time, packing, memory.
 
-Rows (variants compared in a row are timed in the same run, interleaved A B, B A, ... and compared by medians):
+Rows (variants compared in a row are timed in the same run, interleaved A B, B A, ...; a ratio is the median of
+the per-repeat ratios, so load drifting on a shared machine cancels within each back-to-back pair):
 
 1. core overhead, ResNet-20 (CIFAR-shaped) and MLP (digits): masked vs dense steps, DNR counting on vs off;
 2. the project's epoch vs the naive reference loop (`naive_reference.py`) on ResNet-20, CIFAR-shaped data;
@@ -33,12 +34,13 @@ from harness import (
     interleaved,
     machine_line,
     medians,
+    paired_ratio,
     time_training_steps,
 )
 from naive_reference import NaiveReference
 
 from ap_core import ArrayDataset, TrialConfig, build_model, load_dataset
-from ap_core.cost import MIB, EpochCost, epoch_timer, measure_epochs_in_subprocess
+from ap_core.cost import MIB, EpochCost, epoch_timer, measure_epochs_in_subprocess, peak_host_mib
 from ap_core.training import resolve_device
 
 CIFAR_TRAIN = 50_000
@@ -67,14 +69,14 @@ FULL = Sizes(
     transport_images=CIFAR_TRAIN,
     test=10_000,
 )
-QUICK = Sizes(
-    overhead_steps=4,
+QUICK = Sizes(  # train : test stays 5 : 1 as in CIFAR, so per-epoch evaluation weighs what it weighs there
+    overhead_steps=5,
     mlp_steps=200,
-    naive_train=640,
+    naive_train=1280,
     epoch_train=1280,
     packing_train=512,
     transport_images=10_000,
-    test=500,
+    test=256,
 )
 
 
@@ -111,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="reduced sizes: a few minutes on a 2-core CPU")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=positive, default=1, help="torch CPU threads for the timed rows")
-    parser.add_argument("--repeats", type=positive, default=None, help="interleaved repeats (quick 3, full 5)")
+    parser.add_argument("--repeats", type=positive, default=None, help="interleaved repeats (quick 5, full 7)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray transport row (starts a local Ray)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -133,13 +135,12 @@ def overhead_rows(device: torch.device, sizes: Sizes, repeats: int) -> list[Targ
         def variant(density: float | None, dnr: bool, model=model, data=data, batch=batch, steps=steps):
             return lambda: time_training_steps(model, data, device, steps, batch, density, dnr, use_amp)
 
-        times = medians(
-            interleaved(
-                {"dense": variant(None, False), "masked": variant(MASKED_DENSITY, False), "dnr": variant(None, True)},
-                model_repeats,
-            )
+        measured = interleaved(
+            {"dense": variant(None, False), "masked": variant(MASKED_DENSITY, False), "dnr": variant(None, True)},
+            model_repeats,
         )
-        masked, dnr = times["masked"] / times["dense"], times["dnr"] / times["dense"]
+        times = medians(measured)
+        masked, dnr = paired_ratio(measured, "masked", "dense"), paired_ratio(measured, "dnr", "dense")
         print(
             f"{model:<9} {1000 * times['dense'] / steps:>13.2f} {masked:>14.3f} {dnr:>12.3f}   "
             f"{steps} x {model_repeats}"
@@ -180,12 +181,12 @@ def naive_row(device: torch.device, threads: int, sizes: Sizes, repeats: int) ->
         naive.epoch()
         return time.perf_counter() - started
 
-    times = medians(interleaved({"project": project_epoch, "naive": naive_epoch}, repeats))
-    speedup = times["naive"] / times["project"]
+    measured = interleaved({"project": project_epoch, "naive": naive_epoch}, repeats)
+    times, speedup = medians(measured), paired_ratio(measured, "naive", "project")
     print(
         f"ResNet-20, {sizes.naive_train} CIFAR-shaped images, batch {BATCH}, masked steps + DNR + test eval, "
-        f"median of {repeats}: project {times['project']:.2f} s/epoch, naive {times['naive']:.2f} s/epoch, "
-        f"speed-up {speedup:.2f}x"
+        f"{repeats} repeats: project {times['project']:.2f} s/epoch, naive {times['naive']:.2f} s/epoch (medians), "
+        f"speed-up {speedup:.2f}x (median of paired ratios)"
     )
     limit = 10.0 if device.type == "cuda" else 1.25
     return Target(f"project vs naive loop ({'H100' if device.type == 'cuda' else 'CPU'})", speedup, limit, False)
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     sizes = QUICK if args.quick else FULL
-    repeats = args.repeats or (3 if args.quick else 5)
+    repeats = args.repeats or (5 if args.quick else 7)
     torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -346,7 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     packing_row(device, sizes)
     print("\n## 5. memory")
     device_memory = f", peak device {cost.peak_device_mib:.0f} MiB" if cost.peak_device_mib is not None else ""
-    print(f"ResNet-20 trial ({sizes.epoch_train} images, row 3): peak host {cost.peak_host_mib:.0f} MiB{device_memory}")
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        baseline = pool.apply(peak_host_mib)  # a fresh process that has imported what row 3's process imported
+    print(
+        f"ResNet-20 trial ({sizes.epoch_train} images, row 3): peak host {cost.peak_host_mib:.0f} MiB "
+        f"(a fresh process with the same imports and no trial: {baseline:.0f} MiB){device_memory}"
+    )
     if args.no_ray:
         print("Ray transport: skipped (--no-ray)")
     else:
