@@ -1,8 +1,9 @@
-"""Whole datasets as tensors, plus batch iteration with vectorised on-device augmentation.
+"""Whole datasets as tensors, plus batch iteration with on-device standardisation and vectorised augmentation.
 
 Every dataset here is small enough to hold in (GPU) memory, so a trial loads it once, moves it to its
 device and slices batches by index: no DataLoader workers, no per-sample PIL decoding, no Python loop over
-samples.
+samples. Images whose source is 8-bit stay uint8 (a quarter of float32) until a batch is drawn, and a dataset
+pickles as numpy arrays, so Ray's object store shares it with every trial on a node without copying it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +29,21 @@ from ap_core.errors import ConfigError, DatasetUnavailableError
 from ap_core.registry import Registry
 
 DIGITS_TEST_SIZE = 360
+DIGITS_PIXEL_MAX = 16.0
 
 
 @dataclass
 class ArrayDataset:
-    """A train/test split held as normalised float32 NCHW images and int64 labels.
+    """A train/test split held as NCHW images and int64 labels.
+
+    Images from an 8-bit source are stored raw (uint8, `pixel_max` > 0) with the per-channel `mean`/`std` beside
+    them; `standardiser` turns each drawn batch into float32 on its device, so the whole set never exists as float32.
+    Other images (synthetic) are stored as the float32 the model sees (`pixel_max` 0).
 
     `crop_padding` and `flip` record the augmentation the dataset calls for, so the training loop needs no
-    per-dataset knowledge. Instances pickle as their plain tensors (cheap to ship through Ray's object store);
-    `limit_train` clones its slice so a subset never drags the full storage along when pickled.
+    per-dataset knowledge. Instances pickle their tensors as numpy arrays: Ray's object store then hands every
+    trial on a node a read-only view of one shared buffer instead of a private copy. `limit_train` copies its
+    slice so a subset never drags the full storage along when pickled.
     """
 
     x_train: Tensor
@@ -47,9 +55,20 @@ class ArrayDataset:
     name: str
     crop_padding: int = 0
     flip: bool = False
-    # The normalised value of a black pixel per channel: crops pad with it, as torchvision's RandomCrop pads the
+    # The standardised value of a black pixel per channel: crops pad with it, as torchvision's RandomCrop pads the
     # raw image with zeros before normalisation.
     pad_value: tuple[float, ...] = ()
+    # Stored images are standardised per batch as (x / pixel_max - mean) / std per channel; pixel_max 0: as stored.
+    pixel_max: float = 0.0
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def __reduce__(self) -> tuple[Callable[..., ArrayDataset], tuple[dict[str, Any]]]:
+        fields = {
+            f.name: _as_array(value) if isinstance(value := getattr(self, f.name), Tensor) else value
+            for f in dataclasses.fields(self)
+        }
+        return _from_arrays, (fields,)
 
     @property
     def num_train(self) -> int:
@@ -85,6 +104,51 @@ class ArrayDataset:
             y_train=self.y_train[:max_train_samples].clone(),
         )
 
+    def standardiser(self, device: torch.device) -> Callable[[Tensor], Tensor]:
+        """A function from stored images (a batch, on `device`) to the float32 images the model sees.
+
+        Builds its constants on `device` once, so per-batch calls copy nothing from the host. The arithmetic is
+        `_standardise`'s, which the loaders used on whole sets: results are the same bit for bit.
+        """
+        if not self.pixel_max:
+            return lambda images: images
+        shape = (1, len(self.mean), 1, 1)
+        pixel_max = torch.tensor(self.pixel_max, device=device)
+        mean = torch.tensor(self.mean, device=device).view(shape)
+        std = torch.tensor(self.std, device=device).view(shape)
+        return lambda images: _standardise(images, pixel_max, mean, std)
+
+    def standardised(self, images: Tensor) -> Tensor:
+        """`images` (stored form, e.g. a slice of `x_train`) as the model sees them; for one-off uses."""
+        return self.standardiser(images.device)(images)
+
+
+def _as_array(tensor: Tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy()
+
+
+def _from_arrays(fields: dict[str, Any]) -> ArrayDataset:
+    """Unpickle: wrap each array without copying it.
+
+    Arrays from Ray's object store are read-only views of shared memory. torch cannot mark a tensor read-only and
+    warns; nothing here writes into a dataset's tensors (batches are gathered into new tensors), so the warning is
+    silenced for exactly this call rather than paid for with a private copy of the data.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        tensors = {k: torch.from_numpy(v) for k, v in fields.items() if isinstance(v, np.ndarray)}
+    return ArrayDataset(**{**fields, **tensors})
+
+
+def _standardise(images: Tensor, pixel_max: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Integer NCHW images (any strides) -> contiguous float32 (x / pixel_max - mean) / std, in one new tensor.
+
+    The divisors are device tensors, never Python scalars: on CUDA a scalar divisor becomes a multiplication by its
+    reciprocal, which can differ from the division in the last bit.
+    """
+    x = images.to(torch.float32, memory_format=torch.contiguous_format)  # a new tensor: images are never float32
+    return x.div_(pixel_max).sub_(mean).div_(std)
+
 
 DATASETS: Registry[Callable[..., ArrayDataset]] = Registry("dataset")
 
@@ -107,13 +171,6 @@ def load_dataset(
         raise ConfigError(f"unknown option {unknown[0]!r} for dataset {name!r}; valid: {', '.join(valid) or 'none'}")
     data = loader(Path(data_dir), download, **options)
     return data.limit_train(max_train_samples)
-
-
-def _normalise(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """uint8 NCHW (any strides) -> contiguous float32 in one copy, scaled to [0, 1] and standardised."""
-    shape = (1, len(mean), 1, 1)
-    x = images.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
-    return x.sub_(torch.tensor(mean).view(shape)).div_(torch.tensor(std).view(shape))
 
 
 def _open_torchvision(
@@ -145,16 +202,28 @@ def _load_cifar(
     data_dir: Path,
     download: bool,
 ) -> ArrayDataset:
-    """CIFAR: torchvision keeps `.data` as uint8 NHWC numpy and `.targets` as a list."""
+    """CIFAR: torchvision keeps `.data` as uint8 NHWC numpy and `.targets` as a list; stored as uint8 NCHW."""
     splits = []
     for train in (True, False):
         ds = _open_torchvision(name, cls, folder, data_dir, download, train)
-        x = _normalise(torch.from_numpy(ds.data).permute(0, 3, 1, 2), mean, std)
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
         splits.append((x, torch.as_tensor(ds.targets, dtype=torch.int64)))
     (x_train, y_train), (x_test, y_test) = splits
     black = tuple(-m / s for m, s in zip(mean, std, strict=True))
     return ArrayDataset(
-        x_train, y_train, x_test, y_test, num_classes, (3, 32, 32), name, crop_padding=4, flip=True, pad_value=black
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        num_classes,
+        (3, 32, 32),
+        name,
+        crop_padding=4,
+        flip=True,
+        pad_value=black,
+        pixel_max=255.0,
+        mean=mean,
+        std=std,
     )
 
 
@@ -171,10 +240,11 @@ def _load_mnist_like(
     splits = []
     for train in (True, False):
         ds = _open_torchvision(name, cls, folder, data_dir, download, train)
-        x = _normalise(ds.data.unsqueeze(1), (mean,), (std,))
-        splits.append((x, ds.targets.to(torch.int64).contiguous()))
+        splits.append((ds.data.unsqueeze(1).contiguous(), ds.targets.to(torch.int64).contiguous()))
     (x_train, y_train), (x_test, y_test) = splits
-    return ArrayDataset(x_train, y_train, x_test, y_test, 10, (1, 28, 28), name)
+    return ArrayDataset(
+        x_train, y_train, x_test, y_test, 10, (1, 28, 28), name, pixel_max=255.0, mean=(mean,), std=(std,)
+    )
 
 
 @DATASETS.register("cifar10")
@@ -223,19 +293,23 @@ def _digits(data_dir: Path, download: bool) -> ArrayDataset:
     both splits are standardised with the train split's mean/std, computed before any `max_train_samples` cut.
     """
     bunch = load_digits()
-    images = bunch.images.astype(np.float32) / 16.0
+    images = bunch.images.astype(np.uint8)  # integers 0..16 stored as float64
     x_train, x_test, y_train, y_test = train_test_split(
         images, bunch.target, test_size=DIGITS_TEST_SIZE, random_state=0, stratify=bunch.target
     )
-    mean, std = float(x_train.mean()), float(x_train.std())
+    scaled = x_train.astype(np.float32) / np.float32(DIGITS_PIXEL_MAX)
+    mean, std = float(scaled.mean()), float(scaled.std())
     return ArrayDataset(
-        torch.from_numpy((x_train - mean) / std).unsqueeze(1).contiguous(),
+        torch.from_numpy(x_train).unsqueeze(1).contiguous(),
         torch.from_numpy(y_train).to(torch.int64),
-        torch.from_numpy((x_test - mean) / std).unsqueeze(1).contiguous(),
+        torch.from_numpy(x_test).unsqueeze(1).contiguous(),
         torch.from_numpy(y_test).to(torch.int64),
         10,
         (1, 8, 8),
         "digits",
+        pixel_max=DIGITS_PIXEL_MAX,
+        mean=(mean,),
+        std=(std,),
     )
 
 
@@ -283,13 +357,18 @@ def _randint(high: int, size: tuple[int, ...], generator: torch.Generator, devic
 
 
 def augment_batch(
-    x: Tensor, crop_padding: int, flip: bool, generator: torch.Generator, pad_value: tuple[float, ...] = ()
+    x: Tensor,
+    crop_padding: int,
+    flip: bool,
+    generator: torch.Generator,
+    pad_value: tuple[float, ...] | Tensor = (),
 ) -> Tensor:
     """Per-sample random crop (padding `crop_padding` with `pad_value` per channel, default 0) and horizontal flip
     of a whole NCHW batch at once.
 
     The crop pads once and gathers each sample's window with advanced indexing; the flip picks per sample with
-    torch.where. Random draws come from `generator` in a fixed order (crop offsets, then flip mask).
+    torch.where. Random draws come from `generator` in a fixed order (crop offsets, then flip mask). `pad_value` may
+    be a tensor of x's dtype on x's device, so that a loop over batches builds it once instead of per batch.
     """
     if crop_padding < 0:
         raise ConfigError(f"crop_padding {crop_padding} must be >= 0")
@@ -297,8 +376,8 @@ def augment_batch(
     device = x.device
     if crop_padding > 0:
         p = crop_padding
-        if pad_value:
-            fill = torch.tensor(pad_value, dtype=x.dtype, device=device)[:, None, None]
+        if len(pad_value):
+            fill = torch.as_tensor(pad_value, dtype=x.dtype, device=device)[:, None, None]
             padded = F.pad(x - fill, (p, p, p, p)) + fill
         else:
             padded = F.pad(x, (p, p, p, p))
@@ -321,29 +400,39 @@ def train_batches(
     augment: bool = True,
     drop_last: bool = False,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """One shuffled epoch of (images, labels) batches, augmented as the dataset calls for when `augment`.
+    """One shuffled epoch of (images, labels) batches, standardised on the data's device and augmented as the
+    dataset calls for when `augment`.
 
     The permutation and augmentation draws come from `generator` on its own device: a generator on the data's
     device avoids any transfer, a CPU generator also works (small index tensors are copied) and gives the same
-    stream wherever the data lives.
+    stream wherever the data lives. Standardising before augmenting keeps the numbers of the whole-set
+    standardisation this replaced, bit for bit (standardising is element-wise, so it commutes with the gather).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size {batch_size} must be >= 1")
     n = data.num_train
-    order = torch.randperm(n, generator=generator, device=generator.device).to(data.device)
+    device = data.device
+    standardise = data.standardiser(device)
+    augmenting = augment and (data.crop_padding > 0 or data.flip)
+    fill = torch.tensor(data.pad_value, dtype=torch.float32, device=device)
+    order = torch.randperm(n, generator=generator, device=generator.device).to(device)
     for start in range(0, n, batch_size):
         index = order[start : start + batch_size]
         if drop_last and index.numel() < batch_size:
             break
-        x = data.x_train[index]
-        if augment and (data.crop_padding > 0 or data.flip):
-            x = augment_batch(x, data.crop_padding, data.flip, generator, data.pad_value)
+        x = standardise(data.x_train[index])
+        if augmenting:
+            x = augment_batch(x, data.crop_padding, data.flip, generator, fill)
         yield x, data.y_train[index]
 
 
-def eval_batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Every sample in order, in batches of `batch_size` (the last one may be smaller)."""
+def eval_batches(
+    x: Tensor, y: Tensor, batch_size: int, standardise: Callable[[Tensor], Tensor] | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Every sample in order, in batches of `batch_size` (the last one may be smaller), images passed through
+    `standardise` (an `ArrayDataset.standardiser`) when given."""
     if batch_size < 1:
         raise ConfigError(f"batch_size {batch_size} must be >= 1")
     for start in range(0, x.shape[0], batch_size):
-        yield x[start : start + batch_size], y[start : start + batch_size]
+        images = x[start : start + batch_size]
+        yield (standardise(images) if standardise else images), y[start : start + batch_size]

@@ -128,7 +128,9 @@ class Trial:
             )
         elif config.max_train_samples:
             dataset = dataset.limit_train(config.max_train_samples)
+        # The only copy of a shared (read-only) dataset a trial makes: to its GPU, still in its stored form (uint8).
         self.data = dataset.to(self.device)
+        self._standardise = self.data.standardiser(self.device)
         self.validation: tuple[torch.Tensor, torch.Tensor] | None = None
         if config.val_fraction:
             self.data, self.validation = hold_out(self.data, config.val_fraction)
@@ -178,7 +180,7 @@ class Trial:
         model = model.to(self.device)
         if self.use_amp and self.data.x_train.dim() == 4:
             model = model.to(memory_format=torch.channels_last)
-        example = self.data.x_train[:1]
+        example = self.data.standardised(self.data.x_train[:1])
         groups = find_channel_groups(model, example) if self.method.structured else []
         mask = Mask.ones(model, config.keep_first_dense, config.keep_classifier_dense)
         channels_last = self.use_amp and self.data.x_train.dim() == 4
@@ -286,7 +288,9 @@ class Trial:
 
     def _window(self) -> Iterator[torch.Tensor]:
         window = self.config.dead_unit_window
-        return (x for x, _ in eval_batches(self.data.x_train[:window], self.data.y_train[:window], EVAL_BATCH_SIZE))
+        data = self.data
+        batches = eval_batches(data.x_train[:window], data.y_train[:window], EVAL_BATCH_SIZE, self._standardise)
+        return (x for x, _ in batches)
 
     def _fired_units(self) -> dict[str, torch.Tensor]:
         with self._not_counting():
@@ -396,10 +400,11 @@ class Trial:
         if self.validation is None:
             return None
         x_val, y_val = self.validation
-        return evaluate(self.net.model, eval_batches(x_val, y_val, EVAL_BATCH_SIZE), self.use_amp)[0]
+        batches = eval_batches(x_val, y_val, EVAL_BATCH_SIZE, self._standardise)
+        return evaluate(self.net.model, batches, self.use_amp)[0]
 
     def _test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return eval_batches(self.data.x_test, self.data.y_test, EVAL_BATCH_SIZE)
+        return eval_batches(self.data.x_test, self.data.y_test, EVAL_BATCH_SIZE, self._standardise)
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ import time
 
 import torch
 import torch_pruning as tp
+from harness import synchronize
 from torch import nn
 
 from ap_core import build_model
@@ -67,11 +68,6 @@ def time_batches(model: nn.Module, x: torch.Tensor, batches: int) -> float:
         model(x)
     synchronize(x.device)
     return (time.perf_counter() - started) / batches
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import urllib.error
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,12 +111,15 @@ def test_digits_shapes_fixed_split_and_normalisation() -> None:
     data = load_dataset("digits")
     assert data.name == "digits" and data.num_classes == 10 and data.input_shape == (1, 8, 8)
     assert data.x_train.shape == (1437, 1, 8, 8) and data.x_test.shape == (360, 1, 8, 8)
-    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert data.x_train.dtype == torch.uint8 and data.y_train.dtype == torch.int64  # raw 0..16, a quarter of float32
+    assert int(data.x_train.max()) == 16 and data.pixel_max == 16.0
     assert data.x_train.is_contiguous() and data.x_test.is_contiguous()
     assert set(data.y_train.tolist()) == set(range(10)) == set(data.y_test.tolist())
     assert (data.crop_padding, data.flip) == (0, False)
-    assert abs(data.x_train.mean().item()) < 1e-4
-    assert abs(data.x_train.std().item() - 1) < 1e-3
+    standardised = data.standardised(data.x_train)
+    assert standardised.dtype == torch.float32
+    assert abs(standardised.mean().item()) < 1e-4
+    assert abs(standardised.std().item() - 1) < 1e-3
     again = load_dataset("digits")
     for a, b in ((data.x_train, again.x_train), (data.y_train, again.y_train), (data.y_test, again.y_test)):
         assert torch.equal(a, b)
@@ -165,8 +169,25 @@ def test_array_dataset_pickles_and_moves() -> None:
     data = load_dataset("digits", max_train_samples=50)
     copy = pickle.loads(pickle.dumps(data))
     assert torch.equal(copy.x_train, data.x_train) and copy.name == "digits"
+    assert copy.x_train.dtype == torch.uint8 and (copy.mean, copy.std) == (data.mean, data.std)
     moved = data.to("cpu")
     assert moved is not data and moved.device == torch.device("cpu")
+
+
+def test_array_dataset_pickles_as_out_of_band_arrays_and_wraps_read_only_buffers_without_copying() -> None:
+    """What Ray's object store does: protocol 5 with out-of-band buffers, handed back read-only."""
+    data = load_dataset("digits")
+    buffers: list[pickle.PickleBuffer] = []
+    payload = pickle.dumps(data, protocol=5, buffer_callback=buffers.append)
+    assert sum(b.raw().nbytes for b in buffers) >= data.x_train.nbytes + data.x_test.nbytes
+    assert len(payload) < 4096  # the images are not in the pickle stream itself
+    read_only = [memoryview(b.raw().tobytes()).toreadonly() for b in buffers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "not writable" warning is handled, not leaked
+        copy = pickle.loads(payload, buffers=read_only)
+    assert torch.equal(copy.x_train, data.x_train) and torch.equal(copy.y_test, data.y_test)
+    image_buffer = next(b for b in read_only if b.nbytes == data.x_train.nbytes)
+    assert copy.x_train.data_ptr() == np.frombuffer(image_buffer, dtype=np.uint8).ctypes.data  # not copied
 
 
 # ---------------------------------------------------------------- torchvision datasets on tiny files
@@ -183,8 +204,9 @@ def test_fake_cifar10_loads_through_torchvision(tmp_path: Path, monkeypatch: pyt
     mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
     for got, raw in ((data.x_train, x_train), (data.x_test, x_test)):
+        assert torch.equal(got, torch.from_numpy(raw))  # stored raw, as uint8 NCHW
         expected = (torch.from_numpy(raw).float() / 255 - mean) / std
-        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(data.standardised(got), expected)
 
 
 def test_fake_cifar100_uses_fine_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,7 +229,9 @@ def test_fake_mnist_loads_through_torchvision(tmp_path: Path, name: str, folder:
     assert data.y_train.dtype == torch.int64
     assert data.y_train.tolist() == y_train.tolist() and data.y_test.tolist() == y_test.tolist()
     for got, raw in ((data.x_train, x_train), (data.x_test, x_test)):
-        torch.testing.assert_close(got, (torch.from_numpy(raw).float().unsqueeze(1) / 255 - mean) / std)
+        assert got.dtype == torch.uint8 and torch.equal(got, torch.from_numpy(raw).unsqueeze(1))
+        expected = (torch.from_numpy(raw).float().unsqueeze(1) / 255 - mean) / std
+        torch.testing.assert_close(data.standardised(got), expected)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "mnist", "fashion_mnist"])
@@ -317,6 +341,38 @@ def test_train_batches_cover_every_sample_once_and_are_reproducible() -> None:
     for x, y in plain:
         assert torch.equal(x, data.x_train[y])
     assert any(not torch.equal(x, data.x_train[y]) for x, y in batches)  # augmented
+
+
+@pytest.mark.parametrize("cls", [CIFAR10, CIFAR100])
+def test_standardising_raw_pixels_matches_the_whole_set_float_arithmetic_bit_for_bit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cls: type[CIFAR10]
+) -> None:
+    """Every uint8 value in every channel: per-batch standardising computes exactly what the loaders used to store
+    ((x / 255 - mean) / std in float32, in that order)."""
+    write_fake_cifar(tmp_path, 5, 2, monkeypatch, cls=cls)
+    data = load_dataset("cifar10" if cls is CIFAR10 else "cifar100", data_dir=tmp_path)
+    every_value = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16)
+    shape = (1, 3, 1, 1)
+    expected = every_value.float().div_(255.0).sub_(torch.tensor(data.mean).view(shape))
+    expected.div_(torch.tensor(data.std).view(shape))
+    assert torch.equal(data.standardised(every_value), expected)
+
+
+def test_train_batches_match_augmenting_the_whole_standardised_set_bit_for_bit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Standardising per batch, then cropping with the standardised black, gives the batches the float32 dataset
+    gave before (same draws, same padding, same values)."""
+    write_fake_cifar(tmp_path, 40, 2, monkeypatch)
+    data = load_dataset("cifar10", data_dir=tmp_path)
+    whole = data.standardised(data.x_train)
+    got = list(train_batches(data, 16, torch.Generator().manual_seed(3)))
+    generator = torch.Generator().manual_seed(3)
+    order = torch.randperm(data.num_train, generator=generator)
+    for start, (x, y) in zip(range(0, data.num_train, 16), got, strict=True):
+        index = order[start : start + 16]
+        expected = augment_batch(whole[index], 4, True, generator, data.pad_value)
+        assert torch.equal(x, expected) and torch.equal(y, data.y_train[index])
 
 
 def test_train_batches_skip_augmentation_the_dataset_does_not_call_for() -> None:

@@ -198,7 +198,7 @@ def test_demp_noise_is_zero_when_off_and_of_the_specified_scale_when_on(noise):
 def test_a_channel_dead_by_construction_is_found_removed_and_the_outputs_do_not_change(digits):
     net = make_net("vgg_small", "demp")
     net.model.eval()
-    x = digits.x_train[:200]
+    x = digits.standardised(digits.x_train[:200])
     naturally_dead = dead_channels(net, fired_units(net.model, [x]), floor=1)
     assert 7 not in naturally_dead.get("features.3", [])
     with torch.no_grad():  # channel 7 of the second conv can never fire: its BatchNorm outputs -5 everywhere
