@@ -254,3 +254,12 @@ def test_every_sweep_is_an_installed_command_and_a_module() -> None:
     assert as_module.returncode == 0 and "12 trials in 1 Tune experiment(s)" in as_module.stdout
     unknown = subprocess.run([command, "table9"], capture_output=True, text=True)
     assert unknown.returncode == 2 and "unknown sweep 'table9'; valid: table1" in unknown.stderr
+
+
+def test_dry_run_estimate_times_a_short_epoch_and_prints_the_compute(tmp_path: Path) -> None:
+    done = run_cli("table1", "--dry-run", "--estimate", "--methods", "GP", "--results-dir", str(tmp_path / "r"))
+    assert done.returncode == 0, done.stderr
+    assert "mlp on digits, batch 64:" in done.stdout and "estimated compute:" in done.stdout
+    assert "CPU-minutes on this machine's CPU" in done.stdout and not (tmp_path / "r").exists()
+    alone = run_cli("table1", "--estimate", "--results-dir", str(tmp_path / "r"), timeout_s=120)
+    assert alone.returncode == 2 and "--estimate goes with --dry-run" in alone.stderr

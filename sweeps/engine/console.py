@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from sweeps.engine.spec import SweepPlan, SweepSpec
 
@@ -64,3 +65,53 @@ def quiet_libraries() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+
+def print_cost(plan: SweepPlan, sample_images: int = 1024) -> None:
+    """Measure a short epoch per (network, dataset, batch size) here and print the plan's compute hours.
+
+    Each measured epoch trains on `sample_images` training images (masks, DNR and test evaluation included);
+    its time per image, times the full training set and the plan's epochs, is the estimate. It is for this
+    machine's device: no GPU figures are recorded in benchmarks/RESULTS.md yet to stand in for a missing GPU.
+    """
+    import torch
+
+    from ap_core import load_dataset
+    from ap_core.cost import measure_epochs
+    from ap_core.training import resolve_device
+
+    epochs_by_key: dict[tuple, float] = {}
+    configs = {}
+    for config, epochs in _epochs_per_config(plan):
+        key = (config.model, config.dataset, config.batch_size, config.method)
+        epochs_by_key[key] = epochs_by_key.get(key, 0.0) + epochs
+        configs.setdefault(key, config)
+    total_seconds = 0.0
+    for key, config in configs.items():
+        dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
+        subset = min(dataset.num_train, max(sample_images, 2 * config.batch_size))
+        probe = config.replace(max_train_samples=subset, val_fraction=0.0, cycles=1)
+        seconds = measure_epochs(probe, dataset, epochs=2).steady_epoch_seconds
+        per_epoch = seconds * dataset.num_train / subset
+        total_seconds += per_epoch * epochs_by_key[key]
+        print(f"  {config.model} on {config.dataset}, batch {config.batch_size}: {per_epoch:.2f} s per epoch here")
+    device = resolve_device(next(iter(configs.values())).device) if configs else torch.device("cpu")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"this machine's CPU ({os.cpu_count()})"
+    amount = (
+        f"{total_seconds / 3600:.1f} {device.type.upper()}-hours"
+        if total_seconds >= 3600
+        else (f"{total_seconds / 60:.1f} {device.type.upper()}-minutes")
+    )
+    print(
+        f"estimated compute: {amount} on {where}, measured on "
+        f"{sample_images}-image epochs and scaled (an upper bound for searches that stop trials early); divide by "
+        "the trials running at once"
+    )
+
+
+def _epochs_per_config(plan: SweepPlan) -> list[tuple[Any, float]]:
+    """(config, training epochs) per planned trial, or per searched group at the plan's expected epochs."""
+    if plan.search is None:
+        return [(t.config, (t.config.cycles + 1) * t.config.epochs) for t in plan.trials]
+    share = plan.total_epochs / max(len(plan.search_groups), 1)
+    return [(g.base, share) for g in plan.search_groups]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ap_core.config import RUNTIME_FIELDS
 from ap_core.errors import ConfigError
-from sweeps.engine.console import print_choices, print_plan, quiet_libraries
+from sweeps.engine.console import print_choices, print_cost, print_plan, quiet_libraries
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import ParsedArgs, SweepError, flat_options, parse_args
 from sweeps.engine.spec import SweepPlan, SweepSpec, expand
@@ -42,9 +42,13 @@ def run(spec: SweepSpec, argv: list[str] | None = None) -> int:
     if args.options.list:
         print_choices(spec)
         return 0
+    if args.options.estimate and not args.options.dry_run:
+        raise ConfigError("--estimate goes with --dry-run (it times a short epoch instead of running the sweep)")
     plan = plan_sweep(spec, args)
     if args.options.dry_run:
         print_plan(plan)
+        if args.options.estimate:
+            print_cost(plan)
         return 0
     return execute(plan, args)
 

@@ -53,6 +53,7 @@ class SweepOptions:
     max_failures: int = _opt(1, "retries of a failing trial before it is recorded FAILED")
     resume: bool = _switch("continue this sweep's last invocation (finished trials are not rerun)")
     dry_run: bool = _switch("print every trial, the count and the epochs of work; start nothing")
+    estimate: bool = _switch("with --dry-run: time a short epoch per network here and print the compute hours")
     list: bool = _switch("list networks, datasets, methods and presets, then exit")
     progress: bool = _opt(True, "show an overall progress bar with ETA and trials done/running/failed")
     verbose: bool = _switch("also show Tune's live trial tables and Ray's log lines")
