@@ -119,7 +119,7 @@ class MaskedParameters:
                     value.mul_(m)
 
 
-def train_batches_step(
+def train_epoch(
     net: PrunableNet,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     lrs: Iterator[float],

@@ -39,7 +39,7 @@ from ap_core.training import (
     evaluate,
     lr_factor,
     resolve_device,
-    train_batches_step,
+    train_epoch,
 )
 
 CHECKPOINT_FILE = "trial.pt"
@@ -74,7 +74,7 @@ def derived_seed(*parts: int) -> int:
 
 
 @dataclass
-class CycleProgress:
+class EpochFigures:
     """Per-epoch figures of the cycle in progress (checkpointed between epochs)."""
 
     train_loss: list[float] = field(default_factory=list)
@@ -169,7 +169,7 @@ class Trial:
         self.cycle = 0
         self.step = 0
         self.cycle_begun = False
-        self.progress = CycleProgress()
+        self.progress = EpochFigures()
         self._hooks: list[TrainingHook] | None = None
 
     def _build_net(self) -> PrunableNet:
@@ -217,7 +217,7 @@ class Trial:
         """Prune (after cycle 0), rewind per the retraining scheme, and record theta_start."""
         net = self.net
         self.step = 0
-        self.progress = CycleProgress()
+        self.progress = EpochFigures()
         self._hooks = None
         mask = net.mask
         if self.cycle > 0:
@@ -332,7 +332,7 @@ class Trial:
         self.counter.reset()
         self.counter.enabled = True
         try:
-            loss_sum, seen = train_batches_step(
+            loss_sum, seen = train_epoch(
                 self.net, batches, self._learning_rates(first_step), self.use_amp, first_step, hooks
             )
         finally:
@@ -449,7 +449,7 @@ class Trial:
             raise ConfigError(f"checkpoint '{path}' was written with {k}={saved.get(k)!r}, not {current[k]!r}")
         self.cycle, self.step, self.cycle_begun = meta["cycle"], meta["step"], meta["cycle_begun"]
         self.results = [CycleResult.from_dict(r) for r in meta["results"]]
-        self.progress = CycleProgress(**meta["progress"])
+        self.progress = EpochFigures(**meta["progress"])
         self.net.load_state(
             meta["removals"],
             state["model"],

@@ -16,7 +16,7 @@ from ap_core import ArrayDataset, Mask, TrialConfig, build_model, prune
 from ap_core.data import train_batches
 from ap_core.dnr import DeadNeuronCounter
 from ap_core.network import PrunableNet
-from ap_core.training import build_optimizer, train_batches_step
+from ap_core.training import build_optimizer, train_epoch
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -124,10 +124,10 @@ def time_training_steps(
     if channels_last:
         batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
     lrs = iter(lambda: 0.01, None)
-    train_batches_step(net, batches[:1], lrs, use_amp, 0)  # warm-up
+    train_epoch(net, batches[:1], lrs, use_amp, 0)  # warm-up
     synchronize(device)
     started = time.perf_counter()
-    train_batches_step(net, batches[1:], lrs, use_amp, 1)
+    train_epoch(net, batches[1:], lrs, use_amp, 1)
     if counter is not None:
         counter.read()
     synchronize(device)
