@@ -29,6 +29,8 @@ from ap_core.errors import ConfigError, DatasetUnavailableError
 from ap_core.registry import Registry
 
 DIGITS_TEST_SIZE = 360
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 DIGITS_PIXEL_MAX = 16.0
 
 
@@ -209,6 +211,20 @@ def _load_cifar(
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
         splits.append((x, torch.as_tensor(ds.targets, dtype=torch.int64)))
     (x_train, y_train), (x_test, y_test) = splits
+    return cifar_like(x_train, y_train, x_test, y_test, num_classes, name, mean, std)
+
+
+def cifar_like(
+    x_train: Tensor,
+    y_train: Tensor,
+    x_test: Tensor,
+    y_test: Tensor,
+    num_classes: int,
+    name: str,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> ArrayDataset:
+    """uint8 NCHW 32x32 colour images with CIFAR's augmentation (pad-4 crop with black, flips) and statistics."""
     black = tuple(-m / s for m, s in zip(mean, std, strict=True))
     return ArrayDataset(
         x_train,
@@ -254,8 +270,8 @@ def _cifar10(data_dir: Path, download: bool) -> ArrayDataset:
         torchvision.datasets.CIFAR10,
         "cifar-10-batches-py",
         10,
-        (0.4914, 0.4822, 0.4465),
-        (0.2470, 0.2435, 0.2616),
+        CIFAR10_MEAN,
+        CIFAR10_STD,
         data_dir,
         download,
     )

@@ -13,13 +13,11 @@ from collections.abc import Callable, Iterator
 import torch
 
 from ap_core import ArrayDataset, Mask, TrialConfig, build_model, prune
-from ap_core.data import train_batches
+from ap_core.data import CIFAR10_MEAN, CIFAR10_STD, cifar_like, train_batches
 from ap_core.dnr import DeadNeuronCounter
 from ap_core.network import PrunableNet
 from ap_core.training import build_optimizer, train_epoch
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 MASKED_DENSITY = 0.107  # AP's Table 1 end point for ResNet-20 (about 10 cycles at 20%)
 
 
@@ -70,22 +68,7 @@ def cifar_shaped(num_train: int, num_test: int, seed: int = 0) -> ArrayDataset:
         return images, torch.randint(0, 10, (n,), generator=generator)
 
     (x_train, y_train), (x_test, y_test) = draw(num_train), draw(num_test)
-    black = tuple(-m / s for m, s in zip(CIFAR10_MEAN, CIFAR10_STD, strict=True))
-    return ArrayDataset(
-        x_train,
-        y_train,
-        x_test,
-        y_test,
-        10,
-        (3, 32, 32),
-        "cifar_shaped",
-        crop_padding=4,
-        flip=True,
-        pad_value=black,
-        pixel_max=255.0,
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
-    )
+    return cifar_like(x_train, y_train, x_test, y_test, 10, "cifar_shaped", CIFAR10_MEAN, CIFAR10_STD)
 
 
 def pruned_mask(model: torch.nn.Module, density: float) -> Mask:
