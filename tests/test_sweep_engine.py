@@ -123,7 +123,8 @@ def test_catalog_names_planned_and_searched_trials() -> None:
     described = GRID.catalog().describe(point, "abc12_00007")
     assert described.name == "mlp-gp-bs128-lr0.05-ep4-seed2" and described.labels["seed"] == 2
     sampled = expand(hparam_grid.SPEC, "smoke", methods=("GP",), search_mode="optuna", num_samples=2)
-    assert sampled.catalog().describe(point, "abc12_00007").name.endswith("-seed2-n7")  # points may repeat
+    assert sampled.catalog().describe(point, "abc12_00007").name.endswith("-seed2-00007")  # points may repeat
+    assert sampled.catalog().describe(point, "e6da6f37").name.endswith("-seed2-e6da6f37")  # a searcher's trial id
     with pytest.raises(KeyError, match="not part of this sweep"):
         GRID.catalog().describe(point.replace(method="layerwise_magnitude"))
 

@@ -287,7 +287,7 @@ class TrialCatalog:
         point = {k: getattr(config, k) for k in self._axes}
         name = "-".join([group.stem, *_point_tags(point), f"seed{config.seed}"])
         if trial_id and self._numbered:
-            name += f"-n{int(trial_id.rpartition('_')[2])}"
+            name += f"-{trial_id.rpartition('_')[2]}"  # Tune's trial number, or a searcher's trial id
         return PlannedTrial(name, group.key, _copy({**group.labels, "seed": config.seed}), config)
 
 

@@ -19,7 +19,7 @@ from ray import tune
 from ray.tune import ResultGrid
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import BasicVariantGenerator, Repeater, Searcher
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater, Searcher
 
 from sweeps.engine.options import SearchOptions, SweepOptions
 from sweeps.engine.progress import OverallProgress
@@ -88,7 +88,11 @@ def _tuner(
     if plan.search is None:
         trials = plan.trials_of(group)
         constants, points = split_settings([t.config.experiment_settings() for t in trials])
-        param_space, search_alg, num_samples = constants, PlannedTrials(points), len(points)
+        # Tune keeps one trial pending behind a custom searcher unless a ConcurrencyLimiter says how many may run:
+        # this one hands out a fixed plan, so as many as the resources allow (or --max-concurrent).
+        limit = options.max_concurrent or len(points)
+        search_alg = ConcurrencyLimiter(PlannedTrials(points), max_concurrent=limit)
+        param_space, num_samples = constants, len(points)
         cycles = [t.config.cycles + 1 for t in trials]
     else:
         assert search is not None
@@ -110,7 +114,7 @@ def _tuner(
             scheduler=_scheduler(search, max(cycles)) if searching else None,
             metric=SEARCH_METRIC if searching else None,
             mode="max" if searching else None,
-            max_concurrent_trials=options.max_concurrent or None,
+            max_concurrent_trials=(options.max_concurrent or None) if plan.search is not None else None,
             reuse_actors=True,  # a worker that finished one trial starts the next: torch stays imported
             trial_name_creator=TrialNamer(catalog),
             trial_dirname_creator=TrialNamer(catalog, with_id=True),
