@@ -211,7 +211,9 @@ def healthy() -> bool:
                 return response.status == 200
         except OSError:
             return False
-    if role == "head":
+    if role == "head":  # `ray start` finished (it writes the address file last) and the GCS answers
+        if not Path("/tmp/ray/ray_current_cluster").exists():
+            return False
         with socket.socket() as sock:
             return sock.connect_ex(("127.0.0.1", RAY_PORT)) == 0
     if role == "worker":  # the node's raylet is alive
