@@ -190,6 +190,14 @@ def ensure_base_image() -> str:
     return tag
 
 
+def probe_containers(base: str) -> None:
+    """The engine can run a container at all (cgroups, namespaces, networking); if not, it cannot run here."""
+    done = run(["docker", "run", "--rm", base, "true"], timeout_s=120, check=False)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1][-300:]
+        raise EngineUnavailable(f"dockerd runs but cannot start a container: {reason}")
+
+
 def pip_ca_bundle() -> str | None:
     """The CA bundle this host's pip trusts (a TLS-inspecting proxy's CA), handed to builds as a BuildKit secret."""
     for name in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
@@ -304,9 +312,15 @@ def wait_for_nodes(cluster: Cluster, count: int, timeout_s: float = 240) -> None
     """Wait until `count` Ray nodes are alive; more than that fails (a refused peer must not have joined)."""
     code = (
         "import ray, sys, time\n"
-        "ray.init(address='auto', logging_level='ERROR')\n"
-        "alive = lambda: sum(n['Alive'] for n in ray.nodes())\n"
         f"deadline = time.monotonic() + {timeout_s}\n"
+        "while True:\n"
+        "    try:\n"
+        "        ray.init(address='auto', logging_level='ERROR')\n"
+        "        break\n"
+        "    except ConnectionError:\n"
+        "        if time.monotonic() > deadline: raise\n"
+        "        time.sleep(2)\n"
+        "alive = lambda: sum(n['Alive'] for n in ray.nodes())\n"
         f"while alive() < {count} and time.monotonic() < deadline:\n"
         "    time.sleep(1)\n"
         f"sys.exit(0 if alive() == {count} else f'{{alive()}} Ray nodes alive, expected {count}')\n"
@@ -489,11 +503,29 @@ def check_tune_results(rows: list[dict], worker_ips: dict[str, str], interrupted
     return per_worker
 
 
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables for a block (the MLflow client reads its login from them), then restore them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def check_mlflow(cluster: Cluster, interrupted_trial: str) -> int:
     """One FINISHED child run per trial, each with cycles 0..N logged once; the interrupted one records 2 attempts."""
-    os.environ.update(
-        {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": cluster.secret("mlflow_admin_password")}
-    )
+    login = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": cluster.secret("mlflow_admin_password")}
+    with environment(**login, MLFLOW_DISABLE_TELEMETRY="true"):
+        return mlflow_child_runs(cluster, interrupted_trial)
+
+
+def mlflow_child_runs(cluster: Cluster, interrupted_trial: str) -> int:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"http://127.0.0.1:{cluster.mlflow_port}")
@@ -532,6 +564,7 @@ def check_cluster() -> dict:
     docker = buildkit_docker()
     timings["engine_s"] = round(time.monotonic() - started)
     base = ensure_base_image()
+    probe_containers(base)
     build_image(docker, "docker/Dockerfile", APP_IMAGE, base)
     build_image(docker, "tests/cluster/services.Dockerfile", SERVICES_IMAGE, base)
     timings["images_s"] = round(time.monotonic() - started - timings["engine_s"])
