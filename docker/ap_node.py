@@ -64,9 +64,8 @@ def require_ray_token() -> None:
     os.environ["RAY_AUTH_MODE"] = "token"
     if os.environ.get("RAY_AUTH_TOKEN"):
         return
-    path = os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(SECRETS / "ray_auth_token"))
+    os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(SECRETS / "ray_auth_token"))
     secret("ray_auth_token", "RAY_AUTH_TOKEN_PATH")
-    os.environ["RAY_AUTH_TOKEN_PATH"] = path
 
 
 def write_mlflow_credentials() -> None:
