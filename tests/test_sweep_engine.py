@@ -5,24 +5,38 @@ Nothing here starts Ray; the trial logger writes to a real (SQLite) MLflow store
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from ray.tune import Result
 from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
 
 from sweeps import hparam_grid, table1
 from sweeps.engine import tracking
 from sweeps.engine.options import SearchOptions, SweepError, SweepOptions
-from sweeps.engine.report import best_points
+from sweeps.engine.report import best_points, trial_outcome
 from sweeps.engine.spec import expand
-from sweeps.engine.sweep_state import STATE_FILE, SweepState, experiment_paths, read_state
-from sweeps.engine.trial_logger import MlflowTrialLogger
+from sweeps.engine.sweep_state import (
+    STATE_FILE,
+    SweepState,
+    experiment_paths,
+    lock_sweep_dir,
+    new_stamp,
+    read_state,
+    state_to_continue,
+)
+from sweeps.engine.trial_logger import MlflowTrialLogger, sync_with_tune
 from sweeps.engine.tune_runner import PlannedTrials, TrialNamer, search_setup, split_settings
 from trainables.pruning_trial import REPEAT_INDEX, trial_config
 
+REPO = Path(__file__).resolve().parent.parent
 SMOKE = expand(table1.SPEC, "smoke")
 GRID = expand(hparam_grid.SPEC, "smoke", methods=("GP",), seeds=2)
 
@@ -33,16 +47,60 @@ GRID = expand(hparam_grid.SPEC, "smoke", methods=("GP",), seeds=2)
 def test_state_round_trips_and_refuses_what_cannot_be_resumed(tmp_path: Path) -> None:
     state = SweepState("s", SMOKE.fingerprint(), "sqlite:///x.db", "1", "abc", {"": "/r/s-1"})
     state.write(tmp_path)
-    assert read_state(tmp_path, SMOKE) == state
-    assert read_state(tmp_path / "elsewhere", SMOKE) is None
-    with pytest.raises(SweepError, match="trials changed"):
-        read_state(tmp_path, expand(table1.SPEC, "smoke", overrides={"lr": 0.5}))
+    assert read_state(tmp_path) == state
+    assert read_state(tmp_path / "elsewhere") is None
     (tmp_path / STATE_FILE).write_text("{not json")
     with pytest.raises(SweepError, match="not valid JSON"):
-        read_state(tmp_path, SMOKE)
+        read_state(tmp_path)
     (tmp_path / STATE_FILE).write_text("[]")
     with pytest.raises(SweepError, match="not a sweep state file"):
-        read_state(tmp_path, SMOKE)
+        read_state(tmp_path)
+    (tmp_path / STATE_FILE).write_bytes(b"\xff\xfe{}")
+    with pytest.raises(SweepError, match="not UTF-8"):
+        read_state(tmp_path)
+    (tmp_path / STATE_FILE).unlink()
+    (tmp_path / STATE_FILE).mkdir()
+    with pytest.raises(SweepError, match="cannot be read"):
+        read_state(tmp_path)
+
+
+def test_same_protocol_continues_another_is_refused_and_resume_needs_a_sweep(tmp_path: Path) -> None:
+    changed = expand(table1.SPEC, "smoke", overrides={"lr": 0.5})
+    with pytest.raises(SweepError, match=r"nothing to resume: no sweep\.json in .*table1-typo"):
+        state_to_continue(tmp_path / "table1-typo", SMOKE, resume=True, overwrite=False)
+    assert state_to_continue(tmp_path / "new", SMOKE, resume=False, overwrite=False) is None
+    state = SweepState("s", SMOKE.fingerprint(), "", "", "", {"": "/r/s-1"})
+    state.write(tmp_path)
+    assert state_to_continue(tmp_path, SMOKE, resume=False, overwrite=False) == state  # same protocol: continued
+    assert state_to_continue(tmp_path, SMOKE, resume=True, overwrite=False) == state
+    assert state_to_continue(tmp_path, SMOKE, resume=False, overwrite=True) is None
+    with pytest.raises(SweepError, match="trials changed"):
+        state_to_continue(tmp_path, changed, resume=True, overwrite=False)
+    with pytest.raises(SweepError, match=r"other settings.*--overwrite"):
+        state_to_continue(tmp_path, changed, resume=False, overwrite=False)
+    assert state_to_continue(tmp_path, changed, resume=False, overwrite=True) is None
+    with pytest.raises(SweepError, match="pass one of them"):
+        state_to_continue(tmp_path, SMOKE, resume=True, overwrite=True)
+
+
+def test_a_sweep_folder_is_claimed_by_one_driver_at_a_time(tmp_path: Path) -> None:
+    script = (
+        "import sys, time; from pathlib import Path; from sweeps.engine.sweep_state import lock_sweep_dir\n"
+        "with lock_sweep_dir(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "s")], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(SweepError, match="already running in another process"):
+            lock_sweep_dir(tmp_path / "s")
+    finally:
+        holder.kill()
+        holder.wait()
+    with lock_sweep_dir(tmp_path / "s"):  # free again once the holder is gone
+        pass
+    assert new_stamp() != new_stamp()
 
 
 def test_a_resumed_sweep_keeps_its_experiment_folders_and_a_new_one_gets_stamped_ones() -> None:
@@ -198,3 +256,49 @@ def test_trial_logger_writes_one_child_run_per_trial_and_skips_steps_it_has(tmp_
     assert run.data.tags["early_stopped"] == "true"  # ended after cycle 1 of 16
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"cycles.csv", "mask_summary.csv", "plots"} <= artifacts
+
+
+def test_trial_logger_pauses_within_seconds_when_mlflow_is_gone(capsys: pytest.CaptureFixture[str]) -> None:
+    tracking.bound_client_waits()
+    with socket.socket() as sock:  # a port nothing listens on: the server went away
+        sock.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    parent = tracking.ParentRun(gone, "1", "parentid")
+    trial = SMOKE.by_name()["mlp-gp-ap-seed1"]
+    tune_trial = Trial("train_trial", config=trial.config.experiment_settings(), trial_id="abc12_00000", stub=True)
+    logger = MlflowTrialLogger(parent, SMOKE.catalog(), {"sweep": "unit"})
+    started = time.monotonic()
+    for cycle in range(3):
+        logger.on_trial_result(0, [], tune_trial, {"cycle": cycle, "test_acc": 50.0, "weights_remaining": 100.0})
+    logger.on_trial_complete(0, [], tune_trial)
+    assert time.monotonic() - started < 30  # MLflow's defaults retry for minutes per call
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and gone in warnings[0] and "training goes on" in warnings[0]
+
+
+def test_sync_with_tune_logs_exactly_the_missing_cycles_and_closes_the_run(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.start_parent_run(uri, "unit", None, "unit parent", {"sweep": "unit"}, {"preset": "smoke"})
+    trial = SMOKE.by_name()["mlp-gp-ap-seed1"]
+    settings = trial.config.experiment_settings()
+    tune_trial = Trial("train_trial", config=settings, trial_id="abc12_00000", stub=True)
+    rows = [{"cycle": c, "test_acc": 50.0 + c, "weights_remaining": 100.0 * 0.8**c, "dnr": 0.1} for c in range(3)]
+    MlflowTrialLogger(parent, SMOKE.catalog(), {}).on_trial_result(0, [], tune_trial, rows[0])  # then MLflow went away
+
+    last = {**rows[-1], "done": True, "trial_id": "abc12_00000", "config": settings}
+    history = pd.DataFrame([{**r, "done": False, "config/lr": settings["lr"]} for r in rows])
+    result = Result(metrics=last, checkpoint=None, error=None, path=str(tmp_path), metrics_dataframe=history)
+    assert sync_with_tune(parent, SMOKE.catalog(), {}, [[result]]) == ""
+    assert sync_with_tune(parent, SMOKE.catalog(), {}, [[result]]) == ""  # a second sync adds nothing
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs(
+        [parent.experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent.run_id}'"
+    )
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc")) == [0, 1, 2]
+    assert "config/lr" not in run.data.metrics
+    assert "cycles.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    interrupted = Result(metrics={**last, "done": False}, checkpoint=None, error=None, path=str(tmp_path))
+    assert trial_outcome(interrupted) == "unfinished" and trial_outcome(result) == "FINISHED"

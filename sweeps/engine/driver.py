@@ -9,21 +9,30 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
 from ap_core import load_dataset
 from ap_core.config import RUNTIME_FIELDS
 from ap_core.errors import ConfigError
+from sweeps.engine import preflight
 from sweeps.engine.console import print_choices, print_plan
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import ParsedArgs, SweepError, flat_options, parse_args
 from sweeps.engine.spec import SweepPlan, SweepSpec, expand
-from sweeps.engine.sweep_state import SweepState, experiment_paths, read_state
+from sweeps.engine.sweep_state import (
+    STATE_FILE,
+    SweepState,
+    experiment_paths,
+    lock_sweep_dir,
+    new_stamp,
+    state_to_continue,
+)
 
 EXIT_INPUT_ERROR = 2
 EXIT_TRIALS_FAILED = 1
+EXIT_LOGGING_INCOMPLETE = 3
 EXIT_INTERRUPTED = 130
+RESUME_HINT = "rerun the same command with --resume to continue"
 
 
 def main(spec: SweepSpec, argv: Sequence[str] | None = None) -> None:
@@ -33,6 +42,9 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None) -> None:
     except (ConfigError, SweepError) as err:
         print(f"error: {err}", file=sys.stderr)
         code = EXIT_INPUT_ERROR
+    except KeyboardInterrupt:  # outside Tune's own handling (setting up, writing the table): no traceback
+        print(f"interrupted; {RESUME_HINT}", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     sys.exit(code)
 
 
@@ -76,27 +88,71 @@ def plan_sweep(spec: SweepSpec, args: ParsedArgs) -> SweepPlan:
 
 
 def execute(plan: SweepPlan, args: ParsedArgs) -> int:
-    """Run the planned sweep: state, parent run, Tune, table; returns the exit status."""
-    from sweeps.engine import report, tracking, tune_runner  # Ray and MLflow: only for a sweep that runs
+    """Run the planned sweep: checks, state, parent run, Tune, table; returns the exit status.
+
+    Every check that can refuse the sweep (paths, tracking store, earlier state, data, the Ray cluster and its
+    resources) runs before the first write, so a refusal leaves nothing behind.
+    """
+    import ray
+
+    from sweeps.engine import tracking, tune_runner  # Ray and MLflow: only for a sweep that runs
 
     options = args.options
-    name = options.name or f"{plan.spec.name}-{plan.preset_name}"
+    fingerprint = plan.fingerprint()
+    # A sweep's identity is its protocol: another setting gets another folder and MLflow experiment.
+    name = options.name or f"{plan.spec.name}-{plan.preset_name}-{fingerprint[:8]}"
     results_dir = Path(options.results_dir).resolve()
     sweep_dir = results_dir / name
-    storage = options.storage or str(results_dir / "ray")
-    storage = storage if "://" in storage else str(Path(storage).resolve())  # Tune wants absolute paths
-    state = read_state(sweep_dir, plan) if options.resume else None
-    if options.resume and state is None:
-        print(f"nothing to resume in {sweep_dir}; starting sweep {name} afresh")
+    preflight.check_writable_dir(results_dir, "--results-dir")
+    if args.search and args.search.output:
+        preflight.check_writable_file(Path(args.search.output), "--output")
+    storage = preflight.resolve_storage(options.storage, results_dir)
+    state = state_to_continue(sweep_dir, plan, options.resume, options.overwrite)
+    if state is not None and not options.resume:
+        print(f"continuing sweep {name} (same protocol, found {sweep_dir / STATE_FILE}); --overwrite starts it over")
     local_store = f"sqlite:///{results_dir / 'mlflow.db'}"  # MLflow's own default backend, in the results folder
     tracking_uri = tracking.choose_tracking_uri(options, state.tracking_uri if state else None, local_store)
+    tracking.bound_client_waits()
     if tracking_uri:
         tracking.check_tracking_uri(tracking_uri)
+    if state is not None and state.parent_run_id:
+        tracking.check_parent_run(tracking_uri, state.parent_run_id, sweep_dir / STATE_FILE)
     runtime = runtime_settings(plan)
     datasets = load_datasets(plan)  # missing data fails here, before anything starts
 
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    sweep_tags = {"sweep": name, "table": plan.spec.name, "preset": plan.preset_name, **tracking.code_version()}
+    try:
+        tune_runner.connect(options)
+        with lock_sweep_dir(sweep_dir):
+            return run_on_ray(plan, args, name, sweep_dir, storage, tracking_uri, local_store, state, datasets, runtime)
+    finally:
+        ray.shutdown()
+
+
+def run_on_ray(
+    plan: SweepPlan,
+    args: ParsedArgs,
+    name: str,
+    sweep_dir: Path,
+    storage: str,
+    tracking_uri: str,
+    local_store: str,
+    state: SweepState | None,
+    datasets: dict[str, object],
+    runtime: dict[str, object],
+) -> int:
+    """Open the parent run, write the state, run Tune, bring MLflow level with Tune, write the table."""
+    from sweeps.engine import report, tracking, tune_runner
+    from sweeps.engine.trial_logger import sync_with_tune
+
+    options = args.options
+    fingerprint = plan.fingerprint()
+    sweep_tags = {
+        "sweep": name,
+        "table": plan.spec.name,
+        "preset": plan.preset_name,
+        "protocol": fingerprint,
+        **tracking.code_version(),
+    }
     description = plan.spec.presets[plan.preset_name].description
     parent = tracking.open_parent_run(
         tracking_uri,
@@ -106,13 +162,12 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
         tags={**sweep_tags, "sweep.role": "parent", "mlflow.note.content": f"{plan.spec.title}: {description}"},
         params={**flat_options(args), "trials": str(plan.trial_count), "preset": plan.preset_name},
         # The embedded store keeps artifacts next to it; a server decides for itself.
-        artifact_location=(results_dir / "mlartifacts" / name).as_uri() if tracking_uri == local_store else None,
+        artifact_location=(sweep_dir.parent / "mlartifacts" / name).as_uri() if tracking_uri == local_store else None,
     )
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    experiments = experiment_paths(plan, storage, name, stamp, state.experiments if state else {})
+    experiments = experiment_paths(plan, storage, name, new_stamp(), state.experiments if state else {})
     SweepState(
         name,
-        plan.fingerprint(),
+        fingerprint,
         tracking_uri,
         parent.experiment_id if parent else "",
         parent.run_id if parent else "",
@@ -122,17 +177,24 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
     status, artifacts, summary = "FAILED", [], {}
     try:
         grids = tune_runner.run_experiments(
-            plan, options, args.search, parent, datasets, experiments, runtime, sweep_tags
+            plan, options, args.search, parent, datasets, experiments, runtime, sweep_tags, state is not None
         )
         rows, failed, unfinished = report.collect(grids, plan)
-        if parent is not None and not unfinished:
-            tracking.close_dangling_child_runs(parent, set(failed))
+        not_logged = sync_with_tune(parent, plan.catalog(), sweep_tags, grids) if parent is not None else ""
         output = Path(args.search.output) if args.search and args.search.output else None
         artifacts, summary = report.write_report(rows, plan, sweep_dir, name, output)
         if unfinished:
             status = "KILLED"
-            print(f"interrupted with {unfinished} trial(s) unfinished; rerun the same command with --resume")
+            print(f"interrupted with {unfinished} trial(s) unfinished; {RESUME_HINT}", file=sys.stderr)
             return EXIT_INTERRUPTED
+        if not_logged:
+            status = "KILLED"
+            print(
+                f"every trial ended, but MLflow at {tracking_uri} could not be reached to log them all "
+                f"({not_logged}); once it answers again, {RESUME_HINT} (it logs what is missing)",
+                file=sys.stderr,
+            )
+            return EXIT_LOGGING_INCOMPLETE
         status = "FINISHED"
         if failed:
             print(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from ray.tune import ResultGrid
+from ray.tune import Result, ResultGrid
 
 from sweeps.engine import plots
 from sweeps.engine.hparams_file import Hparams, write_hparams
@@ -34,14 +34,17 @@ def collect(grids: list[ResultGrid], plan: SweepPlan) -> tuple[pd.DataFrame, lis
     axes = list(plan.search.axes) if plan.search else []
     frames, failed = [], []
     # Trials of groups never started (the sweep was interrupted before them) count as unfinished too.
-    unfinished = plan.trial_count - sum(grid.num_terminated + grid.num_errors for grid in grids)
+    unfinished = plan.trial_count - sum(len(grid) for grid in grids)
     for grid in grids:
         for result in grid:
+            outcome = trial_outcome(result)
+            if outcome == "unfinished":
+                unfinished += 1
             if result.config is None:  # never started before Ctrl-C
                 continue
             config = trial_config(result.config)
             trial = catalog.describe(config, str((result.metrics or {}).get("trial_id", "")))
-            if result.error is not None:
+            if outcome == "FAILED":
                 failed.append(trial.name)
                 continue
             history = result.metrics_dataframe
@@ -59,6 +62,16 @@ def collect(grids: list[ResultGrid], plan: SweepPlan) -> tuple[pd.DataFrame, lis
     if not rows.empty:
         rows["level"] = rows["weights_remaining"].round(1)
     return rows, sorted(failed), unfinished
+
+
+def trial_outcome(result: Result) -> str:
+    """FAILED, FINISHED (it ran to its end, or a scheduler stopped it) or unfinished (Ctrl-C, kill, not started).
+
+    Judged from the trial's last result, not Tune's status: after Ctrl-C, Tune marks interrupted trials TERMINATED.
+    """
+    if result.error is not None:
+        return "FAILED"
+    return "FINISHED" if (result.metrics or {}).get("done") else "unfinished"
 
 
 def write_report(
