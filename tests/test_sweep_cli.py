@@ -251,6 +251,10 @@ REFUSED_SETUPS = {
     # #10.11: storage and results folder
     "storage under a file": (["--storage", "{tmp}/afile/sub"], "afile/sub"),
     "storage of an unknown scheme": (["--storage", "foo://"], "foo://"),
+    "unreachable s3 storage": (
+        ["--storage", "s3://ap-sweeps-no-such-bucket-zz/x"],
+        "s3://ap-sweeps-no-such-bucket-zz/x",
+    ),
     "unwritable results folder": (["--results-dir", "/proc/nope"], "/proc/nope"),
     "results folder under a file": (["--results-dir", "{tmp}/afile/r"], "afile"),
     # #10.9: a mistyped name must not start a whole new sweep
@@ -346,3 +350,29 @@ def test_a_name_holding_another_protocol_is_refused_without_overwrite(
     err = capsys.readouterr().err.strip()
     assert "other settings" in err and "--overwrite" in err and "mine" in err and "\n" not in err
     assert state.read_text() == before and sorted(p.name for p in state.parent.iterdir()) == ["sweep.json"]
+
+
+def test_an_unwritable_search_output_is_refused_before_the_search(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(hparam_grid.SPEC, ["--output", "/proc/nope/best.json", "--results-dir", str(tmp_path / "results")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --output") and "/proc/nope" in err and "\n" not in err
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("flag", ["--json", "--checkpoint-dir"])
+def test_ap_trial_refuses_an_unwritable_output_before_training(
+    flag: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from ap_core import cli
+
+    (tmp_path / "afile").write_text("a file, not a folder")
+    target = str(tmp_path / "afile" / "out")
+    started = time.monotonic()
+    code = cli.main(["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--cycles", "1", flag, target])
+    assert code == 2 and time.monotonic() - started < 5  # before any training
+    err = capsys.readouterr()
+    assert err.err.strip().startswith(f"error: {flag}") and target in err.err and "cycle" not in err.out

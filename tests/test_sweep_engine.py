@@ -302,3 +302,34 @@ def test_sync_with_tune_logs_exactly_the_missing_cycles_and_closes_the_run(tmp_p
 
     interrupted = Result(metrics={**last, "done": False}, checkpoint=None, error=None, path=str(tmp_path))
     assert trial_outcome(interrupted) == "unfinished" and trial_outcome(result) == "FINISHED"
+
+
+@pytest.mark.integration  # two processes creating MLflow's schema: a minute or more on a loaded machine
+def test_two_sweeps_creating_one_sqlite_store_at_once_both_succeed(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    go = tmp_path / "go"
+    # Each imports MLflow first, then waits for the same moment to create its experiment in the new store.
+    script = (
+        "import sys, time; from pathlib import Path; from sweeps.engine import tracking\n"
+        "print('ready', flush=True)\n"
+        "while not Path(sys.argv[3]).exists(): time.sleep(0.01)\n"
+        "tracking.open_parent_run(sys.argv[1], '', '', sys.argv[2], {}, {}, None)"
+    )
+    sweeps = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, uri, f"sweep{index}", str(go)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    for sweep in sweeps:
+        assert sweep.stdout is not None and sweep.stdout.readline().strip() == "ready"
+    go.touch()
+    errors = [sweep.communicate(timeout=300)[1] for sweep in sweeps]
+    assert [sweep.returncode for sweep in sweeps] == [0, 0], errors
+    client = MlflowClient(uri)
+    for name in ("sweep0", "sweep1"):
+        assert len(client.search_runs([client.get_experiment_by_name(name).experiment_id])) == 1

@@ -14,6 +14,7 @@ from pathlib import Path
 from ap_core import load_dataset
 from ap_core.config import RUNTIME_FIELDS
 from ap_core.errors import ConfigError
+from ap_core.paths import check_writable_dir, check_writable_file
 from sweeps.engine import preflight
 from sweeps.engine.console import print_choices, print_plan
 from sweeps.engine.hparams_file import load_hparams
@@ -103,9 +104,9 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
     name = options.name or f"{plan.spec.name}-{plan.preset_name}-{fingerprint[:8]}"
     results_dir = Path(options.results_dir).resolve()
     sweep_dir = results_dir / name
-    preflight.check_writable_dir(results_dir, "--results-dir")
+    check_writable_dir(results_dir, "--results-dir")
     if args.search and args.search.output:
-        preflight.check_writable_file(Path(args.search.output), "--output")
+        check_writable_file(Path(args.search.output), "--output")
     storage = preflight.resolve_storage(options.storage, results_dir)
     state = state_to_continue(sweep_dir, plan, options.resume, options.overwrite)
     if state is not None and not options.resume:

@@ -1,4 +1,4 @@
-"""Checks a sweep runs before it writes anything: folders it will write, Tune storage, the Ray cluster and its room.
+"""Checks a sweep runs before it writes anything: Tune storage, the Ray cluster and the room it has for a trial.
 
 Each failure is a one-line `SweepError` naming the value and what would work, so a mistyped path or an impossible
 resource request ends in seconds with exit 2 instead of a traceback after the results folder was written, or a
@@ -9,35 +9,13 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ap_core.paths import check_writable_dir
 from sweeps.engine.options import SweepError
 
 RAY_CONNECT_TIMEOUT_S = 10.0
-
-
-def check_writable_dir(path: Path, flag: str) -> None:
-    """Refuse a folder that cannot be created or written, without leaving anything behind in it."""
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise SweepError(f"{flag} {str(path)!r} cannot be created: {str(existing)!r} is a file, not a folder")
-    try:
-        tempfile.TemporaryDirectory(dir=existing).cleanup()
-    except OSError as err:
-        raise SweepError(
-            f"{flag} {str(path)!r} is not writable ({err.strerror or err}); pick a writable folder"
-        ) from None
-
-
-def check_writable_file(path: Path, flag: str) -> None:
-    """Refuse an output file whose folder cannot be written, before the work whose result it will hold."""
-    if path.is_dir():
-        raise SweepError(f"{flag} {str(path)!r} is a folder; give a file path")
-    check_writable_dir(path.parent, flag)
 
 
 def resolve_storage(storage: str, results_dir: Path) -> str:

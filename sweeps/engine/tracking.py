@@ -25,6 +25,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ap_core.paths import check_writable_dir
 from sweeps.engine.options import SweepError, SweepOptions
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -70,8 +71,6 @@ def check_tracking_uri(uri: str) -> None:
             "a database URI (postgresql://...) or leave out --tracking-uri for SQLite in the results folder"
         )
     if scheme == "sqlite":
-        from sweeps.engine.preflight import check_writable_dir
-
         database = uri.removeprefix("sqlite:///")
         if database and database != ":memory:":
             check_writable_dir(Path(database).parent, f"the folder of tracking URI {uri!r}:")
