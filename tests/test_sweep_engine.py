@@ -5,6 +5,7 @@ Nothing here starts Ray; the trial logger writes to a real (SQLite) MLflow store
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from ray.tune.search import Searcher
 from sweeps import hparam_grid, table1
 from sweeps.engine import tracking
 from sweeps.engine.options import SearchOptions, SweepError, SweepOptions
-from sweeps.engine.report import best_points, trial_outcome
+from sweeps.engine.report import best_points, trial_outcomes
 from sweeps.engine.spec import expand
 from sweeps.engine.sweep_state import (
     STATE_FILE,
@@ -288,8 +289,8 @@ def test_sync_with_tune_logs_exactly_the_missing_cycles_and_closes_the_run(tmp_p
     last = {**rows[-1], "done": True, "trial_id": "abc12_00000", "config": settings}
     history = pd.DataFrame([{**r, "done": False, "config/lr": settings["lr"]} for r in rows])
     result = Result(metrics=last, checkpoint=None, error=None, path=str(tmp_path), metrics_dataframe=history)
-    assert sync_with_tune(parent, SMOKE.catalog(), {}, [[result]]) == ""
-    assert sync_with_tune(parent, SMOKE.catalog(), {}, [[result]]) == ""  # a second sync adds nothing
+    assert sync_with_tune(parent, SMOKE.catalog(), {}, [(result, "FINISHED")]) == ""
+    assert sync_with_tune(parent, SMOKE.catalog(), {}, [(result, "FINISHED")]) == ""  # a second sync adds nothing
 
     client = MlflowClient(uri)
     (run,) = client.search_runs(
@@ -300,8 +301,20 @@ def test_sync_with_tune_logs_exactly_the_missing_cycles_and_closes_the_run(tmp_p
     assert "config/lr" not in run.data.metrics
     assert "cycles.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
-    interrupted = Result(metrics={**last, "done": False}, checkpoint=None, error=None, path=str(tmp_path))
-    assert trial_outcome(interrupted) == "unfinished" and trial_outcome(result) == "FINISHED"
+
+def test_a_trial_is_finished_when_tunes_saved_state_says_so_not_its_status_after_ctrl_c(tmp_path: Path) -> None:
+    settings = SMOKE.trials[0].config.experiment_settings()
+    # Tune saved this state before its Ctrl-C clean-up marked the running trial TERMINATED in memory.
+    saved = {"b": "TERMINATED", "r": "RUNNING", "p": "PENDING", "e": "ERROR"}
+    trials = [[json.dumps({"trial_id": tid, "status": status}), "{}"] for tid, status in saved.items()]
+    (tmp_path / "experiment_state-2026-11-22_10-00-00.json").write_text(json.dumps({"trial_data": []}))
+    (tmp_path / "experiment_state-2026-11-22_10-00-05.json").write_text(json.dumps({"trial_data": trials}))
+    results = [
+        Result(metrics={"trial_id": tid, "config": settings, "done": False}, checkpoint=None, error=None, path="")
+        for tid in [*saved, "never-saved"]
+    ]
+    outcomes = [outcome for _, outcome in trial_outcomes(results, str(tmp_path))]
+    assert outcomes == ["FINISHED", "unfinished", "unfinished", "FAILED", "unfinished"]
 
 
 @pytest.mark.integration  # two processes creating MLflow's schema: a minute or more on a loaded machine

@@ -180,8 +180,9 @@ def run_on_ray(
         grids = tune_runner.run_experiments(
             plan, options, args.search, parent, datasets, experiments, runtime, sweep_tags, state is not None
         )
-        rows, failed, unfinished = report.collect(grids, plan)
-        not_logged = sync_with_tune(parent, plan.catalog(), sweep_tags, grids) if parent is not None else ""
+        outcomes = [outcome for grid in grids for outcome in report.trial_outcomes(grid, grid.experiment_path)]
+        rows, failed, unfinished = report.collect(outcomes, plan)
+        not_logged = sync_with_tune(parent, plan.catalog(), sweep_tags, outcomes) if parent is not None else ""
         output = Path(args.search.output) if args.search and args.search.output else None
         artifacts, summary = report.write_report(rows, plan, sweep_dir, name, output)
         if unfinished:

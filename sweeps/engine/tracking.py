@@ -9,6 +9,7 @@ import fcntl
 import http.client
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -201,9 +202,13 @@ def finish_parent_run(parent: ParentRun, status: str, artifacts: list[Path], met
 
 
 def short_error(err: BaseException) -> str:
-    """The first line of an error, at most 200 characters: MLflow's connection errors span many lines."""
+    """One line of at most 200 characters: MLflow's connection errors nest urllib3's whole retry story."""
     text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+    line = text.splitlines()[0] if text else type(err).__name__
+    reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if reason and " failed with exception " in line:
+        line = f"{line.split(' failed with exception ')[0]} failed: {reason.group(1)}"
+    return line[:200]
 
 
 def code_version() -> dict[str, str]:

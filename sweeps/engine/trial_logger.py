@@ -24,12 +24,12 @@ from typing import Any
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from ray.tune import Callback, Result, ResultGrid
+from ray.tune import Callback, Result
 from ray.tune.experiment import Trial
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from sweeps.engine import plots
-from sweeps.engine.report import trial_outcome
+from sweeps.engine.report import Outcome
 from sweeps.engine.spec import PlannedTrial, TrialCatalog
 from sweeps.engine.tracking import PARENT_TAG, TRACKING_ERRORS, ParentRun, now_ms, short_error
 from trainables.pruning_trial import trial_config
@@ -93,7 +93,7 @@ class MlflowTrialLogger(Callback):
 
     # ---- after Tune -------------------------------------------------------------------------------------------
 
-    def sync_trial(self, result: Result) -> None:
+    def sync_trial(self, result: Result, outcome: str) -> None:
         """Log the cycles of a trial that MLflow lacks, from Tune's own record, and give its run its final status.
 
         Raises what the client raises when MLflow cannot be reached.
@@ -112,7 +112,6 @@ class MlflowTrialLogger(Callback):
                 if int(record["cycle"]) not in logged:
                     self._log_batch(run_id, _step_entries(record, row.get("removal_events"), now_ms()), [])
             cycles = pd.DataFrame([{**r, "cycle": int(r["cycle"])} for r in records])
-        outcome = trial_outcome(result)
         if outcome == "unfinished":
             if status == "RUNNING":
                 self.client.set_terminated(run_id, "KILLED")  # --resume sets it running again
@@ -233,15 +232,14 @@ class MlflowTrialLogger(Callback):
 
 
 def sync_with_tune(
-    parent: ParentRun, catalog: TrialCatalog, sweep_tags: dict[str, str], grids: list[ResultGrid]
+    parent: ParentRun, catalog: TrialCatalog, sweep_tags: dict[str, str], outcomes: list[Outcome]
 ) -> str:
     """Bring MLflow level with Tune's results; returns "" when it is, else why it could not (server away)."""
     logger = MlflowTrialLogger(parent, catalog, sweep_tags)
     try:
-        for grid in grids:
-            for result in grid:
-                if result.config is not None:  # a trial that never started has nothing to log
-                    logger.sync_trial(result)
+        for result, outcome in outcomes:
+            if result.config is not None:  # a trial that never started has nothing to log
+                logger.sync_trial(result, outcome)
     except TRACKING_ERRORS as err:
         return short_error(err)
     return ""

@@ -24,7 +24,7 @@ from ray.tune.search import BasicVariantGenerator, Repeater, Searcher
 from sweeps.engine import preflight
 from sweeps.engine.options import SearchOptions, SweepError, SweepOptions
 from sweeps.engine.progress import OverallProgress
-from sweeps.engine.report import trial_outcome
+from sweeps.engine.report import trial_outcomes
 from sweeps.engine.spec import SweepPlan, TrialCatalog
 from sweeps.engine.tracking import ParentRun
 from sweeps.engine.trial_logger import MlflowTrialLogger
@@ -65,7 +65,7 @@ def run_experiments(
             tuner = _tuner(plan, group, trainable, catalog, options, search, parent, path, sweep_tags)
             grid = tuner.fit()
         grids.append(grid)
-        if any(trial_outcome(result) == "unfinished" for result in grid):
+        if any(outcome == "unfinished" for _, outcome in trial_outcomes(grid, grid.experiment_path)):
             break  # Tune caught Ctrl-C and returned: do not start the next group
     return grids
 
