@@ -21,6 +21,7 @@ from ray.tune.search import Searcher
 
 from sweeps import hparam_grid, table1
 from sweeps.engine import tracking
+from sweeps.engine.driver import default_name
 from sweeps.engine.options import SearchOptions, SweepError, SweepOptions
 from sweeps.engine.report import best_points, trial_outcomes
 from sweeps.engine.spec import expand
@@ -82,6 +83,17 @@ def test_same_protocol_continues_another_is_refused_and_resume_needs_a_sweep(tmp
     assert state_to_continue(tmp_path, changed, resume=False, overwrite=True) is None
     with pytest.raises(SweepError, match="pass one of them"):
         state_to_continue(tmp_path, SMOKE, resume=True, overwrite=True)
+
+
+def test_a_changed_setting_gets_its_own_folder_and_the_same_protocol_the_same_one() -> None:
+    shorter = expand(table1.SPEC, "smoke", seeds=1, overrides={"epochs": 2, "cycles": 3})
+    assert default_name(SMOKE) == default_name(expand(table1.SPEC, "smoke"))
+    assert default_name(shorter) != default_name(SMOKE)
+    assert default_name(SMOKE).startswith("table1-smoke-")
+    # where a trial runs is not its protocol: --device or --cpu-threads resume the same sweep
+    assert default_name(expand(table1.SPEC, "smoke", overrides={"device": "cpu", "cpu_threads": 1})) == default_name(
+        SMOKE
+    )
 
 
 def test_a_sweep_folder_is_claimed_by_one_driver_at_a_time(tmp_path: Path) -> None:

@@ -99,9 +99,7 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
     from sweeps.engine import tracking, tune_runner  # Ray and MLflow: only for a sweep that runs
 
     options = args.options
-    fingerprint = plan.fingerprint()
-    # A sweep's identity is its protocol: another setting gets another folder and MLflow experiment.
-    name = options.name or f"{plan.spec.name}-{plan.preset_name}-{fingerprint[:8]}"
+    name = options.name or default_name(plan)
     results_dir = Path(options.results_dir).resolve()
     sweep_dir = results_dir / name
     check_writable_dir(results_dir, "--results-dir")
@@ -127,6 +125,11 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
             return run_on_ray(plan, args, name, sweep_dir, storage, tracking_uri, local_store, state, datasets, runtime)
     finally:
         ray.shutdown()
+
+
+def default_name(plan: SweepPlan) -> str:
+    """`<table>-<preset>-<protocol>`: a sweep whose trials compute anything else gets its own folder and experiment."""
+    return f"{plan.spec.name}-{plan.preset_name}-{plan.fingerprint()[:8]}"
 
 
 def run_on_ray(
