@@ -104,14 +104,14 @@ class MlflowTrialLogger(Callback):
             run_id, status = self._create_run(planned, str((result.metrics or {}).get("trial_id", ""))), "RUNNING"
         logged = {m.step for m in self.client.get_metric_history(run_id, "test_acc")}
         history = result.metrics_dataframe
-        cycles = pd.DataFrame()
+        records = []
         if history is not None and not history.empty and "cycle" in history:
-            rows = history.drop_duplicates("cycle", keep="last").sort_values("cycle")
-            records = [_metrics({k: v for k, v in row.items() if _present(v)}) for row in rows.to_dict("records")]
-            for record, row in zip(records, rows.to_dict("records"), strict=True):
+            for row in history.drop_duplicates("cycle", keep="last").sort_values("cycle").to_dict("records"):
+                record = _metrics({k: v for k, v in row.items() if _present(v)})
+                records.append({**record, "cycle": int(record["cycle"])})
                 if int(record["cycle"]) not in logged:
                     self._log_batch(run_id, _step_entries(record, row.get("removal_events"), now_ms()), [])
-            cycles = pd.DataFrame([{**r, "cycle": int(r["cycle"])} for r in records])
+        cycles = pd.DataFrame(records)
         if outcome == "unfinished":
             if status == "RUNNING":
                 self.client.set_terminated(run_id, "KILLED")  # --resume sets it running again
@@ -119,7 +119,7 @@ class MlflowTrialLogger(Callback):
             error = str(result.error) if result.error is not None else None
             self._close(run_id, planned, outcome, cycles, error)
 
-    # ---- helpers ----------------------------------------------------------------------------------------------
+    # ---- logging, paused while MLflow is away ----------------------------------------------------------------
 
     def _unless_paused(self, action: Callable[..., object], *args: Any) -> None:
         """Run a logging action unless MLflow stopped answering; on its first failure, warn once and pause."""
