@@ -107,6 +107,23 @@ def test_ctrl_c_with_trials_waiting_exits_130_and_resume_completes(mlflow_server
     assert_every_cycle_once(client, name, seeds=2)
 
 
+def test_sigterm_stops_like_ctrl_c(mlflow_server: MlflowServer, tmp_path: Path) -> None:
+    name = "sigterm"
+    client = MlflowClient(mlflow_server.uri)
+    sweep = start_sweep(sweep_args(tmp_path, mlflow_server.uri, name, 1), tmp_path / "sweep.log")
+    try:
+        wait_for_a_logged_cycle(client, name, sweep)
+        sweep.terminate()  # SIGTERM to the driver alone, as `kill` or `timeout` send it
+        sweep.wait(timeout=180)
+    finally:
+        stop_process_group(sweep)
+    output = (tmp_path / "sweep.log").read_text()
+    assert sweep.returncode == 130, output[-3000:]
+    assert "--resume" in output and "Traceback" not in output
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    assert runs and not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+
+
 def test_mlflow_server_going_away_mid_sweep_is_survived(tmp_path: Path) -> None:
     root, port, name = tmp_path / "server", free_port(), "outage"
     root.mkdir()

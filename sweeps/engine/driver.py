@@ -7,6 +7,7 @@ runs, so `--help`, `--dry-run`, `--list` and input errors stay fast and start no
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -119,12 +120,18 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
     runtime = runtime_settings(plan)
     datasets = load_datasets(plan)  # missing data fails here, before anything starts
 
+    previous = signal.getsignal(signal.SIGTERM)
     try:
         tune_runner.connect(options)
+        # `kill`, `timeout`, `docker stop` and batch schedulers send SIGTERM: stop as cleanly as Ctrl-C (exit 130,
+        # runs marked KILLED, resumable) instead of dying with the runs left RUNNING. Set after ray.init, which
+        # installs a handler of its own that just exits.
+        signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
         with lock_sweep_dir(sweep_dir):
             return run_on_ray(plan, args, name, sweep_dir, storage, tracking_uri, local_store, state, datasets, runtime)
     finally:
         ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def default_name(plan: SweepPlan) -> str:
