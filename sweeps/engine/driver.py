@@ -1,8 +1,10 @@
 """The one driver every sweep module shares: parse -> plan -> run on Ray Tune (tracked in MLflow) -> report.
 
-Everything that can be wrong with the input (names, presets, the hparams file, the tracking server, missing data)
-is checked before Ray starts or anything is written. Ray, Tune and MLflow are imported only once a sweep really
-runs, so `--help`, `--dry-run`, `--list` and input errors stay fast and start nothing.
+Everything that can be wrong with the input (names, presets, the hparams file, paths, the tracking store, the
+sweep's earlier state, missing data) is checked before Ray starts or anything is written; the Ray cluster and the
+room it has for a trial are checked right after connecting, still before the first write. Ray, Tune and MLflow are
+imported only once a sweep really runs, so `--help`, `--dry-run`, `--list` and input errors stay fast and start
+nothing. Ctrl-C and SIGTERM stop a running sweep resumably (exit 130).
 """
 
 from __future__ import annotations
