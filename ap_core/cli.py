@@ -6,9 +6,11 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from ap_core.config import TrialConfig, add_dataclass_arguments, dataclass_overrides
 from ap_core.errors import ConfigError, NonFiniteLossError
+from ap_core.paths import check_writable_dir, check_writable_file
 from ap_core.results import CycleResult
 
 
@@ -62,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         config = TrialConfig(**dataclass_overrides(args, TrialConfig))
         if args.resume and not args.checkpoint_dir:
             raise ConfigError("--resume needs --checkpoint-dir")
+        # Checked now, not after hours of training
+        if args.checkpoint_dir:
+            check_writable_dir(Path(args.checkpoint_dir), "--checkpoint-dir")
+        if args.json:
+            check_writable_file(Path(args.json), "--json")
         results = run_trial(
             config,
             on_cycle=print_cycle,

@@ -61,11 +61,8 @@ class MlflowServer:
     root: Path
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """`mlflow server` with a SQLite backend and proxied artifacts, so clients read artifacts back over HTTP."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
+def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` with a SQLite backend and proxied artifacts under `root`; returns once it answers."""
     command = [
         str(Path(sys.executable).with_name("mlflow")),
         "server",
@@ -81,15 +78,26 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         "--workers",
         "1",
     ]
-    log = (root / "server.log").open("w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    with (root / "server.log").open("a") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for_http(f"{uri}/health", SERVER_START_TIMEOUT_S, process)
-        yield MlflowServer(uri, root)
+        wait_for_http(f"http://127.0.0.1:{port}/health", SERVER_START_TIMEOUT_S, process)
+    except BaseException:
+        stop_process_group(process)
+        raise
+    return process
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """`mlflow server` with a SQLite backend and proxied artifacts, so clients read artifacts back over HTTP."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    process = start_mlflow_server(root, port)
+    try:
+        yield MlflowServer(f"http://127.0.0.1:{port}", root)
     finally:
         stop_process_group(process)
-        log.close()
 
 
 @dataclass(frozen=True)

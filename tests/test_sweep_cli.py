@@ -6,9 +6,13 @@ written to the results folder.
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -172,7 +176,7 @@ def test_resume_refuses_a_sweep_whose_trials_changed(capsys: pytest.CaptureFixtu
     state.parent.mkdir()
     state.write_text(json.dumps({"fingerprint": "from-another-plan", "experiments": {}}))
     with pytest.raises(SystemExit) as exit_info:
-        main(table1.SPEC, ["--resume", "--results-dir", str(tmp_path)])
+        main(table1.SPEC, ["--resume", "--name", "table1-smoke", "--results-dir", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "trials changed" in capsys.readouterr().err
 
@@ -183,7 +187,7 @@ def test_resume_refuses_a_damaged_state_file(content: str, capsys: pytest.Captur
     state.parent.mkdir()
     state.write_text(content)
     with pytest.raises(SystemExit) as exit_info:
-        main(table1.SPEC, ["--resume", "--results-dir", str(tmp_path)])
+        main(table1.SPEC, ["--resume", "--name", "table1-smoke", "--results-dir", str(tmp_path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "not a sweep state file" in err and "sweep.json" in err and "\n" not in err
@@ -263,3 +267,168 @@ def test_dry_run_estimate_times_a_short_epoch_and_prints_the_compute(tmp_path: P
     assert "CPU-minutes on this machine's CPU" in done.stdout and not (tmp_path / "r").exists()
     alone = run_cli("table1", "--estimate", "--results-dir", str(tmp_path / "r"), timeout_s=120)
     assert alone.returncode == 2 and "--estimate goes with --dry-run" in alone.stderr
+
+
+class _NotMlflow(http.server.BaseHTTPRequestHandler):
+    """A web server that answers /health (as many do) and nothing MLflow would."""
+
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+        self.wfile.write(b"OK" if self.path == "/health" else b"<html>not found</html>")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def not_mlflow_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotMlflow)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+# Each refused in one line before Ray starts or anything is written; the value in the message. `{tmp}` is a
+# temporary folder holding a plain file `afile`.
+REFUSED_SETUPS = {
+    # #10.2: trials no node can host waited forever
+    "more CPUs per trial than the local Ray": (["--cpus-per-trial", "4", "--num-cpus", "2"], "4 CPU"),
+    "a GPU per trial without a GPU": (["--gpus-per-trial", "1"], "1 GPU"),
+    # #10.3: ray.init waited for minutes after sweep.json and the MLflow store were written
+    "unreachable Ray address": (["--address", "127.0.0.1:1"], "'127.0.0.1:1'"),
+    "malformed Ray address": (["--address", "headnode"], "'headnode'"),
+    # #10.10: tracking URIs that escaped the check
+    "unclosed IPv6 tracking host": (["--tracking-uri", "http://[::1"], "http://[::1"),
+    "non-numeric tracking port": (["--tracking-uri", "http://localhost:abc"], "http://localhost:abc"),
+    "unknown tracking scheme": (["--tracking-uri", "bogus://x"], "bogus://x"),
+    "unwritable SQLite tracking store": (["--tracking-uri", "sqlite:////proc/nope/x.db"], "sqlite:////proc/nope/x.db"),
+    # #10.11: storage and results folder
+    "storage under a file": (["--storage", "{tmp}/afile/sub"], "afile/sub"),
+    "storage of an unknown scheme": (["--storage", "foo://"], "foo://"),
+    "unreachable s3 storage": (
+        ["--storage", "s3://ap-sweeps-no-such-bucket-zz/x"],
+        "s3://ap-sweeps-no-such-bucket-zz/x",
+    ),
+    "unwritable results folder": (["--results-dir", "/proc/nope"], "/proc/nope"),
+    "results folder under a file": (["--results-dir", "{tmp}/afile/r"], "afile"),
+    # #10.9: a mistyped name must not start a whole new sweep
+    "resume of a sweep that is not there": (["--resume", "--name", "tabel1"], "tabel1"),
+}
+
+
+@pytest.mark.parametrize("argv, named", list(REFUSED_SETUPS.values()), ids=list(REFUSED_SETUPS))
+def test_impossible_setups_are_refused_before_anything_starts(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import ray
+
+    (tmp_path / "afile").write_text("a file, not a folder")
+    results = tmp_path / "results"
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, ["--results-dir", str(results), *argv, "--epochs", "1", "--cycles", "1", "--seeds", "1"])
+    assert exit_info.value.code == 2
+    assert time.monotonic() - started < 60
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and named in err
+    assert not ray.is_initialized()
+    assert not results.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_server_that_is_not_mlflow_is_refused(
+    not_mlflow_server: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, ["--tracking-uri", not_mlflow_server, "--results-dir", str(tmp_path / "results")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not an MLflow tracking server" in err and not_mlflow_server in err and "\n" not in err
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("damage", ["not UTF-8", "a directory"])
+def test_resume_refuses_an_unreadable_state_file(
+    damage: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    state = tmp_path / "s" / "sweep.json"
+    state.parent.mkdir()
+    if damage == "a directory":
+        state.mkdir()
+    else:
+        state.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, ["--resume", "--name", "s", "--results-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "sweep.json" in err and "\n" not in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_resume_refuses_a_parent_run_deleted_from_mlflow(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.engine.spec import expand
+    from sweeps.engine.sweep_state import SweepState
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("s")
+    run = client.create_run(experiment)
+    client.delete_run(run.info.run_id)
+    plan = expand(table1.SPEC, "smoke", seeds=1, overrides={"epochs": 1, "cycles": 1, "device": "cpu"})
+    (tmp_path / "s").mkdir()
+    SweepState("s", plan.fingerprint(), uri, experiment, run.info.run_id, {"": str(tmp_path / "ray" / "s-1")}).write(
+        tmp_path / "s"
+    )
+    capsys.readouterr()  # MLflow's own lines from creating the store
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, ["--resume", "--name", "s", "--results-dir", str(tmp_path), "--seeds", "1",
+                           "--epochs", "1", "--cycles", "1"])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert run.info.run_id in err and "no longer exists" in err and "\n" not in err
+    assert len(client.search_runs([experiment], run_view_type=3)) == 1  # nothing new logged
+
+
+def test_a_name_holding_another_protocol_is_refused_without_overwrite(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    state = tmp_path / "mine" / "sweep.json"
+    state.parent.mkdir()
+    state.write_text(json.dumps({"sweep": "mine", "fingerprint": "0123456789abcdef", "experiments": {}}))
+    before = state.read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, ["--name", "mine", "--results-dir", str(tmp_path), "--epochs", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "other settings" in err and "--overwrite" in err and "mine" in err and "\n" not in err
+    assert state.read_text() == before and sorted(p.name for p in state.parent.iterdir()) == ["sweep.json"]
+
+
+def test_an_unwritable_search_output_is_refused_before_the_search(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(hparam_grid.SPEC, ["--output", "/proc/nope/best.json", "--results-dir", str(tmp_path / "results")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --output") and "/proc/nope" in err and "\n" not in err
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("flag", ["--json", "--checkpoint-dir"])
+def test_ap_trial_refuses_an_unwritable_output_before_training(
+    flag: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from ap_core import cli
+
+    (tmp_path / "afile").write_text("a file, not a folder")
+    target = str(tmp_path / "afile" / "out")
+    started = time.monotonic()
+    code = cli.main(["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--cycles", "1", flag, target])
+    assert code == 2 and time.monotonic() - started < 5  # before any training
+    err = capsys.readouterr()
+    assert err.err.strip().startswith(f"error: {flag}") and target in err.err and "cycle" not in err.out

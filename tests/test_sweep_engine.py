@@ -5,26 +5,42 @@ Nothing here starts Ray; the trial logger writes to a real (SQLite) MLflow store
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from ray.tune import Result
 from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
 
 from sweeps import hparam_grid, table1
 from sweeps.engine import tracking
+from sweeps.engine.driver import default_name
 from sweeps.engine.options import SearchOptions, SweepError, SweepOptions
 from sweeps.engine.parent_view import headline_metrics, log_results, protocol_params
-from sweeps.engine.report import best_points
+from sweeps.engine.report import best_points, trial_outcomes
 from sweeps.engine.result_table import build_table
 from sweeps.engine.spec import expand
-from sweeps.engine.sweep_state import STATE_FILE, SweepState, experiment_paths, read_state
-from sweeps.engine.trial_logger import MlflowTrialLogger
+from sweeps.engine.sweep_state import (
+    STATE_FILE,
+    SweepState,
+    experiment_paths,
+    lock_sweep_dir,
+    new_stamp,
+    read_state,
+    state_to_continue,
+)
+from sweeps.engine.trial_logger import MlflowTrialLogger, sync_with_tune
 from sweeps.engine.tune_runner import PlannedTrials, TrialNamer, search_setup, split_settings
 from trainables.pruning_trial import REPEAT_INDEX, trial_config
 
+REPO = Path(__file__).resolve().parent.parent
 SMOKE = expand(table1.SPEC, "smoke")
 GRID = expand(hparam_grid.SPEC, "smoke", methods=("GP",), seeds=2)
 
@@ -35,16 +51,71 @@ GRID = expand(hparam_grid.SPEC, "smoke", methods=("GP",), seeds=2)
 def test_state_round_trips_and_refuses_what_cannot_be_resumed(tmp_path: Path) -> None:
     state = SweepState("s", SMOKE.fingerprint(), "sqlite:///x.db", "1", "abc", {"": "/r/s-1"})
     state.write(tmp_path)
-    assert read_state(tmp_path, SMOKE) == state
-    assert read_state(tmp_path / "elsewhere", SMOKE) is None
-    with pytest.raises(SweepError, match="trials changed"):
-        read_state(tmp_path, expand(table1.SPEC, "smoke", overrides={"lr": 0.5}))
+    assert read_state(tmp_path) == state
+    assert read_state(tmp_path / "elsewhere") is None
     (tmp_path / STATE_FILE).write_text("{not json")
     with pytest.raises(SweepError, match="not valid JSON"):
-        read_state(tmp_path, SMOKE)
+        read_state(tmp_path)
     (tmp_path / STATE_FILE).write_text("[]")
     with pytest.raises(SweepError, match="not a sweep state file"):
-        read_state(tmp_path, SMOKE)
+        read_state(tmp_path)
+    (tmp_path / STATE_FILE).write_bytes(b"\xff\xfe{}")
+    with pytest.raises(SweepError, match="not UTF-8"):
+        read_state(tmp_path)
+    (tmp_path / STATE_FILE).unlink()
+    (tmp_path / STATE_FILE).mkdir()
+    with pytest.raises(SweepError, match="cannot be read"):
+        read_state(tmp_path)
+
+
+def test_same_protocol_continues_another_is_refused_and_resume_needs_a_sweep(tmp_path: Path) -> None:
+    changed = expand(table1.SPEC, "smoke", overrides={"lr": 0.5})
+    with pytest.raises(SweepError, match=r"nothing to resume: no sweep\.json in .*table1-typo"):
+        state_to_continue(tmp_path / "table1-typo", SMOKE, resume=True, overwrite=False)
+    assert state_to_continue(tmp_path / "new", SMOKE, resume=False, overwrite=False) is None
+    state = SweepState("s", SMOKE.fingerprint(), "", "", "", {"": "/r/s-1"})
+    state.write(tmp_path)
+    assert state_to_continue(tmp_path, SMOKE, resume=False, overwrite=False) == state  # same protocol: continued
+    assert state_to_continue(tmp_path, SMOKE, resume=True, overwrite=False) == state
+    assert state_to_continue(tmp_path, SMOKE, resume=False, overwrite=True) is None
+    with pytest.raises(SweepError, match="trials changed"):
+        state_to_continue(tmp_path, changed, resume=True, overwrite=False)
+    with pytest.raises(SweepError, match=r"other settings.*--overwrite"):
+        state_to_continue(tmp_path, changed, resume=False, overwrite=False)
+    assert state_to_continue(tmp_path, changed, resume=False, overwrite=True) is None
+    with pytest.raises(SweepError, match="pass one of them"):
+        state_to_continue(tmp_path, SMOKE, resume=True, overwrite=True)
+
+
+def test_a_changed_setting_gets_its_own_folder_and_the_same_protocol_the_same_one() -> None:
+    shorter = expand(table1.SPEC, "smoke", seeds=1, overrides={"epochs": 2, "cycles": 3})
+    assert default_name(SMOKE) == default_name(expand(table1.SPEC, "smoke"))
+    assert default_name(shorter) != default_name(SMOKE)
+    assert default_name(SMOKE).startswith("table1-smoke-")
+    # where a trial runs is not its protocol: --device or --cpu-threads resume the same sweep
+    assert default_name(expand(table1.SPEC, "smoke", overrides={"device": "cpu", "cpu_threads": 1})) == default_name(
+        SMOKE
+    )
+
+
+def test_a_sweep_folder_is_claimed_by_one_driver_at_a_time(tmp_path: Path) -> None:
+    script = (
+        "import sys, time; from pathlib import Path; from sweeps.engine.sweep_state import lock_sweep_dir\n"
+        "with lock_sweep_dir(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "s")], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(SweepError, match="already running in another process"):
+            lock_sweep_dir(tmp_path / "s")
+    finally:
+        holder.kill()
+        holder.wait()
+    with lock_sweep_dir(tmp_path / "s"):  # free again once the holder is gone
+        pass
+    assert new_stamp() != new_stamp()
 
 
 def test_a_resumed_sweep_keeps_its_experiment_folders_and_a_new_one_gets_stamped_ones() -> None:
@@ -233,3 +304,92 @@ def test_parent_run_holds_the_protocol_headline_metrics_and_the_rendered_table(t
     assert [m.step for m in client.get_metric_history(parent.run_id, "delta/mlp/GP/AP")] == [0, 1]
     assert "table.json" in {a.path for a in client.list_artifacts(parent.run_id)}
     assert client.get_run(parent.run_id).data.params["axis.method"] == "GP, LP"
+
+
+def test_trial_logger_pauses_within_seconds_when_mlflow_is_gone(capsys: pytest.CaptureFixture[str]) -> None:
+    tracking.bound_client_waits()
+    with socket.socket() as sock:  # a port nothing listens on: the server went away
+        sock.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    parent = tracking.ParentRun(gone, "1", "parentid")
+    trial = SMOKE.by_name()["mlp-gp-ap-seed1"]
+    tune_trial = Trial("train_trial", config=trial.config.experiment_settings(), trial_id="abc12_00000", stub=True)
+    logger = MlflowTrialLogger(parent, SMOKE.catalog(), {"sweep": "unit"})
+    started = time.monotonic()
+    for cycle in range(3):
+        logger.on_trial_result(0, [], tune_trial, {"cycle": cycle, "test_acc": 50.0, "weights_remaining": 100.0})
+    logger.on_trial_complete(0, [], tune_trial)
+    assert time.monotonic() - started < 30  # MLflow's defaults retry for minutes per call
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and gone in warnings[0] and "training goes on" in warnings[0]
+
+
+def test_sync_with_tune_logs_exactly_the_missing_cycles_and_closes_the_run(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.start_parent_run(uri, "unit", None, "unit parent", {"sweep": "unit"}, {"preset": "smoke"})
+    trial = SMOKE.by_name()["mlp-gp-ap-seed1"]
+    settings = trial.config.experiment_settings()
+    tune_trial = Trial("train_trial", config=settings, trial_id="abc12_00000", stub=True)
+    rows = [{"cycle": c, "test_acc": 50.0 + c, "weights_remaining": 100.0 * 0.8**c, "dnr": 0.1} for c in range(3)]
+    MlflowTrialLogger(parent, SMOKE.catalog(), {}).on_trial_result(0, [], tune_trial, rows[0])  # then MLflow went away
+
+    last = {**rows[-1], "done": True, "trial_id": "abc12_00000", "config": settings}
+    history = pd.DataFrame([{**r, "done": False, "config/lr": settings["lr"]} for r in rows])
+    result = Result(metrics=last, checkpoint=None, error=None, path=str(tmp_path), metrics_dataframe=history)
+    assert sync_with_tune(parent, SMOKE.catalog(), {}, [(result, "FINISHED")]) == ""
+    assert sync_with_tune(parent, SMOKE.catalog(), {}, [(result, "FINISHED")]) == ""  # a second sync adds nothing
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs(
+        [parent.experiment_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent.run_id}'"
+    )
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc")) == [0, 1, 2]
+    assert "config/lr" not in run.data.metrics
+    assert "cycles.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_a_trial_is_finished_when_tunes_saved_state_says_so_not_its_status_after_ctrl_c(tmp_path: Path) -> None:
+    settings = SMOKE.trials[0].config.experiment_settings()
+    # Tune saved this state before its Ctrl-C clean-up marked the running trial TERMINATED in memory.
+    saved = {"b": "TERMINATED", "r": "RUNNING", "p": "PENDING", "e": "ERROR"}
+    trials = [[json.dumps({"trial_id": tid, "status": status}), "{}"] for tid, status in saved.items()]
+    (tmp_path / "experiment_state-2026-11-22_10-00-00.json").write_text(json.dumps({"trial_data": []}))
+    (tmp_path / "experiment_state-2026-11-22_10-00-05.json").write_text(json.dumps({"trial_data": trials}))
+    results = [
+        Result(metrics={"trial_id": tid, "config": settings, "done": False}, checkpoint=None, error=None, path="")
+        for tid in [*saved, "never-saved"]
+    ]
+    outcomes = [outcome for _, outcome in trial_outcomes(results, str(tmp_path))]
+    assert outcomes == ["FINISHED", "unfinished", "unfinished", "FAILED", "unfinished"]
+
+
+@pytest.mark.integration  # two processes creating MLflow's schema: a minute or more on a loaded machine
+def test_two_sweeps_creating_one_sqlite_store_at_once_both_succeed(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    go = tmp_path / "go"
+    # Each imports MLflow first, then waits for the same moment to create its experiment in the new store.
+    script = (
+        "import sys, time; from pathlib import Path; from sweeps.engine import tracking\n"
+        "print('ready', flush=True)\n"
+        "while not Path(sys.argv[3]).exists(): time.sleep(0.01)\n"
+        "tracking.open_parent_run(sys.argv[1], '', '', sys.argv[2], {}, {}, None)"
+    )
+    sweeps = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, uri, f"sweep{index}", str(go)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    for sweep in sweeps:
+        assert sweep.stdout is not None and sweep.stdout.readline().strip() == "ready"
+    go.touch()
+    errors = [sweep.communicate(timeout=300)[1] for sweep in sweeps]
+    assert [sweep.returncode for sweep in sweeps] == [0, 0], errors
+    client = MlflowClient(uri)
+    for name in ("sweep0", "sweep1"):
+        assert len(client.search_runs([client.get_experiment_by_name(name).experiment_id])) == 1

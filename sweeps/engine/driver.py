@@ -1,29 +1,42 @@
 """The one driver every sweep module shares: parse -> plan -> run on Ray Tune (tracked in MLflow) -> report.
 
-Everything that can be wrong with the input (names, presets, the hparams file, the tracking server, missing data)
-is checked before Ray starts or anything is written. Ray, Tune and MLflow are imported only once a sweep really
-runs, so `--help`, `--dry-run`, `--list` and input errors stay fast and start nothing.
+Everything that can be wrong with the input (names, presets, the hparams file, paths, the tracking store, the
+sweep's earlier state, missing data) is checked before Ray starts or anything is written; the Ray cluster and the
+room it has for a trial are checked right after connecting, still before the first write. Ray, Tune and MLflow are
+imported only once a sweep really runs, so `--help`, `--dry-run`, `--list` and input errors stay fast and start
+nothing. Ctrl-C and SIGTERM stop a running sweep resumably (exit 130).
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
 from ap_core.config import RUNTIME_FIELDS
 from ap_core.errors import ConfigError
+from ap_core.paths import check_writable_dir, check_writable_file
+from sweeps.engine import preflight
 from sweeps.engine.console import print_choices, print_cost, print_plan, quiet_libraries
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import ParsedArgs, SweepError, flat_options, parse_args
 from sweeps.engine.spec import SweepPlan, SweepSpec, expand
-from sweeps.engine.sweep_state import SweepState, experiment_paths, read_state
+from sweeps.engine.sweep_state import (
+    STATE_FILE,
+    SweepState,
+    experiment_paths,
+    lock_sweep_dir,
+    new_stamp,
+    state_to_continue,
+)
 
 EXIT_INPUT_ERROR = 2
 EXIT_TRIALS_FAILED = 1
+EXIT_LOGGING_INCOMPLETE = 3
 EXIT_INTERRUPTED = 130
+RESUME_HINT = "rerun the same command with --resume to continue"
 
 
 def main(spec: SweepSpec, argv: Sequence[str] | None = None) -> None:
@@ -33,6 +46,9 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None) -> None:
     except (ConfigError, SweepError) as err:
         print(f"error: {err}", file=sys.stderr)
         code = EXIT_INPUT_ERROR
+    except KeyboardInterrupt:  # outside Tune's own handling (setting up, writing the table): no traceback
+        print(f"interrupted; {RESUME_HINT}", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     sys.exit(code)
 
 
@@ -87,29 +103,82 @@ def plan_sweep(spec: SweepSpec, args: ParsedArgs) -> SweepPlan:
 
 
 def execute(plan: SweepPlan, args: ParsedArgs) -> int:
-    """Run the planned sweep: state, parent run, Tune, table; returns the exit status."""
+    """Run the planned sweep: checks, state, parent run, Tune, table; returns the exit status.
+
+    Every check that can refuse the sweep (paths, tracking store, earlier state, data, the Ray cluster and its
+    resources) runs before the first write, so a refusal leaves nothing behind.
+    """
     options = args.options
     if not options.verbose:
-        quiet_libraries()
-    from sweeps.engine import parent_view, report, tracking, tune_runner  # Ray and MLflow: only when running
+        quiet_libraries()  # before ray is imported: it reads its log level then
+    import ray
 
-    name = options.name or f"{plan.spec.name}-{plan.preset_name}"
+    from sweeps.engine import tracking, tune_runner  # Ray and MLflow: only for a sweep that runs
+
+    name = options.name or default_name(plan)
     results_dir = Path(options.results_dir).resolve()
     sweep_dir = results_dir / name
-    storage = options.storage or str(results_dir / "ray")
-    storage = storage if "://" in storage else str(Path(storage).resolve())  # Tune wants absolute paths
-    state = read_state(sweep_dir, plan) if options.resume else None
-    if options.resume and state is None:
-        print(f"nothing to resume in {sweep_dir}; starting sweep {name} afresh")
+    check_writable_dir(results_dir, "--results-dir")
+    if args.search and args.search.output:
+        check_writable_file(Path(args.search.output), "--output")
+    storage = preflight.resolve_storage(options.storage, results_dir)
+    state = state_to_continue(sweep_dir, plan, options.resume, options.overwrite)
+    if state is not None and not options.resume:
+        print(f"continuing sweep {name} (same protocol, found {sweep_dir / STATE_FILE}); --overwrite starts it over")
     local_store = f"sqlite:///{results_dir / 'mlflow.db'}"  # MLflow's own default backend, in the results folder
     tracking_uri = tracking.choose_tracking_uri(options, state.tracking_uri if state else None, local_store)
+    tracking.bound_client_waits()
     if tracking_uri:
         tracking.check_tracking_uri(tracking_uri)
+    if state is not None and state.parent_run_id:
+        tracking.check_parent_run(tracking_uri, state.parent_run_id, sweep_dir / STATE_FILE)
     runtime = runtime_settings(plan)
     datasets = load_datasets(plan)  # missing data fails here, before anything starts
 
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    sweep_tags = {"sweep": name, "table": plan.spec.name, "preset": plan.preset_name, **tracking.code_version()}
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        tune_runner.connect(options)
+        # `kill`, `timeout`, `docker stop` and batch schedulers send SIGTERM: stop as cleanly as Ctrl-C (exit 130,
+        # runs marked KILLED, resumable) instead of dying with the runs left RUNNING. Set after ray.init, which
+        # installs a handler of its own that just exits.
+        signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+        with lock_sweep_dir(sweep_dir):
+            return run_on_ray(plan, args, name, sweep_dir, storage, tracking_uri, local_store, state, datasets, runtime)
+    finally:
+        ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def default_name(plan: SweepPlan) -> str:
+    """`<table>-<preset>-<protocol>`: a sweep whose trials compute anything else gets its own folder and experiment."""
+    return f"{plan.spec.name}-{plan.preset_name}-{plan.fingerprint()[:8]}"
+
+
+def run_on_ray(
+    plan: SweepPlan,
+    args: ParsedArgs,
+    name: str,
+    sweep_dir: Path,
+    storage: str,
+    tracking_uri: str,
+    local_store: str,
+    state: SweepState | None,
+    datasets: dict[str, object],
+    runtime: dict[str, object],
+) -> int:
+    """Open the parent run, write the state, run Tune, bring MLflow level with Tune, write the table."""
+    from sweeps.engine import parent_view, report, tracking, tune_runner
+    from sweeps.engine.trial_logger import sync_with_tune
+
+    options = args.options
+    fingerprint = plan.fingerprint()
+    sweep_tags = {
+        "sweep": name,
+        "table": plan.spec.name,
+        "preset": plan.preset_name,
+        "protocol": fingerprint,
+        **tracking.code_version(),
+    }
     description = plan.spec.presets[plan.preset_name].description
     parent = tracking.open_parent_run(
         tracking_uri,
@@ -124,13 +193,12 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
         },
         params={**parent_view.protocol_params(plan), "trials": str(plan.trial_count), "preset": plan.preset_name},
         # The embedded store keeps artifacts next to it; a server decides for itself.
-        artifact_location=(results_dir / "mlartifacts" / name).as_uri() if tracking_uri == local_store else None,
+        artifact_location=(sweep_dir.parent / "mlartifacts" / name).as_uri() if tracking_uri == local_store else None,
     )
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    experiments = experiment_paths(plan, storage, name, stamp, state.experiments if state else {})
+    experiments = experiment_paths(plan, storage, name, new_stamp(), state.experiments if state else {})
     SweepState(
         name,
-        plan.fingerprint(),
+        fingerprint,
         tracking_uri,
         parent.experiment_id if parent else "",
         parent.run_id if parent else "",
@@ -140,19 +208,27 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
     status, artifacts, summary = "FAILED", [], {}
     try:
         grids = tune_runner.run_experiments(
-            plan, options, args.search, parent, datasets, experiments, runtime, sweep_tags
+            plan, options, args.search, parent, datasets, experiments, runtime, sweep_tags, state is not None
         )
-        rows, failed, unfinished = report.collect(grids, plan)
-        if parent is not None and not unfinished:
-            tracking.close_dangling_child_runs(parent, set(failed))
+        outcomes = [outcome for grid in grids for outcome in report.trial_outcomes(grid, grid.experiment_path)]
+        rows, failed, unfinished = report.collect(outcomes, plan)
+        not_logged = sync_with_tune(parent, plan.catalog(), sweep_tags, outcomes) if parent is not None else ""
         output = Path(args.search.output) if args.search and args.search.output else None
         artifacts, summary, table = report.write_report(rows, plan, sweep_dir, name, output, options.levels)
         if parent is not None:
             parent_view.log_results(parent, rows, plan, table)
         if unfinished:
             status = "KILLED"
-            print(f"interrupted with {unfinished} trial(s) unfinished; rerun the same command with --resume")
+            print(f"interrupted with {unfinished} trial(s) unfinished; {RESUME_HINT}", file=sys.stderr)
             return EXIT_INTERRUPTED
+        if not_logged:
+            status = "KILLED"
+            print(
+                f"every trial ended, but MLflow at {tracking_uri} could not be reached to log them all "
+                f"({not_logged}); once it answers again, {RESUME_HINT} (it logs what is missing)",
+                file=sys.stderr,
+            )
+            return EXIT_LOGGING_INCOMPLETE
         status = "FINISHED"
         if failed:
             print(

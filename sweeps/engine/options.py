@@ -33,7 +33,9 @@ class SweepOptions:
     """How and where a sweep runs; the table it produces is fixed by the sweep module and its preset."""
 
     preset: str = _opt("", "protocol preset (see --list); empty: the sweep's default preset")
-    name: str = _opt("", "sweep name = MLflow experiment and results subfolder; empty: <sweep>-<preset>")
+    name: str = _opt(
+        "", "sweep name = MLflow experiment and results subfolder; empty: <sweep>-<preset>-<protocol hash>"
+    )
     networks: tuple[str, ...] = _opt((), "networks to sweep; none: the preset's")
     datasets: tuple[str, ...] = _opt((), "datasets to sweep; none: the preset's")
     methods: tuple[str, ...] = _opt((), "methods of this table to sweep, by label; none: all")
@@ -51,7 +53,8 @@ class SweepOptions:
     gpus_per_trial: float = _opt(0.0, "GPUs per trial; fractions share a GPU between trials (e.g. 0.25)")
     max_concurrent: int = _opt(0, "most trials running at once (0 = as many as resources allow)")
     max_failures: int = _opt(1, "retries of a failing trial before it is recorded FAILED")
-    resume: bool = _switch("continue this sweep's last invocation (finished trials are not rerun)")
+    resume: bool = _switch("continue this sweep's last invocation (finished trials are not rerun); refused if none")
+    overwrite: bool = _switch("start the sweep over in its folder, even when it holds another protocol's results")
     dry_run: bool = _switch("print every trial, the count and the epochs of work; start nothing")
     estimate: bool = _switch("with --dry-run: time a short epoch per network here and print the compute hours")
     list: bool = _switch("list networks, datasets, methods and presets, then exit")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
-from ray.tune import ResultGrid
+import pyarrow
+import pyarrow.fs
+from ray.tune import Result
 
 from sweeps.engine import plots
 from sweeps.engine.hparams_file import Hparams, write_hparams
@@ -25,9 +29,11 @@ ROW_METRICS = (
     "val_acc",
 )
 
+Outcome = tuple[Result, str]  # a trial's result and FINISHED, FAILED or unfinished
 
-def collect(grids: list[ResultGrid], plan: SweepPlan) -> tuple[pd.DataFrame, list[str], int]:
-    """Per-cycle rows of finished trials, the names of failed ones, and how many never finished.
+
+def collect(outcomes: list[Outcome], plan: SweepPlan) -> tuple[pd.DataFrame, list[str], int]:
+    """Per-cycle rows of the trials that ran, the names of failed ones, and how many never finished.
 
     Rows carry the trial's name, group and labels, plus each searched axis (for choosing the best point).
     """
@@ -35,24 +41,23 @@ def collect(grids: list[ResultGrid], plan: SweepPlan) -> tuple[pd.DataFrame, lis
     axes = list(plan.search.axes) if plan.search else []
     frames, failed = [], []
     # Trials of groups never started (the sweep was interrupted before them) count as unfinished too.
-    unfinished = plan.trial_count - sum(grid.num_terminated + grid.num_errors for grid in grids)
-    for grid in grids:
-        for result in grid:
-            if result.config is None:  # never started before Ctrl-C
-                continue
-            config = trial_config(result.config)
-            trial = catalog.describe(config, str((result.metrics or {}).get("trial_id", "")))
-            if result.error is not None:
-                failed.append(trial.name)
-                continue
-            history = result.metrics_dataframe
-            if history is None or history.empty or "cycle" not in history:
-                continue
-            cycles = history.drop_duplicates("cycle", keep="last").sort_values("cycle")
-            frame = cycles[[c for c in ROW_METRICS if c in cycles]].assign(
-                trial=trial.name, group=trial.group, **trial.labels, **{k: getattr(config, k) for k in axes}
-            )
-            frames.append(frame.assign(final_cycle=config.cycles))
+    unfinished = plan.trial_count - len(outcomes) + sum(outcome == "unfinished" for _, outcome in outcomes)
+    for result, outcome in outcomes:
+        if result.config is None:  # never started before Ctrl-C
+            continue
+        config = trial_config(result.config)
+        trial = catalog.describe(config, str((result.metrics or {}).get("trial_id", "")))
+        if outcome == "FAILED":
+            failed.append(trial.name)
+            continue
+        history = result.metrics_dataframe
+        if history is None or history.empty or "cycle" not in history:
+            continue
+        cycles = history.drop_duplicates("cycle", keep="last").sort_values("cycle")
+        frame = cycles[[c for c in ROW_METRICS if c in cycles]].assign(
+            trial=trial.name, group=trial.group, **trial.labels, **{k: getattr(config, k) for k in axes}
+        )
+        frames.append(frame.assign(final_cycle=config.cycles))
     # In plan order (not completion order), so tables and plots list variants and settings as declared.
     order = {t.name: index for index, t in enumerate(plan.trials)}
     frames.sort(key=lambda frame: (order.get(frame["trial"].iloc[0], len(order)), frame["trial"].iloc[0]))
@@ -60,6 +65,41 @@ def collect(grids: list[ResultGrid], plan: SweepPlan) -> tuple[pd.DataFrame, lis
     if not rows.empty:
         rows["level"] = rows["weights_remaining"].round(1)
     return rows, sorted(failed), unfinished
+
+
+def trial_outcomes(results: Iterable[Result], experiment_path: str) -> list[Outcome]:
+    """Each trial with FAILED, FINISHED (it ran to its end, or a scheduler stopped it) or unfinished.
+
+    Judged from the experiment state Tune saved last: Tune saves it before its Ctrl-C clean-up marks every
+    interrupted trial TERMINATED, so the grid's own statuses would call half-done trials finished.
+    """
+    saved = saved_trial_statuses(experiment_path)
+    return [(result, _outcome(result, saved)) for result in results]
+
+
+def _outcome(result: Result, saved: dict[str, str]) -> str:
+    if result.error is not None:
+        return "FAILED"
+    status = saved.get(str((result.metrics or {}).get("trial_id", "")))
+    if status is None:  # not in a readable saved state: trust the last result's own `done`
+        return "FINISHED" if (result.metrics or {}).get("done") else "unfinished"
+    return {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(status, "unfinished")
+
+
+def saved_trial_statuses(experiment_path: str) -> dict[str, str]:
+    """Trial id -> status in the newest `experiment_state-*.json` of a Tune experiment (local or remote storage)."""
+    try:
+        filesystem, root = pyarrow.fs.FileSystem.from_uri(experiment_path)
+        names = sorted(
+            info.path
+            for info in filesystem.get_file_info(pyarrow.fs.FileSelector(root))
+            if info.base_name.startswith("experiment_state-") and info.base_name.endswith(".json")
+        )
+        with filesystem.open_input_stream(names[-1]) as stream:
+            trials = [json.loads(trial) for trial, _ in json.loads(stream.read())["trial_data"]]
+        return {str(trial["trial_id"]): str(trial["status"]) for trial in trials}
+    except (OSError, ValueError, KeyError, IndexError, TypeError, pyarrow.ArrowException):
+        return {}
 
 
 def write_report(

@@ -7,15 +7,19 @@ fingerprint so a resume of a sweep whose trials changed is refused instead of mi
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from sweeps.engine.options import SweepError
 from sweeps.engine.spec import SweepPlan
 
 STATE_FILE = "sweep.json"
+LOCK_FILE = ".lock"  # held by the running driver: two drivers never share a sweep folder
 
 
 @dataclass(frozen=True)
@@ -35,24 +39,56 @@ class SweepState:
         path.with_suffix(".tmp").replace(path)
 
 
-def read_state(sweep_dir: Path, plan: SweepPlan) -> SweepState | None:
-    """The state of the sweep in `sweep_dir` to resume (None: there is none), refusing one that cannot be."""
+def read_state(sweep_dir: Path) -> SweepState | None:
+    """The state of the sweep in `sweep_dir` (None: there is none), refusing a file that is not one."""
     path = sweep_dir / STATE_FILE
     if not path.exists():
         return None
     try:
-        raw: Any = json.loads(path.read_text())
+        raw: Any = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise SweepError(f"cannot resume: {path} is not valid JSON ({err.msg})") from None
+    except UnicodeDecodeError:
+        raise SweepError(f"cannot resume: {path} is not a sweep state file (not UTF-8 text)") from None
+    except OSError as err:
+        raise SweepError(f"cannot resume: {path} cannot be read ({err.strerror or err})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("experiments"), dict):
         raise SweepError(f"cannot resume: {path} is not a sweep state file (no 'experiments' object)")
-    if raw.get("fingerprint") != plan.fingerprint():
-        raise SweepError(
-            f"cannot resume {raw.get('sweep', sweep_dir.name)}: its trials changed since it started (preset, axes "
-            "or settings); run without --resume to start it over"
-        )
     fields = {f.name for f in dataclasses.fields(SweepState)}
     return SweepState(**{k: str(raw.get(k, "")) for k in fields if k != "experiments"}, experiments=raw["experiments"])
+
+
+def state_to_continue(sweep_dir: Path, plan: SweepPlan, resume: bool, overwrite: bool) -> SweepState | None:
+    """The earlier state this invocation continues (None: start afresh), or a one-line refusal.
+
+    Same protocol (plan fingerprint): continued, with or without `--resume`, so finished trials are never redone.
+    Another protocol under the same name: refused unless `--overwrite`. `--resume` with nothing there: refused,
+    naming where it looked (a mistyped --name or --results-dir must not start a whole new sweep).
+    """
+    if resume and overwrite:
+        raise SweepError("--resume continues a sweep and --overwrite starts it over: pass one of them")
+    state = read_state(sweep_dir)
+    if state is None:
+        if resume:
+            raise SweepError(
+                f"nothing to resume: no {STATE_FILE} in {sweep_dir} (sweep {sweep_dir.name!r} of --results-dir "
+                f"{str(sweep_dir.parent)!r}); check --name and --results-dir, or leave out --resume to start it"
+            )
+        return None
+    if state.fingerprint == plan.fingerprint():
+        return None if overwrite else state
+    if resume:
+        raise SweepError(
+            f"cannot resume {state.sweep or sweep_dir.name}: its trials changed since it started (preset, axes "
+            "or settings); run without --resume under another --name, or with --overwrite to start it over"
+        )
+    if not overwrite:
+        raise SweepError(
+            f"{sweep_dir} holds sweep {state.sweep or sweep_dir.name!r} with other settings (protocol "
+            f"{state.fingerprint}, now {plan.fingerprint()}); pick another --name, leave out --name for a folder "
+            "of its own, or pass --overwrite to replace it"
+        )
+    return None
 
 
 def experiment_paths(plan: SweepPlan, storage: str, name: str, stamp: str, previous: dict[str, str]) -> dict[str, str]:
@@ -61,3 +97,23 @@ def experiment_paths(plan: SweepPlan, storage: str, name: str, stamp: str, previ
     for group in plan.groups:
         paths.setdefault(group, f"{storage.rstrip('/')}/{name}{'-' + group if group else ''}-{stamp}")
     return paths
+
+
+def new_stamp() -> str:
+    """A Tune experiment folder suffix no other invocation gets: microseconds and the process id."""
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}-{os.getpid()}"
+
+
+def lock_sweep_dir(sweep_dir: Path) -> TextIO:
+    """Claim `sweep_dir` for this process (held until it exits); refuse when another sweep already holds it."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    handle = (sweep_dir / LOCK_FILE).open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SweepError(
+            f"sweep {sweep_dir.name!r} is already running in another process ({sweep_dir / LOCK_FILE} is held); "
+            "wait for it, or pick another --name"
+        ) from None
+    return handle

@@ -5,19 +5,28 @@ The parent run is one per sweep (reopened on `--resume`); trials become its chil
 
 from __future__ import annotations
 
+import fcntl
+import http.client
+import json
 import os
+import re
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from ap_core.paths import check_writable_dir
 from sweeps.engine.options import SweepError, SweepOptions
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -39,19 +48,56 @@ def choose_tracking_uri(options: SweepOptions, started_on: str | None, local_sto
     return options.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "") or local_store
 
 
+# A server gone away must show within seconds, not after MLflow's default 7 retries of 120 s each: the trial
+# logger runs inside Tune's event loop. Users may still set their own values.
+CLIENT_HTTP_SETTINGS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks")
+TRACKING_ERRORS = (MlflowException, OSError)  # what an unreachable store raises (requests' errors are OSErrors)
+
+
+def bound_client_waits() -> None:
+    for key, value in CLIENT_HTTP_SETTINGS.items():
+        os.environ.setdefault(key, value)
+
+
 def check_tracking_uri(uri: str) -> None:
-    """Fail fast, in one line, when an http(s) tracking server does not answer its health check."""
-    if not uri.startswith(("http://", "https://")):
+    """Refuse, in one line and before anything is written, a tracking URI MLflow could not log to."""
+    scheme = uri.partition(":")[0].partition("+")[0] if ":" in uri else ""
+    if scheme not in TRACKING_SCHEMES:
+        raise SweepError(
+            f"tracking URI {uri!r} has an unknown scheme; use http(s)://host:port, sqlite:///path/mlflow.db, "
+            "a database URI (postgresql://...) or leave out --tracking-uri for SQLite in the results folder"
+        )
+    if scheme == "sqlite":
+        database = uri.removeprefix("sqlite:///")
+        if database and database != ":memory:":
+            check_writable_dir(Path(database).parent, f"the folder of tracking URI {uri!r}:")
+        return
+    if scheme not in ("http", "https"):
         return
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
             response.read()
-    except (urllib.error.URLError, OSError) as err:
+        with urllib.request.urlopen(
+            uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=10
+        ) as response:
+            answer = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
+        if isinstance(err, urllib.error.HTTPError | json.JSONDecodeError):
+            raise SweepError(
+                f"{uri!r} answers but is not an MLflow tracking server ({err}); check the host and port"
+            ) from None
         reason = getattr(err, "reason", err)
         raise SweepError(
             f"cannot reach MLflow tracking server {uri!r} ({reason}); start it (mlflow server ...) "
             "or leave out --tracking-uri to use the local SQLite store"
         ) from None
+    if not isinstance(answer, dict):
+        raise SweepError(f"{uri!r} answers but is not an MLflow tracking server; check the host and port")
 
 
 @dataclass(frozen=True)
@@ -101,41 +147,72 @@ def open_parent_run(
         return None
     if run_id:
         parent = ParentRun(tracking_uri, experiment_id, run_id)
-        reopen_parent_run(parent)
+        MlflowClient(tracking_uri).update_run(run_id, status="RUNNING")
         return parent
     stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    return start_parent_run(
-        tracking_uri, experiment_name, artifact_location, f"{experiment_name} {stamp}", tags, params
-    )
+    with store_creation_lock(tracking_uri):
+        return start_parent_run(
+            tracking_uri, experiment_name, artifact_location, f"{experiment_name} {stamp}", tags, params
+        )
 
 
-def reopen_parent_run(parent: ParentRun) -> None:
-    """Mark a resumed sweep's parent run as running again."""
-    MlflowClient(parent.tracking_uri).update_run(parent.run_id, status="RUNNING")
+def check_parent_run(tracking_uri: str, run_id: str, state_file: Path) -> None:
+    """Refuse to continue a sweep whose parent run was deleted from MLflow (its child runs would be orphans)."""
+    try:
+        run = MlflowClient(tracking_uri).get_run(run_id)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise SweepError(
+                f"cannot read the sweep's parent run {run_id} from {tracking_uri!r}: {err.message}"
+            ) from None
+        run = None
+    if run is None or run.info.lifecycle_stage == "deleted":
+        raise SweepError(
+            f"the parent run {run_id} named in {state_file} no longer exists in MLflow at {tracking_uri!r}; "
+            "rerun with --overwrite to start the sweep over"
+        )
 
 
-def finish_parent_run(parent: ParentRun, status: str, artifacts: list[Path], metrics: dict[str, float]) -> None:
+@contextmanager
+def store_creation_lock(tracking_uri: str) -> Iterator[None]:
+    """Serialise the first use of a shared SQLite store: two sweeps creating its schema at once corrupt it."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with database.with_name(database.name + ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri).search_experiments(max_results=1)  # creates or upgrades the schema
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    yield
+
+
+def finish_parent_run(parent: ParentRun, status: str, artifacts: list[Path], metrics: dict[str, float]) -> bool:
+    """Log the table and close the parent run; False (with a one-line warning) when MLflow cannot be reached."""
     client = MlflowClient(parent.tracking_uri)
     now = now_ms()
-    client.log_batch(parent.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-    for path in artifacts:
-        client.log_artifact(parent.run_id, str(path))
-    client.set_terminated(parent.run_id, status)
+    try:
+        client.log_batch(parent.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        for path in artifacts:
+            client.log_artifact(parent.run_id, str(path))
+        client.set_terminated(parent.run_id, status)
+    except TRACKING_ERRORS as err:
+        print(f"warning: could not close the parent run in MLflow ({short_error(err)})", file=sys.stderr)
+        return False
+    return True
 
 
-def close_dangling_child_runs(parent: ParentRun, failed: set[str]) -> int:
-    """End child runs still RUNNING after every trial ended (a driver killed between Tune's record and ours)."""
-    client = MlflowClient(parent.tracking_uri)
-    query = f"tags.`{PARENT_TAG}` = '{parent.run_id}' and attributes.status = 'RUNNING'"
-    closed, token = 0, None
-    while True:
-        page = client.search_runs([parent.experiment_id], filter_string=query, page_token=token)
-        for run in page:
-            client.set_terminated(run.info.run_id, "FAILED" if run.data.tags.get("trial") in failed else "FINISHED")
-            closed += 1
-        token = page.token
-        if not token:
-            return closed
+def short_error(err: BaseException) -> str:
+    """One line of at most 200 characters: MLflow's connection errors nest urllib3's whole retry story."""
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if reason and " failed with exception " in line:
+        line = f"{line.split(' failed with exception ')[0]} failed: {reason.group(1)}"
+    return line[:200]
 
 
 def code_version() -> dict[str, str]:

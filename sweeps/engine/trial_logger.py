@@ -4,25 +4,34 @@ Trials never talk to MLflow: Tune hands their results to `MlflowTrialLogger` in 
 sees one writer however many trials run, and a remote server sees one client. The logger finds a trial's child
 run by its name under the parent run, and logs only cycles that are not logged yet, so a resumed sweep ends with
 exactly one child run per trial and no duplicate or missing steps.
+
+A tracking server that stops answering must not stall training: the first failed call (bounded by
+`tracking.CLIENT_HTTP_SETTINGS`) prints one warning and pauses logging for the rest of the invocation. Tune keeps
+every result on its storage, so `sync_with_tune` logs whatever MLflow is missing once Tune returns, or on the next
+`--resume` when the server is still away.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from ray.tune import Callback
+from ray.tune import Callback, Result
 from ray.tune.experiment import Trial
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from sweeps.engine import plots
+from sweeps.engine.report import Outcome
 from sweeps.engine.spec import PlannedTrial, TrialCatalog
-from sweeps.engine.tracking import PARENT_TAG, ParentRun, now_ms
+from sweeps.engine.tracking import PARENT_TAG, TRACKING_ERRORS, ParentRun, now_ms, short_error
 from trainables.pruning_trial import trial_config
 
 # Bookkeeping Tune adds to every result; the trial's own metrics are everything else that is numeric.
@@ -44,9 +53,10 @@ class MlflowTrialLogger(Callback):
         self._rows: dict[str, dict[int, dict[str, float]]] = {}
         self._client: MlflowClient | None = None
         self._runs: dict[str, tuple[str, int]] = {}  # trial name -> (run id, last logged step)
+        self._paused = False  # MLflow stopped answering during this invocation
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_runs": {}}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_paused": False}
 
     def get_state(self) -> dict[str, Any]:
         return {"rows": self._rows}
@@ -63,40 +73,87 @@ class MlflowTrialLogger(Callback):
     # ---- Tune events ------------------------------------------------------------------------------------------
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._run(trial)
+        self._unless_paused(self._run, trial)
 
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
+        metrics = _metrics(result)
+        self._rows.setdefault(self._planned(trial).name, {})[int(result["cycle"])] = metrics
+        self._unless_paused(self._log_result, trial, result, metrics)
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._unless_paused(self._log_recovery, trial)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._unless_paused(self._finish, trial, "FINISHED", None)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._unless_paused(self._finish, trial, "FAILED", _error_text(trial))
+
+    # ---- after Tune -------------------------------------------------------------------------------------------
+
+    def sync_trial(self, result: Result, outcome: str) -> None:
+        """Log the cycles of a trial that MLflow lacks, from Tune's own record, and give its run its final status.
+
+        Raises what the client raises when MLflow cannot be reached.
+        """
+        planned = self.catalog.describe(trial_config(result.config), str((result.metrics or {}).get("trial_id", "")))
+        run_id, status = self._find_run(planned.name)
+        if run_id is None:
+            run_id, status = self._create_run(planned, str((result.metrics or {}).get("trial_id", ""))), "RUNNING"
+        logged = {m.step for m in self.client.get_metric_history(run_id, "test_acc")}
+        history = result.metrics_dataframe
+        records = []
+        if history is not None and not history.empty and "cycle" in history:
+            for row in history.drop_duplicates("cycle", keep="last").sort_values("cycle").to_dict("records"):
+                record = _metrics({k: v for k, v in row.items() if _present(v)})
+                records.append({**record, "cycle": int(record["cycle"])})
+                if int(record["cycle"]) not in logged:
+                    self._log_batch(run_id, _step_entries(record, row.get("removal_events"), now_ms()), [])
+        cycles = pd.DataFrame(records)
+        if outcome == "unfinished":
+            if status == "RUNNING":
+                self.client.set_terminated(run_id, "KILLED")  # --resume sets it running again
+        elif status != outcome:
+            error = str(result.error) if result.error is not None else None
+            self._close(run_id, planned, outcome, cycles, error)
+
+    # ---- logging, paused while MLflow is away ----------------------------------------------------------------
+
+    def _unless_paused(self, action: Callable[..., object], *args: Any) -> None:
+        """Run a logging action unless MLflow stopped answering; on its first failure, warn once and pause."""
+        if self._paused:
+            return
+        try:
+            action(*args)
+        except TRACKING_ERRORS as err:
+            self._paused = True
+            print(
+                f"warning: MLflow at {self.parent.tracking_uri} stopped answering ({short_error(err)}); training goes "
+                "on and what is not logged is logged from Tune's records when the sweep ends",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _log_result(self, trial: Trial, result: dict[str, Any], metrics: dict[str, float]) -> None:
         name = self._planned(trial).name
         run_id, last_step = self._run(trial)
         step = int(result["cycle"])
-        metrics = {
-            k: float(v)
-            for k, v in result.items()
-            if k not in NOT_METRICS and isinstance(v, int | float) and not isinstance(v, bool)
-        }
-        self._rows.setdefault(name, {})[step] = metrics
         if step <= last_step:
             return  # re-reported after a resume: MLflow has it already
-        now = now_ms()
-        entries = [Metric(k, v, now, step) for k, v in metrics.items()]
-        entries += _removal_metrics(result.get("removal_events"), now)
         tags = [RunTag("node_ip", str(result.get("node_ip", ""))), RunTag("node_id", str(result.get("node_id", "")))]
-        for start in range(0, len(entries), BATCH_LIMIT):
-            self.client.log_batch(run_id, metrics=entries[start : start + BATCH_LIMIT], tags=tags if start == 0 else [])
+        self._log_batch(run_id, _step_entries(metrics, result.get("removal_events"), now_ms()), tags)
         self._runs[name] = (run_id, step)
 
-    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+    def _log_batch(self, run_id: str, entries: list[Metric], tags: list[RunTag]) -> None:
+        for start in range(0, len(entries), BATCH_LIMIT):
+            self.client.log_batch(run_id, metrics=entries[start : start + BATCH_LIMIT], tags=tags if start == 0 else [])
+
+    def _log_recovery(self, trial: Trial) -> None:
         run_id, _ = self._run(trial)
         self.client.set_tag(run_id, "attempts", str(trial.num_failures + 1))
         self.client.set_tag(run_id, "last_error", _error_summary(trial))
-
-    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._finish(trial, "FINISHED", error=None)
-
-    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._finish(trial, "FAILED", error=_error_text(trial))
 
     # ---- helpers ----------------------------------------------------------------------------------------------
 
@@ -109,13 +166,8 @@ class MlflowTrialLogger(Callback):
         name = planned.name
         if name in self._runs:
             return self._runs[name]
-        found = self.client.search_runs(
-            [self.parent.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent.run_id}' and tags.trial = '{name}'",
-            max_results=1,
-        )
-        if found:
-            run_id = found[0].info.run_id
+        run_id, _ = self._find_run(name)
+        if run_id is not None:
             history = self.client.get_metric_history(run_id, "test_acc")
             last_step = max((m.step for m in history), default=-1)
             self.client.update_run(run_id, status="RUNNING")
@@ -124,6 +176,15 @@ class MlflowTrialLogger(Callback):
             last_step = -1
         self._runs[name] = (run_id, last_step)
         return run_id, last_step
+
+    def _find_run(self, name: str) -> tuple[str | None, str]:
+        """The id and status of the trial's child run under this sweep's parent run (None: not created yet)."""
+        found = self.client.search_runs(
+            [self.parent.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent.run_id}' and tags.trial = '{name}'",
+            max_results=1,
+        )
+        return (found[0].info.run_id, found[0].info.status) if found else (None, "")
 
     def _create_run(self, plan: PlannedTrial, trial_id: str) -> str:
         config = plan.config
@@ -148,9 +209,15 @@ class MlflowTrialLogger(Callback):
 
     def _finish(self, trial: Trial, status: str, error: str | None) -> None:
         planned = self._planned(trial)
-        name = planned.name
-        run_id, last_step = self._run(trial)
-        cycles = pd.DataFrame([{**m, "cycle": c} for c, m in sorted(self._rows.pop(name, {}).items())])
+        run_id, _ = self._run(trial)
+        rows = self._rows.pop(planned.name, {})
+        cycles = pd.DataFrame([{**m, "cycle": c} for c, m in sorted(rows.items())])
+        self._close(run_id, planned, status, cycles, error)
+        self._runs.pop(planned.name, None)
+
+    def _close(self, run_id: str, planned: PlannedTrial, status: str, cycles: pd.DataFrame, error: str | None) -> None:
+        """Final tags, the per-cycle CSV, mask summary and plots, then the run's terminal status."""
+        last_step = int(cycles["cycle"].max()) if not cycles.empty else -1
         tags = {"status_detail": status.lower()}
         if status == "FINISHED" and last_step < planned.config.cycles:
             tags["early_stopped"] = "true"  # a scheduler (ASHA) ended it before its last cycle
@@ -159,10 +226,45 @@ class MlflowTrialLogger(Callback):
         for key, value in tags.items():
             self.client.set_tag(run_id, key, value)
         with tempfile.TemporaryDirectory() as folder:
-            for path in _trial_artifacts(Path(folder), name, cycles, error):
+            for path in _trial_artifacts(Path(folder), planned.name, cycles, error):
                 self.client.log_artifact(run_id, str(path), artifact_path=_artifact_dir(path))
         self.client.set_terminated(run_id, status)
-        self._runs.pop(name, None)
+
+
+def sync_with_tune(
+    parent: ParentRun, catalog: TrialCatalog, sweep_tags: dict[str, str], outcomes: list[Outcome]
+) -> str:
+    """Bring MLflow level with Tune's results; returns "" when it is, else why it could not (server away)."""
+    logger = MlflowTrialLogger(parent, catalog, sweep_tags)
+    try:
+        for result, outcome in outcomes:
+            if result.config is not None:  # a trial that never started has nothing to log
+                logger.sync_trial(result, outcome)
+    except TRACKING_ERRORS as err:
+        return short_error(err)
+    return ""
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The trial's own numeric metrics of one result (Tune's bookkeeping and flattened config left out)."""
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if k not in NOT_METRICS
+        and not k.startswith("config/")
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+    }
+
+
+def _present(value: object) -> bool:
+    return not (isinstance(value, float) and math.isnan(value))
+
+
+def _step_entries(metrics: dict[str, float], removal_events: object, now: int) -> list[Metric]:
+    """One cycle's metrics (step = cycle) and its channel removals (step = training step)."""
+    entries = [Metric(k, v, now, int(metrics["cycle"])) for k, v in metrics.items()]
+    return entries + _removal_metrics(removal_events if isinstance(removal_events, str) else None, now)
 
 
 def _removal_metrics(events_json: str | None, now: int) -> list[Metric]:

@@ -21,8 +21,10 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater, Searcher
 
-from sweeps.engine.options import SearchOptions, SweepOptions
+from sweeps.engine import preflight
+from sweeps.engine.options import SearchOptions, SweepError, SweepOptions
 from sweeps.engine.progress import OverallProgress
+from sweeps.engine.report import trial_outcomes
 from sweeps.engine.spec import SweepPlan, TrialCatalog
 from sweeps.engine.tracking import ParentRun
 from sweeps.engine.trial_logger import MlflowTrialLogger
@@ -41,37 +43,63 @@ def run_experiments(
     experiments: Mapping[str, str],
     runtime: Mapping[str, Any],
     sweep_tags: dict[str, str],
+    continuing: bool,
 ) -> list[ResultGrid]:
-    """Run (or resume) each group's Tune experiment in turn; stops after a group that Ctrl-C interrupted."""
+    """Run (or resume) each group's Tune experiment in turn on the Ray `connect` joined; stops after a group that
+    Ctrl-C interrupted."""
     # The snapshots forced by num_to_keep are intended; Tune would warn about them on every cycle.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if options.address:
-        ray.init(address=options.address)
-    else:  # "local": a fresh instance even when `ray start` left a cluster address on this machine
-        ray.init(address="local", num_cpus=options.num_cpus or None, include_dashboard=False)
-    try:
-        dataset_refs = {key: ray.put(data) for key, data in datasets.items()}
-        datasets.clear()  # the object store holds them now; free the driver's copies
-        trainable = tune.with_resources(
-            tune.with_parameters(train_trial, runtime=dict(runtime), datasets=dataset_refs),
-            {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
+    dataset_refs = {key: ray.put(data) for key, data in datasets.items()}
+    datasets.clear()  # the object store holds them now; free the driver's copies
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, runtime=dict(runtime), datasets=dataset_refs),
+        {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
+    )
+    catalog = plan.catalog()
+    grids = []
+    for group in plan.groups:
+        path = experiments[group]
+        if continuing and tune.Tuner.can_restore(path):
+            print(f"resuming {path}")
+            grid = tune.Tuner.restore(path, trainable=trainable).fit()
+        else:
+            tuner = _tuner(plan, group, trainable, catalog, options, search, parent, path, sweep_tags)
+            grid = tuner.fit()
+        grids.append(grid)
+        if any(outcome == "unfinished" for _, outcome in trial_outcomes(grid, grid.experiment_path)):
+            break  # Tune caught Ctrl-C and returned: do not start the next group
+    return grids
+
+
+def connect(options: SweepOptions) -> None:
+    """Join the cluster (or start a private local Ray) and refuse trials it can never schedule; before any write.
+
+    The caller shuts Ray down (`ray.shutdown()`), also when this raises.
+    """
+    if not options.address:  # checked before starting anything: a local Ray has what this machine has
+        preflight.check_resources(
+            preflight.local_resources(options.num_cpus),
+            options.cpus_per_trial,
+            options.gpus_per_trial,
+            "the local Ray",
         )
-        catalog = plan.catalog()
-        grids = []
-        for group in plan.groups:
-            path = experiments[group]
-            if options.resume and tune.Tuner.can_restore(path):
-                print(f"resuming {path}")
-                grid = tune.Tuner.restore(path, trainable=trainable).fit()
-            else:
-                tuner = _tuner(plan, group, trainable, catalog, options, search, parent, path, sweep_tags)
-                grid = tuner.fit()
-            grids.append(grid)
-            if grid.num_terminated + grid.num_errors < len(grid):
-                break  # Tune caught Ctrl-C and returned: do not start the next group
-        return grids
-    finally:
-        ray.shutdown()
+        # "local": a fresh instance even when `ray start` left a cluster address on this machine
+        ray.init(address="local", num_cpus=options.num_cpus or None, include_dashboard=False)
+        return
+    preflight.check_ray_address(options.address)
+    try:
+        ray.init(address=options.address)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise SweepError(f"cannot join the Ray cluster at --address {options.address!r}: {_first_line(err)}") from None
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    preflight.check_resources(
+        nodes, options.cpus_per_trial, options.gpus_per_trial, f"the cluster at {options.address}"
+    )
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _tuner(

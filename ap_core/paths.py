@@ -1,0 +1,32 @@
+"""Output paths checked before the work whose results they will hold: a typo must not cost a finished run."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ap_core.errors import ConfigError
+
+
+def check_writable_dir(path: Path, flag: str, value: Path | None = None) -> None:
+    """Refuse a folder that cannot be created or written, without leaving anything behind in it.
+
+    `value` is what the user gave, when that is a file inside `path`.
+    """
+    shown = str(value or path)
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {shown!r} cannot be created: {str(existing)!r} is a file, not a folder")
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as err:
+        raise ConfigError(f"{flag} {shown!r} is not writable ({err.strerror or err}); pick a writable folder") from None
+
+
+def check_writable_file(path: Path, flag: str) -> None:
+    """Refuse an output file whose folder cannot be written (or that names a folder)."""
+    if path.is_dir():
+        raise ConfigError(f"{flag} {str(path)!r} is a folder; give a file path")
+    check_writable_dir(path.parent, flag, path)

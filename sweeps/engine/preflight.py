@@ -1,0 +1,80 @@
+"""Checks a sweep runs before it writes anything: Tune storage, the Ray cluster and the room it has for a trial.
+
+Each failure is a one-line `SweepError` naming the value and what would work, so a mistyped path or an impossible
+resource request ends in seconds with exit 2 instead of a traceback after the results folder was written, or a
+sweep that waits forever for resources no node has.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ap_core.paths import check_writable_dir
+from sweeps.engine.options import SweepError
+
+RAY_CONNECT_TIMEOUT_S = 10.0
+
+
+def resolve_storage(storage: str, results_dir: Path) -> str:
+    """Tune's storage as an absolute local path or a URI pyarrow understands; refused in one line otherwise."""
+    if not storage:
+        return str(results_dir / "ray")
+    if "://" not in storage:
+        path = Path(storage).resolve()
+        check_writable_dir(path, "--storage")
+        return str(path)
+    import pyarrow.fs
+
+    try:
+        filesystem, _ = pyarrow.fs.FileSystem.from_uri(storage)
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, OSError, ValueError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SweepError(
+            f"--storage {storage!r} is not a usable Tune storage ({message}); "
+            "use a local or shared folder, or s3://bucket/path"
+        ) from None
+    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+        check_writable_dir(Path(storage.split("://", 1)[1]), "--storage")
+    return storage
+
+
+def check_ray_address(address: str) -> None:
+    """Refuse a `host:port` no Ray head answers on, within seconds (ray.init would wait for minutes)."""
+    if address in ("", "auto", "local") or "://" in address:
+        return  # `auto` and `ray://` are resolved by Ray itself, which fails fast on them
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SweepError(f"--address {address!r} must be host:port (e.g. 10.0.0.1:6379) or 'auto'")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as err:
+        raise SweepError(
+            f"cannot reach a Ray cluster at --address {address!r} ({err.strerror or err}); start its head with "
+            "`ray start --head`, or leave out --address for a private local Ray"
+        ) from None
+
+
+def local_resources(num_cpus: int) -> list[dict[str, float]]:
+    """What a private local Ray will have: the CPUs asked for (else all) and the GPUs torch sees."""
+    import torch
+
+    return [{"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}]
+
+
+def check_resources(
+    nodes: Sequence[Mapping[str, float]], cpus_per_trial: float, gpus_per_trial: float, where: str
+) -> None:
+    """Refuse a trial no single node can ever host: Tune would wait for it forever, warning once a minute."""
+    wanted = {"CPU": cpus_per_trial, "GPU": gpus_per_trial}
+    if any(all(node.get(kind, 0.0) >= amount for kind, amount in wanted.items()) for node in nodes):
+        return
+    most = {kind: max((node.get(kind, 0.0) for node in nodes), default=0.0) for kind in wanted}
+    raise SweepError(
+        f"a trial asks for {cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU but no node of {where} has that much "
+        f"(the largest has {most['CPU']:g} CPU, {most['GPU']:g} GPU); lower --cpus-per-trial/--gpus-per-trial"
+        + (" or raise --num-cpus" if where == "the local Ray" else "")
+    )
