@@ -6,6 +6,7 @@ written to the results folder.
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import subprocess
@@ -21,6 +22,8 @@ from conftest import REPO, free_port, run_cli
 from sweeps import hparam_grid, table1
 from sweeps.cli import SWEEPS
 from sweeps.engine.driver import main
+from sweeps.engine.options import SweepError
+from sweeps.engine.tracking import check_tracking_uri
 
 # The paper's protocol (paper-protocol.md): ResNet-20 and VGG-19 on CIFAR-10, AP on/off, 5 seeds, 16 cycles of
 # 160 epochs (+ the dense cycle); the hyperparameter grid 5 batch sizes x 50 learning rates x 22 epoch counts.
@@ -432,3 +435,32 @@ def test_ap_trial_refuses_an_unwritable_output_before_training(
     assert code == 2 and time.monotonic() - started < 5  # before any training
     err = capsys.readouterr()
     assert err.err.strip().startswith(f"error: {flag}") and target in err.err and "cycle" not in err.out
+
+
+class _MlflowWithLogin(http.server.BaseHTTPRequestHandler):
+    """An MLflow-shaped API behind basic auth (admin / secret), as the Docker cluster's MLflow runs."""
+
+    def do_GET(self) -> None:
+        expected = "Basic " + base64.b64encode(b"admin:secret").decode()
+        allowed = self.path == "/health" or self.headers.get("Authorization") == expected
+        self.send_response(200 if allowed else 401)
+        self.end_headers()
+        self.wfile.write(b'{"experiments": []}' if allowed and self.path != "/health" else b"OK")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_tracking_server_behind_basic_auth_takes_mlflows_own_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MlflowWithLogin)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        monkeypatch.setenv("HOME", "/nonexistent")  # no ~/.mlflow/credentials
+        with pytest.raises(SweepError, match="refused the login \\(401\\): set MLFLOW_TRACKING_USERNAME"):
+            check_tracking_uri(uri)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
+        check_tracking_uri(uri)  # the login MLflow's client would send is accepted
+    finally:
+        server.shutdown()

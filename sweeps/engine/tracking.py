@@ -5,6 +5,7 @@ The parent run is one per sweep (reopened on `--resume`); trials become its chil
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import http.client
 import json
@@ -25,6 +26,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import read_mlflow_creds
 
 from ap_core.paths import check_writable_dir
 from sweeps.engine.options import SweepError, SweepOptions
@@ -82,11 +84,14 @@ def check_tracking_uri(uri: str) -> None:
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
             response.read()
-        with urllib.request.urlopen(
-            uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=10
-        ) as response:
+        with urllib.request.urlopen(_api_probe(uri), timeout=10) as response:
             answer = json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
+        if isinstance(err, urllib.error.HTTPError) and err.code in (401, 403):
+            raise SweepError(
+                f"MLflow at {uri!r} refused the login ({err.code}): set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials) to an account of its basic-auth app"
+            ) from None
         if isinstance(err, urllib.error.HTTPError | json.JSONDecodeError):
             raise SweepError(
                 f"{uri!r} answers but is not an MLflow tracking server ({err}); check the host and port"
@@ -98,6 +103,16 @@ def check_tracking_uri(uri: str) -> None:
         ) from None
     if not isinstance(answer, dict):
         raise SweepError(f"{uri!r} answers but is not an MLflow tracking server; check the host and port")
+
+
+def _api_probe(uri: str) -> urllib.request.Request:
+    """A cheap MLflow API call, with the basic-auth login MLflow's own client would send (env or credentials file)."""
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    login = read_mlflow_creds()
+    if login.username and login.password:
+        token = base64.b64encode(f"{login.username}:{login.password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    return request
 
 
 @dataclass(frozen=True)
