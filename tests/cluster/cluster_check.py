@@ -412,24 +412,23 @@ def check_tokenless_peers_refused(cluster: Cluster) -> None:
 
 # ---- the sweep and the lost worker -------------------------------------------------------------------------------
 
+# A trial's folder is `<trial name>_<Tune trial id>` (the id holds one '_'): the name is what precedes them.
 READ_TUNE_RESULTS = """
-import glob, json
+import glob, json, os
 rows = []
 for path in sorted(glob.glob('/results/sweep/ray/**/result.json', recursive=True)):
+    name = os.path.basename(os.path.dirname(path)).rsplit('_', 2)[0]
     for line in open(path):
         if line.strip():
             r = json.loads(line)
-            keys = ('trial', 'cycle', 'node_ip', 'node_id', 'training_iteration', 'iterations_since_restore')
-            rows.append({k: r.get(k) for k in keys} | {'config_trial': r.get('config', {}).get('trial')})
+            keys = ('cycle', 'node_ip', 'node_id', 'training_iteration', 'iterations_since_restore')
+            rows.append({k: r.get(k) for k in keys} | {'trial': name})
 print(json.dumps(rows))
 """
 
 
 def tune_rows(cluster: Cluster) -> list[dict]:
-    rows = json.loads(cluster.head_python(READ_TUNE_RESULTS, timeout_s=120).stdout.strip().splitlines()[-1])
-    for row in rows:
-        row["trial"] = row["trial"] or row["config_trial"]
-    return rows
+    return json.loads(cluster.head_python(READ_TUNE_RESULTS, timeout_s=120).stdout.strip().splitlines()[-1])
 
 
 def run_sweep_losing_a_worker(cluster: Cluster, timeout_s: float = 1200) -> tuple[str, str, list[dict]]:
