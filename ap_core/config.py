@@ -27,6 +27,7 @@ SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 AP_SCORES = ("change", "magnitude")
 AP_CANDIDATES = ("negative", "all")
 AP_SCOPES = ("global", "layer")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -93,6 +94,11 @@ class TrialConfig:
         0, "torch intra-op threads on a CPU; 0 = auto: 1 for models under 1M parameters, else torch's default"
     )
     amp: bool = _opt(True, "bf16 autocast and channels-last on CUDA (ignored on CPU)")
+    torch_compile: str = _runtime(
+        "off",
+        f"torch.compile the model for training and evaluation: {'/'.join(COMPILE_MODES)} (reduce-overhead adds "
+        "CUDA graphs); results match eager within noise, not bit for bit; a CPU needs a C++ compiler",
+    )
     data_dir: str = _runtime("data", "folder for torchvision datasets")
     download: bool = _runtime(False, "download torchvision datasets when missing")
     checkpoint_every_epoch: bool = _runtime(False, "also checkpoint between epochs, not only between cycles")
@@ -115,6 +121,7 @@ class TrialConfig:
         _choice("ap_score", self.ap_score, AP_SCORES)
         _choice("ap_candidates", self.ap_candidates, AP_CANDIDATES)
         _choice("ap_scope", self.ap_scope, AP_SCOPES)
+        _choice("torch_compile", self.torch_compile, COMPILE_MODES)
         if self.ap_scope == "layer" and METHODS.get(self.method).structured:
             raise ConfigError(f"ap_scope 'layer' needs a weight method; {self.method} removes whole channels")
         RETRAINING.get(self.retraining)

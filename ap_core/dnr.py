@@ -35,14 +35,17 @@ class DeadNeuronCounter:
 
     Each hook counts alive outputs as sign(relu-output).sum() in float32 (on CPU several times faster than
     count_nonzero, exact for up to 2^24 alive outputs per layer and batch, a relative error below 1e-7 beyond) and adds
-    it in place into that layer's float64 counter; dead = seen - alive is worked out on the host at read time.
+    it, and the outputs seen, in place into that layer's float64 counters on the model's device; dead = seen - alive
+    is worked out on the host at read time. The counters are zeroed in place, never replaced or held as Python
+    numbers, so a torch.compile'd forward traces the hooks once instead of recompiling on every new count.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.layers = activation_layers(model)
         self.enabled = False
-        self._alive: list[torch.Tensor | None] = [None] * len(self.layers)
-        self._seen = [0] * len(self.layers)
+        device = next(model.parameters()).device
+        self._alive = [torch.zeros((), dtype=torch.float64, device=device) for _ in self.layers]
+        self._seen = [torch.zeros((), dtype=torch.float64, device=device) for _ in self.layers]
         self._handles = [
             module.register_forward_hook(self._hook(index, isinstance(module, NONNEGATIVE_ACTIVATIONS)))
             for index, module in enumerate(self.layers.values())
@@ -55,27 +58,23 @@ class DeadNeuronCounter:
             # Counting must stay out of autograd: otherwise every batch's graph is chained into the counter.
             with torch.no_grad():
                 positive = output if nonnegative else output.clamp(min=0)
-                alive = positive.sign().sum(dtype=torch.float32)
-                total = self._alive[index]
-                if total is None:
-                    total = self._alive[index] = torch.zeros((), dtype=torch.float64, device=output.device)
-                total.add_(alive)
-            self._seen[index] += output.numel()
+                self._alive[index].add_(positive.sign().sum(dtype=torch.float32))
+                self._seen[index].add_(output.numel())
 
         return count
 
     def reset(self) -> None:
-        self._alive = [None] * len(self.layers)
-        self._seen = [0] * len(self.layers)
+        if self.layers:
+            torch._foreach_zero_(self._alive + self._seen)
 
     def read(self) -> DeadRate:
         """Dead rates since the last reset (one device->host copy)."""
-        counted = [a for a in self._alive if a is not None]
-        values = iter(torch.stack(counted).tolist() if counted else [])
-        alive = [round(next(values)) if a is not None else 0 for a in self._alive]
-        dead = [s - a for s, a in zip(self._seen, alive, strict=True)]
-        layers = {name: (d / s if s else 0.0) for name, d, s in zip(self.layers, dead, self._seen, strict=True)}
-        total = sum(self._seen)
+        counts = torch.stack(self._alive + self._seen).tolist() if self.layers else []
+        alive = [round(a) for a in counts[: len(self.layers)]]
+        seen = [round(s) for s in counts[len(self.layers) :]]
+        dead = [s - a for s, a in zip(seen, alive, strict=True)]
+        layers = {name: (d / s if s else 0.0) for name, d, s in zip(self.layers, dead, seen, strict=True)}
+        total = sum(seen)
         return DeadRate(dnr=sum(dead) / total if total else 0.0, layers=layers)
 
     def remove(self) -> None:

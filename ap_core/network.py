@@ -218,6 +218,11 @@ def cut_state(state: Mapping[str, torch.Tensor], index_map: IndexMap) -> dict[st
     return {name: cut(t, index_map[name]) if name in index_map else t for name, t in state.items()}
 
 
+def compiled(model: nn.Module, mode: str) -> nn.Module:
+    """What training and evaluation call: `model` itself, or torch.compile's wrapper around it (same parameters)."""
+    return model if mode == "off" else torch.compile(model, mode=mode)
+
+
 class PrunableNet:
     """A model with its mask, reference states, optimizer and the dense totals, changed only through removals.
 
@@ -234,8 +239,11 @@ class PrunableNet:
         make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
         channel_groups: Sequence[ChannelGroup] = (),
         channels_last: bool = False,
+        compile_mode: str = "off",
     ) -> None:
         self.model = model
+        self.compile_mode = compile_mode
+        self.forward_module = compiled(model, compile_mode)
         self.channels_last = channels_last  # Torch-Pruning rebuilds weights contiguous: restore the format after
         self.example = example
         self.make_optimizer = make_optimizer
@@ -314,6 +322,11 @@ class PrunableNet:
 
     def _remove(self, removal: ChannelRemoval) -> None:
         remove_channels(self.model, removal, self.example)
+        if self.compile_mode != "off":
+            # Start the new shapes from a clean cache: otherwise every removal adds a graph until torch.compile's
+            # recompile limit silently falls back to eager.
+            torch.compiler.reset()
+            self.forward_module = compiled(self.model, self.compile_mode)
         self._flops = None
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)

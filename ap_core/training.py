@@ -129,7 +129,8 @@ def train_epoch(
 ) -> tuple[torch.Tensor, int]:
     """Train on `batches` (one epoch or its remainder); returns (summed loss as a device tensor, sample count).
 
-    The optimizer and masking are looked up on `net` every step, since a hook may remove channels mid-epoch.
+    The optimizer, masking and forward module are looked up on `net` every step, since a hook may remove channels
+    mid-epoch.
     """
     model = net.model
     model.train()
@@ -142,7 +143,7 @@ def train_epoch(
         optimizer = net.optimizer
         set_lr(optimizer, next(lrs))
         with autocast(device, use_amp):
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(net.forward_module(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for hook in hooks:

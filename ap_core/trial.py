@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -105,6 +106,11 @@ def run_trial(
     return trial.run(on_cycle, Path(checkpoint_dir) if checkpoint_dir is not None else None)
 
 
+def _cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend would build with, if one is installed."""
+    return next(filter(None, (shutil.which(c) for c in (os.environ.get("CXX") or "g++", "clang++"))), None)
+
+
 class Trial:
     """The mutable state of one trial; `run` advances it cycle by cycle."""
 
@@ -115,6 +121,11 @@ class Trial:
             raise ConfigError(f"device {config.device!r}: this machine has no CUDA GPU; use --device cpu or auto")
         if config.cpu_threads > (os.cpu_count() or 1):
             raise ConfigError(f"cpu_threads {config.cpu_threads} is more than this machine's {os.cpu_count()} CPUs")
+        if config.torch_compile != "off" and self.device.type == "cpu" and not _cxx_compiler():
+            raise ConfigError(
+                f"torch_compile {config.torch_compile!r} on a CPU needs a C++ compiler (g++, clang++ or $CXX); "
+                "install one or use torch_compile off"
+            )
         self.use_amp = config.amp and self.device.type == "cuda"
         if config.cpu_threads:
             # Tiny models on a shared CPU slow down sharply when several trials each spin up all cores.
@@ -184,7 +195,7 @@ class Trial:
         groups = find_channel_groups(model, example) if self.method.structured else []
         mask = Mask.ones(model, config.keep_first_dense, config.keep_classifier_dense)
         channels_last = self.use_amp and self.data.x_train.dim() == 4
-        net = PrunableNet(model, mask, example, self._make_optimizer, groups, channels_last)
+        net = PrunableNet(model, mask, example, self._make_optimizer, groups, channels_last, config.torch_compile)
         net.references["init"] = _clone_state(model)
         return net
 
@@ -345,7 +356,7 @@ class Trial:
                 f"(lr {config.lr}, model {config.model}); lower the learning rate"
             )
         rate = self.counter.read()
-        test_acc, test_loss = evaluate(self.net.model, self._test_batches(), self.use_amp)
+        test_acc, test_loss = evaluate(self.net.forward_module, self._test_batches(), self.use_amp)
         if not math.isfinite(test_loss):
             raise NonFiniteLossError(
                 f"test loss became {test_loss} in cycle {self.cycle}, epoch {epoch}: the weights diverged "
@@ -401,7 +412,7 @@ class Trial:
             return None
         x_val, y_val = self.validation
         batches = eval_batches(x_val, y_val, EVAL_BATCH_SIZE, self._standardise)
-        return evaluate(self.net.model, batches, self.use_amp)[0]
+        return evaluate(self.net.forward_module, batches, self.use_amp)[0]
 
     def _test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return eval_batches(self.data.x_test, self.data.y_test, EVAL_BATCH_SIZE, self._standardise)

@@ -172,6 +172,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, digits):
         ({"max_train_samples": 1}, "max_train_samples 1"),
         ({"val_fraction": 0.5}, "val_fraction 0.5"),
         ({"val_fraction": math.nan}, "val_fraction nan"),
+        ({"torch_compile": "fast"}, "torch_compile 'fast'"),
     ],
 )
 def test_bad_configs_raise_one_clear_error(changes, named):
@@ -205,6 +206,21 @@ def test_a_validation_split_is_held_out_of_training_the_same_for_every_seed(digi
     results = run_trial(quick(val_fraction=0.1, cycles=1, epochs=1), dataset=digits)
     assert all(0 <= r.val_acc <= 100 and r.metrics()["val_acc"] == r.val_acc for r in results)
     assert "val_acc" not in run_trial(quick(cycles=1, epochs=1), dataset=digits)[0].metrics()
+
+
+def test_torch_compile_keeps_the_numbers_within_noise(digits):
+    """The speed switch must not change the science: same pruning, accuracies and DNR as eager, within noise."""
+    eager = run_trial(quick(), dataset=digits)
+    compiled = run_trial(quick(torch_compile="default"), dataset=digits)
+    for a, b in zip(eager, compiled, strict=True):
+        assert a.weights_remaining == b.weights_remaining
+        assert abs(a.test_acc - b.test_acc) <= 1.5 and abs(a.dnr - b.dnr) <= 0.02, (a.metrics(), b.metrics())
+
+
+def test_torch_compile_on_a_cpu_without_a_compiler_is_refused(digits, monkeypatch):
+    monkeypatch.setattr("ap_core.trial.shutil.which", lambda _: None)
+    with pytest.raises(ConfigError, match="torch_compile 'default' on a CPU needs a C\\+\\+ compiler"):
+        Trial(quick(torch_compile="default"), digits)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
