@@ -278,7 +278,9 @@ def add_dataclass_arguments(
     """Add one `--field-name` option per dataclass field, with the field's type, default and help.
 
     `shown_defaults` replaces a field's own default in the help where something else decides it (a preset);
-    a field whose metadata says `switch` is a plain flag that takes no value (`--resume`).
+    a field whose metadata says `switch` is a plain flag that takes no value (`--resume`). A field whose value has
+    a word the type cannot spell (`--gpus-per-trial auto`) brings its own text-to-value function as metadata
+    `parse` and value-to-text function as `show`.
     """
     shown_defaults = shown_defaults or {}
     hints = get_type_hints(cls)
@@ -288,10 +290,12 @@ def add_dataclass_arguments(
         hint = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help texts
-        shown = shown_defaults.get(f.name, f.default)
+        shown = shown_defaults.get(f.name, f.metadata.get("show", str)(f.default))
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f"{help_text} (default: {shown})"}
         if f.metadata.get("switch"):
             kwargs.update(action="store_const", const=True, help=help_text)
+        elif "parse" in f.metadata:
+            kwargs.update(type=f.metadata["parse"])
         elif hint is bool:
             kwargs.update(type=_parse_bool, nargs="?", const=True, metavar="BOOL")
         elif get_origin(hint) is dict:

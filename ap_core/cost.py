@@ -72,6 +72,12 @@ def epoch_timer(config: TrialConfig, dataset: ArrayDataset | None = None) -> tup
     return trial, next_epoch
 
 
+def probe_config(config: TrialConfig, num_train: int, images: int) -> TrialConfig:
+    """`config` cut to a probe: one cycle, no validation split, `images` training images (at least two batches)."""
+    subset = min(num_train, max(images, 2 * config.batch_size))
+    return config.replace(max_train_samples=subset, val_fraction=0.0, cycles=1)
+
+
 def measure_epochs(config: TrialConfig, dataset: ArrayDataset | None = None, epochs: int = 2) -> EpochCost:
     """Train `epochs` epochs of `config`'s dense cycle (loading its dataset unless `dataset` is given)."""
     if epochs < 1:

@@ -104,6 +104,7 @@ BAD_INPUTS = {
     "bad trial setting": (["--epochs", "0"], "epochs 0"),
     "bad flag value": (["--seeds", "three"], "'three'"),
     "bad gpu share": (["--gpus-per-trial", "1.5"], "1.5"),
+    "gpu share not a number": (["--gpus-per-trial", "lots"], "'lots' is not a GPU share; valid: auto, 0"),
     "repeated network": (["--networks", "mlp", "mlp"], "'mlp' twice"),
     "repeated dataset": (["--datasets", "digits", "digits"], "'digits' twice"),
     "repeated method": (["--methods", "GP", "GP"], "'GP' twice"),
@@ -238,7 +239,7 @@ def test_help_shows_the_presets_values_and_loads_neither_torch_nor_ray() -> None
     help_text = " ".join(done.stdout.split())  # argparse wraps lines
     assert "loaded: []" in help_text  # --help stays instant: nothing heavy is imported
     assert "(default: 16 in preset smoke)" in help_text and "(default: 8 in preset smoke)" in help_text
-    assert "presets: smoke, paper" in help_text
+    assert "presets: smoke, paper" in help_text and "no GPU (default: auto)" in help_text
     assert all(f"[--{flag}]" in help_text for flag in ("resume", "dry-run", "list"))  # plain switches, no value
 
 

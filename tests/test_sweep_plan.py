@@ -97,6 +97,9 @@ def test_sweep_options_are_validated() -> None:
         SweepOptions(gpus_per_trial=1.5)
     with pytest.raises(ConfigError, match="cpus_per_trial 0"):
         SweepOptions(cpus_per_trial=0)
+    for not_a_share in (-2.0, float("nan"), float("inf")):  # -1.0 is auto; inf used to raise OverflowError
+        with pytest.raises(ConfigError, match=f"gpus_per_trial {not_a_share} must be auto, 0"):
+            SweepOptions(gpus_per_trial=not_a_share)
     assert SweepOptions(gpus_per_trial=0.25).gpus_per_trial == 0.25
 
 

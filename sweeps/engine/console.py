@@ -77,7 +77,7 @@ def print_cost(plan: SweepPlan, sample_images: int = 1024) -> None:
     import torch
 
     from ap_core import load_dataset
-    from ap_core.cost import measure_epochs
+    from ap_core.cost import measure_epochs, probe_config
     from ap_core.training import resolve_device
 
     epochs_by_key: dict[tuple, float] = {}
@@ -89,10 +89,9 @@ def print_cost(plan: SweepPlan, sample_images: int = 1024) -> None:
     total_seconds = 0.0
     for key, config in configs.items():
         dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
-        subset = min(dataset.num_train, max(sample_images, 2 * config.batch_size))
-        probe = config.replace(max_train_samples=subset, val_fraction=0.0, cycles=1)
+        probe = probe_config(config, dataset.num_train, sample_images)
         seconds = measure_epochs(probe, dataset, epochs=2).steady_epoch_seconds
-        per_epoch = seconds * dataset.num_train / subset
+        per_epoch = seconds * dataset.num_train / probe.max_train_samples
         total_seconds += per_epoch * epochs_by_key[key]
         print(f"  {config.model} on {config.dataset}, batch {config.batch_size}: {per_epoch:.2f} s per epoch here")
     device = resolve_device(next(iter(configs.values())).device) if configs else torch.device("cpu")

@@ -9,6 +9,7 @@ nothing. Ctrl-C and SIGTERM stop a running sweep resumably (exit 130).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -21,7 +22,7 @@ from ap_core.paths import check_writable_dir, check_writable_file
 from sweeps.engine import preflight
 from sweeps.engine.console import print_choices, print_cost, print_plan, quiet_libraries
 from sweeps.engine.hparams_file import load_hparams
-from sweeps.engine.options import ParsedArgs, SweepError, flat_options, parse_args
+from sweeps.engine.options import AUTO_GPUS, ParsedArgs, SweepError, flat_options, parse_args
 from sweeps.engine.spec import SweepPlan, SweepSpec, expand
 from sweeps.engine.sweep_state import (
     STATE_FILE,
@@ -63,6 +64,10 @@ def run(spec: SweepSpec, argv: list[str] | None = None) -> int:
     plan = plan_sweep(spec, args)
     if args.options.dry_run:
         print_plan(plan)
+        if args.options.gpus_per_trial == AUTO_GPUS:
+            from sweeps.engine.packing import dry_run_note
+
+            print(dry_run_note(args.options))
         if args.options.estimate:
             print_cost(plan)
         return 0
@@ -135,9 +140,17 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
     runtime = runtime_settings(plan)
     datasets = load_datasets(plan)  # missing data fails here, before anything starts
 
+    if options.gpus_per_trial == AUTO_GPUS and args.overrides.get("device") == "cpu":
+        options = dataclasses.replace(options, gpus_per_trial=0.0)  # CPU trials asked for: nothing to measure
+
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        tune_runner.connect(options)
+        gpus_per_trial = tune_runner.connect(options, plan, datasets)
+        # `auto` resolved: Tune's resources and the parent run's flags carry the number from here on
+        args = dataclasses.replace(args, options=dataclasses.replace(options, gpus_per_trial=gpus_per_trial))
+        if options.gpus_per_trial == AUTO_GPUS and gpus_per_trial > 0:  # planned as CPU trials while `auto`
+            plan = plan_sweep(plan.spec, args)
+            runtime = runtime_settings(plan)
         # `kill`, `timeout`, `docker stop` and batch schedulers send SIGTERM: stop as cleanly as Ctrl-C (exit 130,
         # runs marked KILLED, resumable) instead of dying with the runs left RUNNING. Set after ray.init, which
         # installs a handler of its own that just exits.

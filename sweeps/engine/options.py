@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,28 @@ def _opt(default: Any, help: str) -> Any:
 def _switch(help: str) -> Any:
     """An action flag: present or absent, no value (`--resume`, not `--resume true`)."""
     return field(default=False, metadata={"help": help, "switch": True})
+
+
+# `--gpus-per-trial auto`: trials per GPU measured at start (sweeps.engine.packing); a float no user can pass.
+AUTO_GPUS = -1.0
+GPU_SHARES = "auto, 0 (CPU only), a fraction <= 1 (trials share a GPU) or a whole number"
+
+
+def parse_gpus_per_trial(text: str) -> float:
+    """`auto` or a number, as typed after --gpus-per-trial (a negative number is not a way to say auto)."""
+    if text == "auto":
+        return AUTO_GPUS
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a GPU share; valid: {GPU_SHARES}") from None
+    if not value >= 0:  # written so that nan fails too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a GPU share; valid: {GPU_SHARES}")
+    return value
+
+
+def show_gpus_per_trial(value: float) -> str:
+    return "auto" if value == AUTO_GPUS else f"{value:g}"
 
 
 class SweepError(Exception):
@@ -50,7 +73,15 @@ class SweepOptions:
     tracking_uri: str = _opt("", "MLflow tracking URI; empty: $MLFLOW_TRACKING_URI, else SQLite in the results folder")
     mlflow: bool = _opt(True, "log trials to MLflow (false: Tune only, e.g. to measure overhead)")
     cpus_per_trial: float = _opt(1.0, "CPUs reserved per trial")
-    gpus_per_trial: float = _opt(0.0, "GPUs per trial; fractions share a GPU between trials (e.g. 0.25)")
+    gpus_per_trial: float = field(
+        default=AUTO_GPUS,
+        metadata={
+            "help": "GPUs per trial; fractions share a GPU between trials (e.g. 0.25), 0 runs on CPU; auto: as many "
+            "trials per GPU as the networks' measured memory allows, CPU where there is no GPU",
+            "parse": parse_gpus_per_trial,
+            "show": show_gpus_per_trial,
+        },
+    )
     max_concurrent: int = _opt(0, "most trials running at once (0 = as many as resources allow)")
     max_failures: int = _opt(1, "retries of a failing trial before it is recorded FAILED")
     resume: bool = _switch("continue this sweep's last invocation (finished trials are not rerun); refused if none")
@@ -67,10 +98,10 @@ class SweepOptions:
     def __post_init__(self) -> None:
         if self.cpus_per_trial <= 0:
             raise ConfigError(f"cpus_per_trial {self.cpus_per_trial} must be > 0")
-        if self.gpus_per_trial < 0:
-            raise ConfigError(f"gpus_per_trial {self.gpus_per_trial} must be >= 0")
-        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
-            raise ConfigError(f"gpus_per_trial {self.gpus_per_trial} must be a fraction <= 1 or a whole number")
+        gpus = self.gpus_per_trial
+        whole = gpus > 1 and math.isfinite(gpus) and gpus == int(gpus)
+        if gpus != AUTO_GPUS and not (0 <= gpus <= 1 or whole):
+            raise ConfigError(f"gpus_per_trial {gpus} must be {GPU_SHARES}")
         for name in ("seeds", "max_concurrent", "max_failures", "num_cpus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} {getattr(self, name)} must be >= 0")

@@ -21,8 +21,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater, Searcher
 
-from sweeps.engine import preflight
-from sweeps.engine.options import SearchOptions, SweepError, SweepOptions
+from sweeps.engine import packing, preflight
+from sweeps.engine.options import AUTO_GPUS, SearchOptions, SweepError, SweepOptions
 from sweeps.engine.progress import OverallProgress
 from sweeps.engine.report import trial_outcomes
 from sweeps.engine.spec import SweepPlan, TrialCatalog
@@ -71,30 +71,30 @@ def run_experiments(
     return grids
 
 
-def connect(options: SweepOptions) -> None:
+def connect(options: SweepOptions, plan: SweepPlan, datasets: Mapping[str, Any]) -> float:
     """Join the cluster (or start a private local Ray) and refuse trials it can never schedule; before any write.
 
+    Returns the GPUs per trial: the option's own, or what `--gpus-per-trial auto` resolves to where the trials run.
     The caller shuts Ray down (`ray.shutdown()`), also when this raises.
     """
+    auto = options.gpus_per_trial == AUTO_GPUS
     if not options.address:  # checked before starting anything: a local Ray has what this machine has
+        gpus_per_trial = packing.resolve_locally(plan, options, datasets) if auto else options.gpus_per_trial
         preflight.check_resources(
-            preflight.local_resources(options.num_cpus),
-            options.cpus_per_trial,
-            options.gpus_per_trial,
-            "the local Ray",
+            preflight.local_resources(options.num_cpus), options.cpus_per_trial, gpus_per_trial, "the local Ray"
         )
         # "local": a fresh instance even when `ray start` left a cluster address on this machine
         ray.init(address="local", num_cpus=options.num_cpus or None, include_dashboard=False)
-        return
+        return gpus_per_trial
     preflight.check_ray_address(options.address)
     try:
         ray.init(address=options.address)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise SweepError(f"cannot join the Ray cluster at --address {options.address!r}: {_first_line(err)}") from None
+    gpus_per_trial = packing.resolve_on_cluster(plan, options, datasets) if auto else options.gpus_per_trial
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    preflight.check_resources(
-        nodes, options.cpus_per_trial, options.gpus_per_trial, f"the cluster at {options.address}"
-    )
+    preflight.check_resources(nodes, options.cpus_per_trial, gpus_per_trial, f"the cluster at {options.address}")
+    return gpus_per_trial
 
 
 def _first_line(err: Exception) -> str:
