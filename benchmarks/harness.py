@@ -85,11 +85,13 @@ def time_training_steps(
     masked_density: float | None,
     count_dnr: bool,
     use_amp: bool,
+    compile_mode: str = "off",
 ) -> float:
     """Seconds for `steps` training steps of a fresh model in one configuration (after one warm-up step).
 
     Masked: gradients and weights masked every step at `masked_density`; dense: an empty mask (no masking work).
     DNR: the trial's dead-output counting hooks, read back once at the end as once per epoch in a trial.
+    `compile_mode` other than "off": torch.compile'd as `--torch-compile` does, compiled in the warm-up step.
     """
     torch.manual_seed(0)
     model = build_model(model_name, data.num_classes, data.input_shape).to(device)
@@ -98,7 +100,9 @@ def time_training_steps(
         model = model.to(memory_format=torch.channels_last)
     mask = pruned_mask(model, masked_density) if masked_density is not None else Mask({})
     example = data.standardised(data.x_train[:1])
-    net = PrunableNet(model, mask, example, lambda m: build_optimizer(TrialConfig(), m))
+    if compile_mode != "off":
+        torch.compiler.reset()  # a fresh model per call: without a reset its graphs pile up to the recompile limit
+    net = PrunableNet(model, mask, example, lambda m: build_optimizer(TrialConfig(), m), compile_mode=compile_mode)
     counter = DeadNeuronCounter(model) if count_dnr else None
     if counter is not None:
         counter.enabled = True

@@ -9,7 +9,8 @@ the per-repeat ratios, so load drifting on a shared machine cancels within each 
    smaller set in a fresh process and scales the seconds to 50,000 images;
 4. packing: aggregate epochs/s of k trials sharing the CPUs through `cpu_threads` vs one trial given them all;
 5. memory: a trial's peak host (and device) memory, and what a Ray worker holds after getting the dataset;
-6. host syncs: `aten::item` / `aten::_local_scalar_dense` calls per epoch, for epochs of n and 2n batches.
+6. host syncs: `aten::item` / `aten::_local_scalar_dense` calls per epoch, for epochs of n and 2n batches;
+7. `--torch-compile default` vs eager: steps after compiling (masked, DNR counted), and the seconds compiling took.
 
 Exits 1 when a target for this device is missed (CPU: overhead ratios and the naive speed-up; CUDA: also the
 H100 speed-up and epoch time), 2 on bad arguments.
@@ -150,6 +151,34 @@ def overhead_rows(device: torch.device, sizes: Sizes, repeats: int) -> list[Targ
             Target(f"{model} DNR on / off", dnr, 1.10, at_most=True),
         ]
     return targets
+
+
+def compile_rows(device: torch.device, sizes: Sizes, repeats: int) -> None:
+    """torch.compile vs eager on the trial's own step (masked, DNR counted); informational: no target."""
+    use_amp = device.type == "cuda"
+    cases = [
+        ("resnet20", cifar_shaped(BATCH * 4, 10).to(device), BATCH, sizes.overhead_steps, max(2, repeats // 2)),
+        ("mlp", load_dataset("digits").to(device), 64, sizes.mlp_steps, repeats),
+    ]
+    print(f"{'model':<9} {'eager ms/step':>13} {'compiled / eager':>16} {'compiling s':>11}   steps x repeats")
+    for model, data, batch, steps, model_repeats in cases:
+        warm_up: list[float] = []
+
+        def variant(mode: str, model=model, data=data, batch=batch, steps=steps, warm_up=warm_up):
+            def timed() -> float:
+                started = time.perf_counter()
+                seconds = time_training_steps(model, data, device, steps, batch, MASKED_DENSITY, True, use_amp, mode)
+                if mode != "off":
+                    warm_up.append(time.perf_counter() - started - seconds)
+                return seconds
+
+            return timed
+
+        measured = interleaved({"eager": variant("off"), "compiled": variant("default")}, model_repeats)
+        ratio = paired_ratio(measured, "compiled", "eager")
+        eager_ms = 1000 * medians(measured)["eager"] / steps
+        compiling = sorted(warm_up)[len(warm_up) // 2]
+        print(f"{model:<9} {eager_ms:>13.2f} {ratio:>16.3f} {compiling:>11.1f}   {steps} x {model_repeats}")
 
 
 def trial_config(device: torch.device, threads: int, **changes: Any) -> TrialConfig:
@@ -359,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         transport_row(sizes.transport_images)
     print("\n## 6. host syncs in the training loop (torch.profiler)")
     sync_row(device, args.threads)
+    print("\n## 7. torch.compile (default mode) vs eager, per training step after compiling")
+    compile_rows(device, sizes, repeats)
     print("\n## targets")
     for target in targets:
         print(target.line())
