@@ -35,9 +35,10 @@ class DeadNeuronCounter:
 
     Each hook counts alive outputs as sign(relu-output).sum() in float32 (on CPU several times faster than
     count_nonzero, exact for up to 2^24 alive outputs per layer and batch, a relative error below 1e-7 beyond) and adds
-    it, and the outputs seen, in place into that layer's float64 counters on the model's device; dead = seen - alive
-    is worked out on the host at read time. The counters are zeroed in place, never replaced or held as Python
-    numbers, so a torch.compile'd forward traces the hooks once instead of recompiling on every new count.
+    it in place into that layer's float64 counter on the model's device; dead = seen - alive is worked out on the
+    host at read time. Outputs seen are counted in Python ints when eager (the cheapest), and in device tensors when
+    a torch.compile'd forward traces the hook: there a Python number would be guarded on and recompile every batch.
+    Counters are zeroed in place, never replaced, for the same reason.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -45,7 +46,8 @@ class DeadNeuronCounter:
         self.enabled = False
         device = next(model.parameters()).device
         self._alive = [torch.zeros((), dtype=torch.float64, device=device) for _ in self.layers]
-        self._seen = [torch.zeros((), dtype=torch.float64, device=device) for _ in self.layers]
+        self._seen_traced = [torch.zeros((), dtype=torch.float64, device=device) for _ in self.layers]
+        self._seen = [0] * len(self.layers)
         self._handles = [
             module.register_forward_hook(self._hook(index, isinstance(module, NONNEGATIVE_ACTIVATIONS)))
             for index, module in enumerate(self.layers.values())
@@ -55,23 +57,28 @@ class DeadNeuronCounter:
         def count(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
             if not self.enabled:
                 return
-            # Counting must stay out of autograd: otherwise every batch's graph is chained into the counter.
-            with torch.no_grad():
-                positive = output if nonnegative else output.clamp(min=0)
-                self._alive[index].add_(positive.sign().sum(dtype=torch.float32))
-                self._seen[index].add_(output.numel())
+            # Detached, counting stays out of autograd: otherwise every batch's graph is chained into the counter.
+            values = output.detach()
+            positive = values if nonnegative else values.clamp(min=0)
+            self._alive[index].add_(positive.sign().sum(dtype=torch.float32))
+            if torch.compiler.is_compiling():
+                self._seen_traced[index].add_(values.numel())
+            else:
+                self._seen[index] += values.numel()
 
         return count
 
     def reset(self) -> None:
         if self.layers:
-            torch._foreach_zero_(self._alive + self._seen)
+            torch._foreach_zero_(self._alive + self._seen_traced)
+        self._seen = [0] * len(self.layers)
 
     def read(self) -> DeadRate:
         """Dead rates since the last reset (one device->host copy)."""
-        counts = torch.stack(self._alive + self._seen).tolist() if self.layers else []
-        alive = [round(a) for a in counts[: len(self.layers)]]
-        seen = [round(s) for s in counts[len(self.layers) :]]
+        n = len(self.layers)
+        counts = torch.stack(self._alive + self._seen_traced).tolist() if n else []
+        alive = [round(a) for a in counts[:n]]
+        seen = [eager + round(traced) for eager, traced in zip(self._seen, counts[n:], strict=True)]
         dead = [s - a for s, a in zip(seen, alive, strict=True)]
         layers = {name: (d / s if s else 0.0) for name, d, s in zip(self.layers, dead, seen, strict=True)}
         total = sum(seen)
