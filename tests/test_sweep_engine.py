@@ -393,3 +393,23 @@ def test_two_sweeps_creating_one_sqlite_store_at_once_both_succeed(tmp_path: Pat
     client = MlflowClient(uri)
     for name in ("sweep0", "sweep1"):
         assert len(client.search_runs([client.get_experiment_by_name(name).experiment_id])) == 1
+
+
+def test_every_worker_of_a_sweeps_ray_runs_the_quiet_shutdown_setup_first() -> None:
+    """Ray's SIGTERM at shutdown must not print SystemExit tracebacks from workers (seen in CI): each worker of the
+    sweep's job has the hook in place before it runs anything."""
+    import ray
+
+    from sweeps.engine import tune_runner
+
+    plan = expand(table1.SPEC, "smoke", methods=("GP",), seeds=1)
+    try:
+        tune_runner.connect(SweepOptions(num_cpus=1, gpus_per_trial=0.0), plan, {})
+
+        @ray.remote(num_cpus=0)
+        def hook_name() -> str:
+            return sys.unraisablehook.__qualname__
+
+        assert ray.get(hook_name.remote()) == "ignore_exit_requests_in_callbacks"
+    finally:
+        ray.shutdown()

@@ -72,7 +72,9 @@ def test_structured_table_shows_mean_std_delta_params_and_the_published_numbers(
     expected = f"{statistics.mean(seeds):.2f} ± {statistics.stdev(seeds):.2f}"
     assert cells.loc[("vgg16", "NS", "no AP"), "90% acc"] == expected
     assert cells.loc[("vgg16", "NS", "no AP"), "90% params %"] == "50.0"
-    assert cells.loc[("vgg16", "NS", "Δ(AP)"), "90% acc"] == "+1.00"
+    # Δ pairs each seed's AP run with its no-AP run: here AP adds exactly 1.0 on every seed.
+    assert cells.loc[("vgg16", "NS", "Δ(AP)"), "90% acc"] == "+1.00 ± 0.00*"
+    assert "paired differences" in table.note
     # The authors' numbers (shared/reference/rni_results.csv) sit beside the runs without AP.
     assert cells.loc[("vgg16", "NS", "no AP"), "ref 90%"] == "89.95"
     assert cells.loc[("vgg16", "RNI", "no AP"), "ref 90%"] == "90.88"
@@ -83,6 +85,7 @@ def test_structured_table_shows_mean_std_delta_params_and_the_published_numbers(
     unfinished = unfinished[~((unfinished["trial"] == "vgg16-rni-r50-ap-seed3") & (unfinished["cycle"] == 1))]
     partial = structured_table(unfinished, plan).cells
     assert partial.loc[("vgg16", "RNI", "AP"), "50% acc"].endswith("(n=2)")
+    assert partial.loc[("vgg16", "RNI", "Δ(AP)"), "50% acc"] == "+1.00 ± 0.00* (n=2)"  # only seeds run both ways
     assert partial.loc[("vgg16", "RNI", "AP"), "dense"] == cells.loc[("vgg16", "RNI", "AP"), "dense"]
     # Dense is cycle 0 once per seed, whatever the ratio or AP: three values, not twelve.
     assert cells.loc[("vgg16", "NS", "no AP"), "dense"] == "93.20 ± 0.10"

@@ -15,7 +15,8 @@ import torch
 from ray import tune
 
 from ap_core import TrialConfig, load_dataset
-from trainables.pruning_trial import dataset_key, ignore_exit_requests_in_callbacks, train_trial
+from trainables.pruning_trial import dataset_key, train_trial
+from trainables.worker_setup import ignore_exit_requests_in_callbacks
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -36,16 +35,6 @@ def dataset_key(config: TrialConfig) -> str:
     return f"{config.dataset}@{config.data_dir}"
 
 
-def ignore_exit_requests_in_callbacks(unraisable: Any) -> None:
-    """`sys.unraisablehook` for trial workers: drop the SystemExit of Ray's SIGTERM handler, report anything else.
-
-    When Ray shuts down it SIGTERMs its workers; if the signal lands while the garbage collector runs a weakref
-    callback, Python prints the handler's SystemExit as an ignored exception with a traceback on the user's console.
-    """
-    if not issubclass(unraisable.exc_type, SystemExit):
-        sys.__unraisablehook__(unraisable)
-
-
 def train_trial(
     config: dict[str, Any],
     runtime: Mapping[str, Any] | None = None,
@@ -58,7 +47,6 @@ def train_trial(
     """
     # Ray Train logs one INFO line per persisted checkpoint: one per cycle per trial, thousands per sweep.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    sys.unraisablehook = ignore_exit_requests_in_callbacks
     settings = trial_config(config, runtime)
     dataset: ArrayDataset | None = None
     if datasets and dataset_key(settings) in datasets:

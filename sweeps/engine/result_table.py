@@ -103,15 +103,13 @@ def build_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
     baseline = variants[0]
     combos = list(dict.fromkeys(tuple(t.labels[k] for k in [*GROUP_KEYS, "variant"]) for t in plan.trials))
     stats = pd.DataFrame(columns=[*GROUP_KEYS, "variant", "level", "mean", "std", "n"])
-    by_seed: dict[tuple, dict[int, float]] = {}
+    by_seed = values_by_seed(rows, [*GROUP_KEYS, "variant", "level"])
     if not rows.empty:
         stats = (
             rows.groupby([*GROUP_KEYS, "variant", "level"])["test_acc"]
             .agg(mean="mean", std="std", n="count")
             .reset_index()
         )
-        for key, group in rows.groupby([*GROUP_KEYS, "variant", "level"]):
-            by_seed[key] = dict(zip(group["seed"], group["test_acc"], strict=True))
     levels = sorted(set(expected_levels(plan)) | set(stats["level"]), reverse=True)
     lookup = {tuple(r[:5]): (r[5], r[6], r[7]) for r in stats.itertuples(index=False, name=None)}
 
@@ -161,6 +159,16 @@ def ap_scope_note(plan: SweepPlan) -> str:
     return f"AP picked its share {' and '.join(words[s] for s in scopes)}." if scopes else ""
 
 
+def values_by_seed(rows: pd.DataFrame, keys: list[str], column: str = "test_acc") -> dict[tuple, dict[int, float]]:
+    """Per group of `keys`, each seed's value: what `paired_delta` pairs."""
+    if rows.empty:
+        return {}
+    return {
+        key if isinstance(key, tuple) else (key,): dict(zip(group["seed"], group[column], strict=True))
+        for key, group in rows.groupby(keys)
+    }
+
+
 def paired_delta(
     variant: dict[int, float] | None, baseline: dict[int, float] | None
 ) -> tuple[float, float, int] | None:
@@ -196,13 +204,6 @@ def format_cell(stat: tuple[float, float, int] | None, seeds: int) -> str:
     mean, std, n = stat
     text = f"{mean:.2f}" if n < 2 else f"{mean:.2f} ± {std:.2f}"
     return text if n >= seeds else f"{text} (n={n})"
-
-
-def format_delta(stat: tuple[float, float, int] | None, base: tuple[float, float, int] | None) -> str:
-    """The difference of two cells' means, signed."""
-    if stat is None or base is None:
-        return MISSING
-    return f"{stat[0] - base[0] + 0.0:+.2f}".replace("-0.00", "+0.00")
 
 
 def _slug(text: str) -> str:

@@ -13,7 +13,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sweeps.engine import plots
-from sweeps.engine.result_table import MISSING, SweepTable, format_cell, format_delta
+from sweeps.engine.result_table import (
+    DELTA_NOTE,
+    MISSING,
+    SweepTable,
+    format_cell,
+    format_paired_delta,
+    paired_delta,
+    values_by_seed,
+)
 from sweeps.engine.spec import SweepPlan
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "rni_results.csv"
@@ -68,6 +76,7 @@ def structured_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
     dense = _stats(dense_cycles(rows), ROW_KEYS[:3], "test_acc")
     acc = _stats(finals, [*ROW_KEYS, "setting"], "test_acc")
     params = _stats(finals, [*ROW_KEYS, "setting"], "params_remaining")
+    by_seed = values_by_seed(finals, [*ROW_KEYS, "setting"])
     reference = _reference()
     variants = [v.label for v in plan.spec.variants]
     combos = list(dict.fromkeys(tuple(t.labels[k] for k in ROW_KEYS) for t in plan.trials))
@@ -94,7 +103,8 @@ def structured_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
             base = (*combo[:3], variants[0])
             deltas = [""]  # the dense net is trained the same way with or without AP
             for label in ratios:
-                deltas += [format_delta(acc.get((*combo, label)), acc.get((*base, label))), ""]
+                delta = paired_delta(by_seed.get((*combo, label)), by_seed.get((*base, label)))
+                deltas += [format_paired_delta(delta, seeds), ""]
             table[(*combo[:3], f"Δ({variant})")] = deltas + [""] * (1 + len(ratios))
     title = (
         f"{plan.spec.title} — test accuracy (%), mean ± std over {seeds} seeds, and parameters remaining "
@@ -108,7 +118,7 @@ def structured_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
         ],
         ignore_index=True,
     )
-    return SweepTable(title, _frame(table, columns, combos), values)
+    return SweepTable(title, _frame(table, columns, combos), values, DELTA_NOTE)
 
 
 def demp_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:

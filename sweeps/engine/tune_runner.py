@@ -29,6 +29,7 @@ from sweeps.engine.spec import SweepPlan, TrialCatalog
 from sweeps.engine.tracking import ParentRun
 from sweeps.engine.trial_logger import MlflowTrialLogger
 from trainables.pruning_trial import train_trial, trial_config
+from trainables.worker_setup import SETUP_HOOK
 
 # Searches are judged on the held-out validation split (the hparam_grid presets set val_fraction).
 SEARCH_METRIC = "val_acc"
@@ -71,6 +72,10 @@ def run_experiments(
     return grids
 
 
+# Every worker of the sweep's job runs this first: no SystemExit tracebacks from Ray's own SIGTERM at shutdown.
+WORKERS = {"worker_process_setup_hook": SETUP_HOOK}
+
+
 def connect(options: SweepOptions, plan: SweepPlan, datasets: Mapping[str, Any]) -> float:
     """Join the cluster (or start a private local Ray) and refuse trials it can never schedule; before any write.
 
@@ -84,11 +89,11 @@ def connect(options: SweepOptions, plan: SweepPlan, datasets: Mapping[str, Any])
             preflight.local_resources(options.num_cpus), options.cpus_per_trial, gpus_per_trial, "the local Ray"
         )
         # "local": a fresh instance even when `ray start` left a cluster address on this machine
-        ray.init(address="local", num_cpus=options.num_cpus or None, include_dashboard=False)
+        ray.init(address="local", num_cpus=options.num_cpus or None, include_dashboard=False, runtime_env=WORKERS)
         return gpus_per_trial
     preflight.check_ray_address(options.address)
     try:
-        ray.init(address=options.address)
+        ray.init(address=options.address, runtime_env=WORKERS)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise SweepError(f"cannot join the Ray cluster at --address {options.address!r}: {_first_line(err)}") from None
     gpus_per_trial = packing.resolve_on_cluster(plan, options, datasets) if auto else options.gpus_per_trial

@@ -1,0 +1,23 @@
+"""What every Ray worker process of a sweep runs first (Ray's `worker_process_setup_hook`), before any import of ours.
+
+When Ray shuts down it SIGTERMs its workers, and its handler raises SystemExit. If the signal lands while the garbage
+collector runs a weakref callback (a worker still importing torch, say), Python prints that SystemExit as an ignored
+exception with a traceback, which reaches the user's console through Ray's log forwarding.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+SETUP_HOOK = "trainables.worker_setup.quiet_shutdown"
+
+
+def ignore_exit_requests_in_callbacks(unraisable: Any) -> None:
+    """`sys.unraisablehook` that drops SystemExit (only Ray's SIGTERM handler raises it there), reports the rest."""
+    if not issubclass(unraisable.exc_type, SystemExit):
+        sys.__unraisablehook__(unraisable)
+
+
+def quiet_shutdown() -> None:
+    sys.unraisablehook = ignore_exit_requests_in_callbacks
