@@ -303,6 +303,8 @@ REFUSED_SETUPS = {
     # #10.3: ray.init waited for minutes after sweep.json and the MLflow store were written
     "unreachable Ray address": (["--address", "127.0.0.1:1"], "'127.0.0.1:1'"),
     "malformed Ray address": (["--address", "headnode"], "'headnode'"),
+    # a port that answers but is not Ray's: ray.init waited for more than five minutes
+    "a Ray address where an HTTP server listens": (["--address", "{http}"], "not as a Ray head"),
     # #10.10: tracking URIs that escaped the check
     "unclosed IPv6 tracking host": (["--tracking-uri", "http://[::1"], "http://[::1"),
     "non-numeric tracking port": (["--tracking-uri", "http://localhost:abc"], "http://localhost:abc"),
@@ -324,13 +326,14 @@ REFUSED_SETUPS = {
 
 @pytest.mark.parametrize("argv, named", list(REFUSED_SETUPS.values()), ids=list(REFUSED_SETUPS))
 def test_impossible_setups_are_refused_before_anything_starts(
-    argv: list[str], named: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, not_mlflow_server: str
 ) -> None:
     import ray
 
     (tmp_path / "afile").write_text("a file, not a folder")
     results = tmp_path / "results"
-    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    http_address = not_mlflow_server.removeprefix("http://")
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{http}", http_address) for a in argv]
     started = time.monotonic()
     with pytest.raises(SystemExit) as exit_info:
         main(table1.SPEC, ["--results-dir", str(results), *argv, "--epochs", "1", "--cycles", "1", "--seeds", "1"])

@@ -16,6 +16,10 @@ from ap_core.paths import check_writable_dir
 from sweeps.engine.options import SweepError
 
 RAY_CONNECT_TIMEOUT_S = 10.0
+# A Ray head's GCS port speaks gRPC, i.e. HTTP/2: sent the client preface and an empty SETTINGS frame, it answers
+# with a SETTINGS frame of its own (frame type 4 in the fourth byte of the 9-byte frame header).
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4
 
 
 def resolve_storage(storage: str, results_dir: Path) -> str:
@@ -42,20 +46,45 @@ def resolve_storage(storage: str, results_dir: Path) -> str:
 
 
 def check_ray_address(address: str) -> None:
-    """Refuse a `host:port` no Ray head answers on, within seconds (ray.init would wait for minutes)."""
+    """Refuse a `host:port` no Ray head answers on, within seconds (ray.init would wait for minutes).
+
+    The port must accept a connection and answer like the gRPC server a Ray head's GCS is. With Ray's TLS on
+    (RAY_USE_TLS), the plain HTTP/2 greeting cannot be answered, so only the connection is checked.
+    """
     if address in ("", "auto", "local") or "://" in address:
         return  # `auto` and `ray://` are resolved by Ray itself, which fails fast on them
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise SweepError(f"--address {address!r} must be host:port (e.g. 10.0.0.1:6379) or 'auto'")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT_S):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT_S) as connection:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return
+            answers_grpc = _answers_http2(connection)
     except OSError as err:
         raise SweepError(
             f"cannot reach a Ray cluster at --address {address!r} ({err.strerror or err}); start its head with "
             "`ray start --head`, or leave out --address for a private local Ray"
         ) from None
+    if not answers_grpc:
+        raise SweepError(
+            f"--address {address!r} answers, but not as a Ray head (no gRPC reply); give the port `ray start "
+            "--head` listens on (6379 unless --port says otherwise)"
+        )
+
+
+def _answers_http2(connection: socket.socket) -> bool:
+    connection.sendall(HTTP2_PREFACE)
+    header = b""
+    try:
+        while len(header) < 9:
+            chunk = connection.recv(9 - len(header))
+            if not chunk:
+                break
+            header += chunk
+    except TimeoutError:
+        return False
+    return len(header) == 9 and header[3] == HTTP2_SETTINGS
 
 
 def local_resources(num_cpus: int) -> list[dict[str, float]]:
