@@ -106,9 +106,14 @@ def run_trial(
     return trial.run(on_cycle, Path(checkpoint_dir) if checkpoint_dir is not None else None)
 
 
-def _cxx_compiler() -> str | None:
-    """The C++ compiler torch.compile's CPU backend would build with, if one is installed."""
-    return next(filter(None, (shutil.which(c) for c in (os.environ.get("CXX") or "g++", "clang++"))), None)
+def check_compile_toolchain(torch_compile: str, device: torch.device) -> None:
+    """Refuse `torch_compile` on a CPU without the C++ compiler its backend builds with (it would fail mid-trial)."""
+    compilers = (os.environ.get("CXX") or "g++", "clang++")
+    if torch_compile != "off" and device.type == "cpu" and not any(shutil.which(c) for c in compilers):
+        raise ConfigError(
+            f"torch_compile {torch_compile!r} on a CPU needs a C++ compiler (g++, clang++ or $CXX); "
+            "install one or use torch_compile off"
+        )
 
 
 class Trial:
@@ -121,11 +126,7 @@ class Trial:
             raise ConfigError(f"device {config.device!r}: this machine has no CUDA GPU; use --device cpu or auto")
         if config.cpu_threads > (os.cpu_count() or 1):
             raise ConfigError(f"cpu_threads {config.cpu_threads} is more than this machine's {os.cpu_count()} CPUs")
-        if config.torch_compile != "off" and self.device.type == "cpu" and not _cxx_compiler():
-            raise ConfigError(
-                f"torch_compile {config.torch_compile!r} on a CPU needs a C++ compiler (g++, clang++ or $CXX); "
-                "install one or use torch_compile off"
-            )
+        check_compile_toolchain(config.torch_compile, self.device)
         self.use_amp = config.amp and self.device.type == "cuda"
         if config.cpu_threads:
             # Tiny models on a shared CPU slow down sharply when several trials each spin up all cores.

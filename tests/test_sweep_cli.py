@@ -468,3 +468,23 @@ def test_a_tracking_server_behind_basic_auth_takes_mlflows_own_login(monkeypatch
         check_tracking_uri(uri)  # the login MLflow's client would send is accepted
     finally:
         server.shutdown()
+
+
+def test_torch_compile_without_a_compiler_is_refused_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Every trial would fail at start on this machine: say so once, before Ray starts or anything is written."""
+    import ray
+
+    monkeypatch.setattr("ap_core.trial.shutil.which", lambda _: None)
+    results = tmp_path / "results"
+    argv = ["--results-dir", str(results), "--torch-compile", "default", "--epochs", "1", "--cycles", "1"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: torch_compile 'default' on a CPU needs a C++ compiler (g++, clang++ or $CXX); install one or use "
+        "torch_compile off"
+    )
+    assert not ray.is_initialized() and not results.exists()
