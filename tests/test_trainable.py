@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,10 +43,10 @@ class RunningTrials(tune.Callback):
 
 
 def run_tuner(
-    param_space: dict, runtime: dict, datasets: dict, resources: dict, storage: Path
+    function: Any, param_space: dict, runtime: dict, datasets: dict, resources: dict, storage: Path
 ) -> tuple[Any, RunningTrials]:
     running = RunningTrials()
-    trainable = tune.with_parameters(train_trial, runtime=runtime, datasets=datasets)
+    trainable = tune.with_parameters(function, runtime=runtime, datasets=datasets)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         param_space=param_space,
@@ -55,8 +56,19 @@ def run_tuner(
 
 
 def test_reports_every_cycle_with_a_checkpoint_and_uses_the_shipped_dataset(local_ray: None, tmp_path: Path) -> None:
-    # Long enough (a few seconds) that the second trial starts before the first ends, even on a loaded machine.
-    base = TrialConfig(model="mlp", dataset="digits", epochs=12, cycles=CYCLES, device="cpu")
+    base = TrialConfig(model="mlp", dataset="digits", epochs=6, cycles=CYCLES, device="cpu")
+    arrivals = tmp_path / "arrivals"
+    arrivals.mkdir()
+
+    def train_once_both_started(config: dict, runtime: Any = None, datasets: Any = None) -> None:
+        """Each trial waits (up to a minute) for the other to start: only trials running side by side get past
+        at once, however fast the machine trains (a trial alone used to end before the other one started)."""
+        (arrivals / config["data_dir"]).touch()
+        deadline = time.monotonic() + 60
+        while len(list(arrivals.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        train_trial(config, runtime, datasets)
+
     # Two trials whose datasets differ by key: one gets a shipped copy whose training labels are scrambled,
     # the other finds no shipped copy and loads digits itself.
     shipped = base.replace(data_dir="shipped")
@@ -65,7 +77,9 @@ def test_reports_every_cycle_with_a_checkpoint_and_uses_the_shipped_dataset(loca
     # Tune's config holds the trial's settings (here the data folder too); runtime settings come beside it.
     param_space = {**base.experiment_settings(), "data_dir": tune.grid_search(["shipped", "own"])}
     datasets = {dataset_key(shipped): ray.put(scrambled)}
-    results, running = run_tuner(param_space, {"device": "cpu"}, datasets, {"cpu": 1, "gpu": 0.5}, tmp_path)
+    results, running = run_tuner(
+        train_once_both_started, param_space, {"device": "cpu"}, datasets, {"cpu": 1, "gpu": 0.5}, tmp_path
+    )
 
     assert results.num_errors == 0
     assert running.most == 2  # two half-GPU trials shared the single GPU at the same time
