@@ -96,10 +96,10 @@ def section(table: pd.DataFrame, cpus: int) -> str:
     )
 
 
-def write_section(text: str) -> None:
-    """Replace this benchmark's section in RESULTS.md (other sections stay as they are)."""
+def write_section(text: str, heading: str = HEADING) -> None:
+    """Replace one benchmark's section (`heading`) in RESULTS.md; other sections stay as they are."""
     current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     updated = pattern.sub(text + "\n", current) if pattern.search(current) else current.rstrip() + "\n\n" + text
     RESULTS.write_text(updated)
 

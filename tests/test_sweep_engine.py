@@ -6,6 +6,7 @@ Nothing here starts Ray; the trial logger writes to a real (SQLite) MLflow store
 from __future__ import annotations
 
 import json
+import pickle
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from ray.tune import Result
+from ray.tune import Checkpoint, Result
 from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
 
@@ -36,9 +37,10 @@ from sweeps.engine.sweep_state import (
     read_state,
     state_to_continue,
 )
+from sweeps.engine.trial_artifacts import write_trial_artifacts
 from sweeps.engine.trial_logger import MlflowTrialLogger, sync_with_tune
 from sweeps.engine.tune_runner import PlannedTrials, TrialNamer, search_setup, split_settings
-from trainables.pruning_trial import REPEAT_INDEX, trial_config
+from trainables.pruning_trial import ARTIFACTS_DIR, REPEAT_INDEX, TRIAL_NAME, trial_config
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = expand(table1.SPEC, "smoke")
@@ -185,14 +187,21 @@ def test_catalog_names_planned_and_searched_trials() -> None:
     trial = SMOKE.by_name()["mlp-lp-ap-seed2"]
     catalog = SMOKE.catalog()
     assert catalog.describe(trial.config.replace(device="cuda", cpu_threads=3)) == trial  # runtime ignored
-    stub = Trial("train_trial", config=trial.config.experiment_settings(), trial_id="abc12_00003", stub=True)
-    assert TrialNamer(catalog)(stub) == "mlp-lp-ap-seed2"
-    assert TrialNamer(catalog, with_id=True)(stub) == "mlp-lp-ap-seed2_abc12_00003"
+    # A planned trial's name travels in its config; the namer Tune stores with every trial holds no plan.
+    config = {**trial.config.experiment_settings(), TRIAL_NAME: trial.name}
+    stub = Trial("train_trial", config=config, trial_id="abc12_00003", stub=True)
+    assert TrialNamer()(stub) == "mlp-lp-ap-seed2"
+    assert TrialNamer(with_id=True)(stub) == "mlp-lp-ap-seed2_abc12_00003"
+    assert trial_config(config) == trial.config  # the name is not a setting
+    assert len(pickle.dumps(TrialNamer("mlp-gp", ("batch_size", "lr", "epochs"), numbered=True))) < 300
 
     base = GRID.search_group("digits-mlp-gp").base
     point = base.replace(batch_size=128, lr=0.05, epochs=4, seed=2)
     described = GRID.catalog().describe(point, "abc12_00007")
     assert described.name == "mlp-gp-bs128-lr0.05-ep4-seed2" and described.labels["seed"] == 2
+    group = GRID.search_group("digits-mlp-gp")
+    searched = Trial("train_trial", config=point.experiment_settings(), trial_id="abc12_00007", stub=True)
+    assert TrialNamer(group.stem, tuple(GRID.search.axes))(searched) == described.name  # the same name as the catalog's
     sampled = expand(hparam_grid.SPEC, "smoke", methods=("GP",), search_mode="optuna", num_samples=2)
     assert sampled.catalog().describe(point, "abc12_00007").name.endswith("-seed2-00007")  # points may repeat
     assert sampled.catalog().describe(point, "e6da6f37").name.endswith("-seed2-e6da6f37")  # a searcher's trial id
@@ -272,8 +281,6 @@ def test_trial_logger_writes_one_child_run_per_trial_and_skips_steps_it_has(tmp_
     assert run.data.params["lr"] == str(trial.config.lr)
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test_acc")] == [(0, 50.0), (1, 60.0)]
     assert run.data.tags["early_stopped"] == "true"  # ended after cycle 1 of 16
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"cycles.csv", "mask_summary.csv", "plots"} <= artifacts
 
 
 # ---- parent run view ----------------------------------------------------------------------------------------------
@@ -335,7 +342,10 @@ def test_sync_with_tune_logs_exactly_the_missing_cycles_and_closes_the_run(tmp_p
 
     last = {**rows[-1], "done": True, "trial_id": "abc12_00000", "config": settings}
     history = pd.DataFrame([{**r, "done": False, "config/lr": settings["lr"]} for r in rows])
-    result = Result(metrics=last, checkpoint=None, error=None, path=str(tmp_path), metrics_dataframe=history)
+    # The trial's worker drew its artifacts into its last checkpoint; the driver only uploads them.
+    write_trial_artifacts(tmp_path / "checkpoint" / ARTIFACTS_DIR, trial.name, rows)
+    checkpoint = Checkpoint.from_directory(str(tmp_path / "checkpoint"))
+    result = Result(metrics=last, checkpoint=checkpoint, error=None, path=str(tmp_path), metrics_dataframe=history)
     assert sync_with_tune(parent, SMOKE.catalog(), {}, [(result, "FINISHED")]) == ""
     assert sync_with_tune(parent, SMOKE.catalog(), {}, [(result, "FINISHED")]) == ""  # a second sync adds nothing
 
@@ -346,7 +356,11 @@ def test_sync_with_tune_logs_exactly_the_missing_cycles_and_closes_the_run(tmp_p
     assert run.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "test_acc")) == [0, 1, 2]
     assert "config/lr" not in run.data.metrics
-    assert "cycles.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"cycles.csv", "mask_summary.csv", "plots"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/test_acc_vs_weights_remaining.png", "plots/dnr_per_cycle.png"}
+    cycles_csv = client.download_artifacts(run.info.run_id, "cycles.csv", str(tmp_path / "download"))
+    assert pd.read_csv(cycles_csv)["test_acc"].tolist() == [50.0, 51.0, 52.0]
 
 
 def test_a_trial_is_finished_when_tunes_saved_state_says_so_not_its_status_after_ctrl_c(tmp_path: Path) -> None:

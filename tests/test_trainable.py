@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 import weakref
@@ -16,7 +17,7 @@ import torch
 from ray import tune
 
 from ap_core import TrialConfig, load_dataset
-from trainables.pruning_trial import dataset_key, train_trial
+from trainables.pruning_trial import HISTORY_FILE, PACKED_METRICS, TUNE_METRICS, dataset_key, train_trial
 from trainables.worker_setup import ignore_exit_requests_in_callbacks
 
 pytestmark = pytest.mark.integration
@@ -90,10 +91,15 @@ def test_reports_every_cycle_with_a_checkpoint_and_uses_the_shipped_dataset(loca
         history = result.metrics_dataframe
         assert history["cycle"].tolist() == list(range(CYCLES + 1))
         assert history["weights_remaining"].iloc[-1] == pytest.approx(100 * 0.8**CYCLES, abs=0.05)
-        assert {"dnr", "dead_units", "train_loss", "cycle_seconds", "node_id"} <= set(history.columns)
-        assert any(column.startswith("dnr/") for column in history.columns)
+        assert {"dnr", "test_acc", PACKED_METRICS, "node_id"} <= set(history.columns)
+        packed = json.loads(history[PACKED_METRICS].iloc[-1])  # the rest, as one string Tune keeps no statistics of
+        assert {"dead_units", "train_loss", "cycle_seconds"} <= set(packed)
+        assert any(key.startswith("dnr/") for key in packed) and not set(packed) & set(TUNE_METRICS)
         with result.checkpoint.as_directory() as folder:
             assert (Path(folder) / "trial.pt").is_file()
+            saved = json.loads((Path(folder) / HISTORY_FILE).read_text())  # every cycle so far, for the artifacts
+            assert [row["cycle"] for row in saved] == list(range(CYCLES + 1))
+            assert saved[-1]["train_loss"] == packed["train_loss"]
     assert by_name["own"].metrics["test_acc"] > 80
     assert by_name["shipped"].metrics["test_acc"] < 50  # learned the scrambled labels it was shipped
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -20,11 +21,34 @@ from ap_core import ArrayDataset, CycleResult, TrialConfig, run_trial
 
 # Tune's Repeater numbers the repeats of one searched point 0, 1, ...: they are the point's seeds 1, 2, ...
 REPEAT_INDEX = "__trial_index__"
+# A planned trial's name, handed out with its settings (tune_runner.PlannedTrials): data, not a setting.
+TRIAL_NAME = "trial_name"
+NOT_SETTINGS = (REPEAT_INDEX, TRIAL_NAME)
+# Metrics Tune keeps as its own numbers (the tables, searches and schedulers read them). Tune keeps running
+# statistics of every number a trial reports, in every trial's saved state, so the rest (per-layer DNR, density,
+# dead units, losses, ...) travel packed as one JSON string, `PACKED_METRICS`, unpacked for MLflow.
+TUNE_METRICS = (
+    "cycle",
+    "weights_remaining",
+    "params_remaining",
+    "channels_remaining",
+    "flops_remaining",
+    "test_acc",
+    "val_acc",
+    "dnr",
+)
+PACKED_METRICS = "more_metrics"
+# Inside every checkpoint: each cycle's metrics so far, and the trial's artifacts as of that cycle.
+HISTORY_FILE = "cycles.json"
+ARTIFACTS_DIR = "artifacts"
+
+# Draws a trial's artifacts (name, every cycle's metrics so far) into a folder; runs where the trial runs.
+ArtifactWriter = Callable[[Path, str, list[dict[str, float]]], None]
 
 
 def trial_config(config: Mapping[str, Any], runtime: Mapping[str, Any] | None = None) -> TrialConfig:
     """The TrialConfig of a Tune config (plus the sweep's runtime settings)."""
-    values = {k: v for k, v in config.items() if k != REPEAT_INDEX}
+    values = {k: v for k, v in config.items() if k not in NOT_SETTINGS}
     if REPEAT_INDEX in config:
         values["seed"] = int(config[REPEAT_INDEX]) + 1
     return TrialConfig.from_dict({**values, **(runtime or {})})
@@ -39,11 +63,13 @@ def train_trial(
     config: dict[str, Any],
     runtime: Mapping[str, Any] | None = None,
     datasets: Mapping[str, ray.ObjectRef] | None = None,
+    write_artifacts: ArtifactWriter | None = None,
 ) -> None:
     """Run the trial whose experiment settings are `config`, resuming from Tune's checkpoint when there is one.
 
     `datasets` maps `dataset_key`s to object refs of loaded `ArrayDataset`s (a trial whose dataset is not there
-    loads it itself).
+    loads it itself). `write_artifacts` draws the trial's artifacts into every checkpoint, here on the worker, so
+    the driver only uploads them.
     """
     # Ray Train logs one INFO line per persisted checkpoint: one per cycle per trial, thousands per sweep.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
@@ -52,13 +78,26 @@ def train_trial(
     if datasets and dataset_key(settings) in datasets:
         dataset = ray.get(datasets[dataset_key(settings)])
     node_id = ray.get_runtime_context().get_node_id()
+    name = tune.get_context().get_trial_name()
+    history: list[dict[str, float]] = []
 
     with tempfile.TemporaryDirectory(prefix="ap-trial-") as workdir:
 
         def report(result: CycleResult) -> None:
-            # run_trial has just written workdir/trial.pt; report() persists it before returning.
+            # run_trial has just written workdir/trial.pt; the history and artifacts join it in the checkpoint,
+            # which report() persists before returning.
+            metrics = result.metrics()
+            history.append({k: float(v) for k, v in metrics.items()})
+            (Path(workdir) / HISTORY_FILE).write_text(json.dumps(history))
+            if write_artifacts is not None:
+                write_artifacts(Path(workdir) / ARTIFACTS_DIR, name, history)
             tune.report(
-                {**result.metrics(), "node_id": node_id, "removal_events": json.dumps(result.removal_events)},
+                {
+                    **{k: v for k, v in metrics.items() if k in TUNE_METRICS},
+                    PACKED_METRICS: json.dumps({k: v for k, v in metrics.items() if k not in TUNE_METRICS}),
+                    "node_id": node_id,
+                    "removal_events": json.dumps(result.removal_events),
+                },
                 checkpoint=tune.Checkpoint.from_directory(workdir),
             )
 
@@ -67,4 +106,13 @@ def train_trial(
             run_trial(settings, on_cycle=report, checkpoint_dir=workdir, dataset=dataset)
             return
         with checkpoint.as_directory() as resume_dir:
+            history.extend(_history(Path(resume_dir)))
             run_trial(settings, on_cycle=report, checkpoint_dir=workdir, resume_from=resume_dir, dataset=dataset)
+
+
+def _history(checkpoint_dir: Path) -> list[dict[str, float]]:
+    """The cycles' metrics a checkpoint holds (JSON: nothing in it is executed); none in older checkpoints."""
+    path = checkpoint_dir / HISTORY_FILE
+    if not path.is_file():
+        return []
+    return [{str(k): float(v) for k, v in row.items()} for row in json.loads(path.read_text())]

@@ -284,11 +284,18 @@ class TrialCatalog:
         group = self._groups.get((config.dataset, config.model, config.method))
         if group is None:
             raise KeyError(f"trial {config.model}/{config.method} (seed {config.seed}) is not part of this sweep")
-        point = {k: getattr(config, k) for k in self._axes}
-        name = "-".join([group.stem, *_point_tags(point), f"seed{config.seed}"])
-        if trial_id and self._numbered:
-            name += f"-{trial_id.rpartition('_')[2]}"  # Tune's trial number, or a searcher's trial id
+        name = searched_trial_name(group.stem, self._axes, config, trial_id, self._numbered)
         return PlannedTrial(name, group.key, _copy({**group.labels, "seed": config.seed}), config)
+
+
+def searched_trial_name(stem: str, axes: tuple[str, ...], config: TrialConfig, trial_id: str, numbered: bool) -> str:
+    """A searched point's trial name, `mlp-gp-bs64-lr0.011-ep80-seed2`: its group's stem, the point and the seed.
+
+    `numbered` (sampled points may repeat): Tune's trial number, or a searcher's trial id, keeps names apart.
+    """
+    point = {k: getattr(config, k) for k in axes}
+    name = "-".join([stem, *_point_tags(point), f"seed{config.seed}"])
+    return f"{name}-{trial_id.rpartition('_')[2]}" if trial_id and numbered else name
 
 
 def _identity(config: TrialConfig) -> str:

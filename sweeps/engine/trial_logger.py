@@ -21,18 +21,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import pyarrow.fs
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from ray.tune import Callback, Result
+from ray.tune import Callback, Checkpoint, Result
 from ray.tune.experiment import Trial
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from sweeps.engine import plots
 from sweeps.engine.report import Outcome
 from sweeps.engine.spec import PlannedTrial, TrialCatalog
 from sweeps.engine.tracking import PARENT_TAG, TRACKING_ERRORS, ParentRun, now_ms, short_error
-from trainables.pruning_trial import trial_config
+from trainables.pruning_trial import ARTIFACTS_DIR, PACKED_METRICS, trial_config
 
 # Bookkeeping Tune adds to every result; the trial's own metrics are everything else that is numeric.
 NOT_METRICS = {*AUTO_RESULT_KEYS, "done", "trial_id", "checkpoint_dir_name", "should_checkpoint"}
@@ -42,27 +41,21 @@ BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
 class MlflowTrialLogger(Callback):
     """One child run per planned trial: params, tags, per-cycle metrics (step = cycle), artifacts, status.
 
-    Picklable (Tune stores it with the experiment): the client and run cache are rebuilt lazily, and the
-    per-cycle rows of unfinished trials travel in Tune's callback state so a resumed trial's CSV is complete.
+    Picklable (Tune stores it with the experiment): the client and run cache are rebuilt lazily. It keeps no
+    state of its own: a trial's artifacts (per-cycle CSV, mask summary, plots) are drawn on its worker into
+    every checkpoint, and uploaded from the last one when the trial ends.
     """
 
     def __init__(self, parent: ParentRun, catalog: TrialCatalog, sweep_tags: dict[str, str]) -> None:
         self.parent = parent
         self.catalog = catalog
         self.sweep_tags = sweep_tags
-        self._rows: dict[str, dict[int, dict[str, float]]] = {}
         self._client: MlflowClient | None = None
         self._runs: dict[str, tuple[str, int]] = {}  # trial name -> (run id, last logged step)
         self._paused = False  # MLflow stopped answering during this invocation
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_client": None, "_runs": {}, "_paused": False}
-
-    def get_state(self) -> dict[str, Any]:
-        return {"rows": self._rows}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._rows = state["rows"]
 
     @property
     def client(self) -> MlflowClient:
@@ -78,9 +71,7 @@ class MlflowTrialLogger(Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
-        metrics = _metrics(result)
-        self._rows.setdefault(self._planned(trial).name, {})[int(result["cycle"])] = metrics
-        self._unless_paused(self._log_result, trial, result, metrics)
+        self._unless_paused(self._log_result, trial, result, _metrics(result))
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._unless_paused(self._log_recovery, trial)
@@ -104,20 +95,19 @@ class MlflowTrialLogger(Callback):
             run_id, status = self._create_run(planned, str((result.metrics or {}).get("trial_id", ""))), "RUNNING"
         logged = {m.step for m in self.client.get_metric_history(run_id, "test_acc")}
         history = result.metrics_dataframe
-        records = []
+        last_cycle = -1
         if history is not None and not history.empty and "cycle" in history:
             for row in history.drop_duplicates("cycle", keep="last").sort_values("cycle").to_dict("records"):
                 record = _metrics({k: v for k, v in row.items() if _present(v)})
-                records.append({**record, "cycle": int(record["cycle"])})
-                if int(record["cycle"]) not in logged:
+                last_cycle = int(record["cycle"])
+                if last_cycle not in logged:
                     self._log_batch(run_id, _step_entries(record, row.get("removal_events"), now_ms()), [])
-        cycles = pd.DataFrame(records)
         if outcome == "unfinished":
             if status == "RUNNING":
                 self.client.set_terminated(run_id, "KILLED")  # --resume sets it running again
         elif status != outcome:
             error = str(result.error) if result.error is not None else None
-            self._close(run_id, planned, outcome, cycles, error)
+            self._close(run_id, planned, outcome, last_cycle, result.checkpoint, error)
 
     # ---- logging, paused while MLflow is away ----------------------------------------------------------------
 
@@ -209,25 +199,33 @@ class MlflowTrialLogger(Callback):
 
     def _finish(self, trial: Trial, status: str, error: str | None) -> None:
         planned = self._planned(trial)
-        run_id, _ = self._run(trial)
-        rows = self._rows.pop(planned.name, {})
-        cycles = pd.DataFrame([{**m, "cycle": c} for c, m in sorted(rows.items())])
-        self._close(run_id, planned, status, cycles, error)
+        run_id, last_cycle = self._run(trial)
+        self._close(run_id, planned, status, last_cycle, trial.checkpoint, error)
         self._runs.pop(planned.name, None)
 
-    def _close(self, run_id: str, planned: PlannedTrial, status: str, cycles: pd.DataFrame, error: str | None) -> None:
-        """Final tags, the per-cycle CSV, mask summary and plots, then the run's terminal status."""
-        last_step = int(cycles["cycle"].max()) if not cycles.empty else -1
+    def _close(
+        self,
+        run_id: str,
+        planned: PlannedTrial,
+        status: str,
+        last_cycle: int,
+        checkpoint: Checkpoint | None,
+        error: str | None,
+    ) -> None:
+        """Final tags, the artifacts of the trial's last checkpoint (and its error), then its terminal status."""
         tags = {"status_detail": status.lower()}
-        if status == "FINISHED" and last_step < planned.config.cycles:
+        if status == "FINISHED" and last_cycle < planned.config.cycles:
             tags["early_stopped"] = "true"  # a scheduler (ASHA) ended it before its last cycle
         if error is not None:
             tags["error"] = _one_line(error)
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, value)
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         with tempfile.TemporaryDirectory() as folder:
-            for path in _trial_artifacts(Path(folder), planned.name, cycles, error):
-                self.client.log_artifact(run_id, str(path), artifact_path=_artifact_dir(path))
+            if checkpoint is not None:
+                _copy_artifacts(checkpoint, Path(folder))
+            if error is not None:
+                (Path(folder) / "error.txt").write_text(error)
+            if any(Path(folder).iterdir()):
+                self.client.log_artifacts(run_id, folder)
         self.client.set_terminated(run_id, status)
 
 
@@ -246,14 +244,19 @@ def sync_with_tune(
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The trial's own numeric metrics of one result (Tune's bookkeeping and flattened config left out)."""
+    """The trial's own numeric metrics of one result (Tune's bookkeeping and flattened config left out), the
+    packed ones unpacked."""
+    packed = result.get(PACKED_METRICS)
     return {
-        k: float(v)
-        for k, v in result.items()
-        if k not in NOT_METRICS
-        and not k.startswith("config/")
-        and isinstance(v, int | float)
-        and not isinstance(v, bool)
+        **{
+            k: float(v)
+            for k, v in result.items()
+            if k not in NOT_METRICS
+            and not k.startswith("config/")
+            and isinstance(v, int | float)
+            and not isinstance(v, bool)
+        },
+        **({str(k): float(v) for k, v in json.loads(packed).items()} if isinstance(packed, str) else {}),
     }
 
 
@@ -274,33 +277,12 @@ def _removal_metrics(events_json: str | None, now: int) -> list[Metric]:
     return [Metric(f"removal/{m}", float(e[m]), now, int(e["training_step"])) for e in events for m in measures]
 
 
-def _trial_artifacts(folder: Path, name: str, cycles: pd.DataFrame, error: str | None) -> list[Path]:
-    """Per-cycle CSV, final mask summary (density per layer) and the trial's plots."""
-    paths = []
-    if error is not None:
-        paths.append(folder / "error.txt")
-        paths[-1].write_text(error)
-    if cycles.empty:
-        return paths
-    paths.append(folder / "cycles.csv")
-    cycles.to_csv(paths[-1], index=False)
-    final = cycles.iloc[-1]
-    density = {k.removeprefix("density/"): final[k] for k in cycles.columns if k.startswith("density/")}
-    paths.append(folder / "mask_summary.csv")
-    pd.DataFrame({"layer": list(density), "density": list(density.values())}).assign(
-        cycle=int(final["cycle"]), weights_remaining=final["weights_remaining"]
-    ).to_csv(paths[-1], index=False)
-    plots_dir = folder / "plots"
-    plots_dir.mkdir()
-    paths.append(plots_dir / "test_acc_vs_weights_remaining.png")
-    plots.save(plots.trial_accuracy_figure(cycles, name), str(paths[-1]))
-    paths.append(plots_dir / "dnr_per_cycle.png")
-    plots.save(plots.trial_dnr_figure(cycles, name), str(paths[-1]))
-    return paths
-
-
-def _artifact_dir(path: Path) -> str | None:
-    return "plots" if path.parent.name == "plots" else None
+def _copy_artifacts(checkpoint: Checkpoint, folder: Path) -> None:
+    """The artifacts the trial's worker drew into its checkpoint (none in a checkpoint gone from storage)."""
+    source = f"{checkpoint.path}/{ARTIFACTS_DIR}"
+    if checkpoint.filesystem.get_file_info(source).type != pyarrow.fs.FileType.Directory:
+        return
+    pyarrow.fs.copy_files(source, str(folder), source_filesystem=checkpoint.filesystem)
 
 
 def _error_text(trial: Trial) -> str:

@@ -9,8 +9,8 @@ reports the mean over seeds back to the searcher).
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,10 +25,12 @@ from sweeps.engine import packing, preflight
 from sweeps.engine.options import AUTO_GPUS, SearchOptions, SweepError, SweepOptions
 from sweeps.engine.progress import OverallProgress
 from sweeps.engine.report import trial_outcomes
-from sweeps.engine.spec import SweepPlan, TrialCatalog
+from sweeps.engine.retention import CheckpointRetention
+from sweeps.engine.spec import SweepPlan, TrialCatalog, searched_trial_name
 from sweeps.engine.tracking import ParentRun
+from sweeps.engine.trial_artifacts import write_trial_artifacts
 from sweeps.engine.trial_logger import MlflowTrialLogger
-from trainables.pruning_trial import train_trial, trial_config
+from trainables.pruning_trial import TRIAL_NAME, train_trial, trial_config
 from trainables.worker_setup import SETUP_HOOK
 
 # Searches are judged on the held-out validation split (the hparam_grid presets set val_fraction).
@@ -48,12 +50,12 @@ def run_experiments(
 ) -> list[ResultGrid]:
     """Run (or resume) each group's Tune experiment in turn on the Ray `connect` joined; stops after a group that
     Ctrl-C interrupted."""
-    # The snapshots forced by num_to_keep are intended; Tune would warn about them on every cycle.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     dataset_refs = {key: ray.put(data) for key, data in datasets.items()}
     datasets.clear()  # the object store holds them now; free the driver's copies
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, runtime=dict(runtime), datasets=dataset_refs),
+        tune.with_parameters(
+            train_trial, runtime=dict(runtime), datasets=dataset_refs, write_artifacts=write_trial_artifacts
+        ),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
     )
     catalog = plan.catalog()
@@ -121,17 +123,23 @@ def _tuner(
     if plan.search is None:
         trials = plan.trials_of(group)
         constants, points = split_settings([t.config.experiment_settings() for t in trials])
-        # Tune keeps one trial pending behind a custom searcher unless a ConcurrencyLimiter says how many may run:
-        # this one hands out a fixed plan, so as many as the resources allow (or --max-concurrent).
-        limit = options.max_concurrent or len(points)
+        # The name travels as data on the trial (Tune stores its namer with every trial: it must stay small).
+        points = [{**point, TRIAL_NAME: t.name} for point, t in zip(points, trials, strict=True)]
+        # Tune creates as many trials as its searcher's ConcurrencyLimiter allows: enough to fill every free slot
+        # and queue as many again, so a slot that frees up is refilled at once, while the rest of the plan waits
+        # in the searcher as plain data instead of as thousands of Tune trials.
+        limit = options.max_concurrent or 2 * trials_at_once(options.cpus_per_trial, options.gpus_per_trial)
         search_alg = ConcurrencyLimiter(PlannedTrials(points), max_concurrent=limit)
         param_space, num_samples = constants, len(points)
         cycles = [t.config.cycles + 1 for t in trials]
+        namer = TrialNamer()
     else:
         assert search is not None
         param_space, search_alg, num_samples = search_setup(plan, group, search)
         cycles = [plan.search_group(group).base.cycles + 1] * (plan.points_per_group * plan.seeds)
-    callbacks: list[Any] = []
+        searched = plan.search_group(group)
+        namer = TrialNamer(searched.stem, tuple(plan.search.axes), numbered=plan.search_mode != "grid")
+    callbacks: list[Any] = [CheckpointRetention()]
     if parent is not None:
         callbacks.append(MlflowTrialLogger(parent, catalog, sweep_tags))
     if options.progress:
@@ -149,17 +157,18 @@ def _tuner(
             mode="max" if searching else None,
             max_concurrent_trials=(options.max_concurrent or None) if plan.search is not None else None,
             reuse_actors=True,  # a worker that finished one trial starts the next: torch stays imported
-            trial_name_creator=TrialNamer(catalog),
-            trial_dirname_creator=TrialNamer(catalog, with_id=True),
+            trial_name_creator=namer,
+            trial_dirname_creator=dataclasses.replace(namer, with_id=True),
         ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
-            # Old checkpoints are deleted (a VGG-19 trial would otherwise keep GBs); Tune snapshots its
-            # experiment state each time it does, which keeps --resume pointing at a checkpoint that exists.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # No num_to_keep: Tune would snapshot the whole experiment's state every time a trial deletes a
+            # checkpoint, a cost that grows with the number of trials. CheckpointRetention deletes old ones instead,
+            # at Tune's own (adaptive) snapshots, so --resume always finds the checkpoint it was told of.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             verbose=1 if options.verbose else 0,  # by default our progress bar is the one live display
         ),
     )
@@ -235,13 +244,30 @@ class PlannedTrials(Searcher):
             self.next_index = int(json.load(file)["next_index"])
 
 
-class TrialNamer:
-    """Tune's trial name (`mlp-gp-ap-seed1`) or folder name (plus Tune's trial id) from the trial's config."""
+def trials_at_once(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials the Ray cluster joined has room for side by side (at least 1)."""
+    resources = ray.cluster_resources()
+    fits = [int(resources.get("CPU", 0) // cpus_per_trial)] if cpus_per_trial > 0 else []
+    fits += [int(resources.get("GPU", 0) // gpus_per_trial)] if gpus_per_trial > 0 else []
+    return max(1, min(fits, default=1))
 
-    def __init__(self, catalog: TrialCatalog, with_id: bool = False) -> None:
-        self.catalog = catalog
-        self.with_id = with_id
+
+@dataclasses.dataclass(frozen=True)
+class TrialNamer:
+    """Tune's trial name (`mlp-gp-ap-seed1`) or folder name (plus Tune's trial id), from the trial alone.
+
+    A planned trial carries its name in its config (`TRIAL_NAME`); a searched point's is its group's stem, the
+    point and the seed. Tune pickles this namer into every trial's saved state, so it holds a few strings only:
+    never the plan, whose size would then multiply with the number of trials.
+    """
+
+    stem: str = ""
+    axes: tuple[str, ...] = ()
+    numbered: bool = False
+    with_id: bool = False
 
     def __call__(self, trial: Trial) -> str:
-        name = self.catalog.describe(trial_config(trial.config), trial.trial_id).name
+        name = trial.config.get(TRIAL_NAME) or searched_trial_name(
+            self.stem, self.axes, trial_config(trial.config), trial.trial_id, self.numbered
+        )
         return f"{name}_{trial.trial_id}" if self.with_id else name
