@@ -10,7 +10,9 @@ the per-repeat ratios, so load drifting on a shared machine cancels within each 
 4. packing: aggregate epochs/s of k trials sharing the CPUs through `cpu_threads` vs one trial given them all;
 5. memory: a trial's peak host (and device) memory, and what a Ray worker holds after getting the dataset;
 6. host syncs: `aten::item` / `aten::_local_scalar_dense` calls per epoch, for epochs of n and 2n batches;
-7. `--torch-compile default` vs eager: steps after compiling (masked, DNR counted), and the seconds compiling took.
+7. `--torch-compile default` vs eager: steps after compiling (masked, DNR counted), and the seconds compiling took;
+8. full runs only: the sweep service's own cost per trial at 160, 640 and 1,280 near-empty trials
+   (`sweep_scale.py`: trials/s, driver peak RSS, Tune state bytes per trial, driver CPU share).
 
 Exits 1 when a target for this device is missed (CPU: overhead ratios and the naive speed-up; CUDA: also the
 H100 speed-up and epoch time), 2 on bad arguments.
@@ -39,6 +41,8 @@ from harness import (
     time_training_steps,
 )
 from naive_reference import NaiveReference
+from sweep_scale import measure as measure_sweep_scale
+from sweep_scale import targets as sweep_scale_targets
 
 from ap_core import ArrayDataset, TrialConfig, build_model, load_dataset
 from ap_core.cost import MIB, EpochCost, epoch_timer, measure_epochs_in_subprocess, peak_host_mib
@@ -390,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     sync_row(device, args.threads)
     print("\n## 7. torch.compile (default mode) vs eager, per training step after compiling")
     compile_rows(device, sizes, repeats)
+    if not args.quick:
+        print("\n## 8. sweep scale: the service's own cost per trial (near-empty trials, 2 CPUs)")
+        table = measure_sweep_scale([160, 640, 1280], cpus=2)
+        print(table.to_markdown(index=False))
+        targets += [Target(*target) for target in sweep_scale_targets(table)]
     print("\n## targets")
     for target in targets:
         print(target.line())

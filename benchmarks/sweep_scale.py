@@ -84,6 +84,16 @@ def measure(sizes: list[int], cpus: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# Issue #20's targets on 2 cores: (name, value from the table, limit, at most)
+def targets(table: pd.DataFrame) -> list[tuple[str, float, float, bool]]:
+    first, last = table.iloc[0], table.iloc[-1]
+    return [
+        (f"sweep trials/s at {last['trials']} / {first['trials']}", last["trials/s"] / first["trials/s"], 0.8, False),
+        ("sweep state bytes per trial (most)", float(table["state bytes/trial"].max()), 20_000, True),
+        (f"sweep driver peak RSS at {last['trials']} trials (MiB)", float(last["driver peak RSS (MiB)"]), 2048, True),
+    ]
+
+
 def section(table: pd.DataFrame, cpus: int) -> str:
     first, last = table.iloc[0], table.iloc[-1]
     sizes = " ".join(str(n) for n in table["trials"])

@@ -27,6 +27,7 @@ from sweeps.engine.options import SearchOptions, SweepError, SweepOptions
 from sweeps.engine.parent_view import headline_metrics, log_results, protocol_params
 from sweeps.engine.report import best_points, trial_outcomes
 from sweeps.engine.result_table import build_table
+from sweeps.engine.retention import CheckpointRetention
 from sweeps.engine.spec import expand
 from sweeps.engine.sweep_state import (
     STATE_FILE,
@@ -427,3 +428,34 @@ def test_every_worker_of_a_sweeps_ray_runs_the_quiet_shutdown_setup_first() -> N
         assert ray.get(hook_name.remote()) == "ignore_exit_requests_in_callbacks"
     finally:
         ray.shutdown()
+
+
+# ---- checkpoint retention -----------------------------------------------------------------------------------------
+
+
+def test_old_checkpoints_go_only_once_no_saved_snapshot_can_name_them(tmp_path: Path) -> None:
+    retention = CheckpointRetention()
+    trial = Trial("train_trial", config={}, trial_id="abc12_00000", stub=True)
+
+    def checkpoint(index: int) -> None:
+        (tmp_path / f"checkpoint_{index:06d}").mkdir()
+        retention.on_checkpoint(0, [], trial, Checkpoint.from_directory(str(tmp_path / f"checkpoint_{index:06d}")))
+
+    def left() -> list[int]:
+        return sorted(int(p.name.rpartition("_")[2]) for p in tmp_path.iterdir())
+
+    for index in range(4):
+        checkpoint(index)
+    assert retention.get_state() is None and left() == [0, 1, 2, 3]  # snapshot 1 names 3; nothing older is safe yet
+    checkpoint(4)
+    checkpoint(5)
+    retention.get_state()  # snapshot 2 names 5: what snapshot 1 named (3) stays, and so do the newest two
+    assert left() == [3, 4, 5]
+    checkpoint(6)
+    retention.get_state()  # snapshot 3: 5 and newer stay; 3 and 4 are older than what snapshot 2 named
+    assert left() == [5, 6]
+    retention.on_trial_complete(0, [], trial)
+    checkpoint_dirs_before_end = left()
+    retention.on_experiment_end([trial])  # Tune's final snapshot names 6: the newest two are kept
+    assert checkpoint_dirs_before_end == left() == [5, 6]
+    assert len(pickle.dumps(retention)) < 1000  # Tune pickles its callbacks with the experiment: no bookkeeping in it

@@ -36,6 +36,7 @@ from trainables.pruning_trial import ARTIFACTS_DIR, PACKED_METRICS, trial_config
 # Bookkeeping Tune adds to every result; the trial's own metrics are everything else that is numeric.
 NOT_METRICS = {*AUTO_RESULT_KEYS, "done", "trial_id", "checkpoint_dir_name", "should_checkpoint"}
 BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
+SEARCH_PAGE = 10_000  # runs per page when reading a parent's child runs (MLflow allows up to 50,000)
 
 
 class MlflowTrialLogger(Callback):
@@ -52,10 +53,11 @@ class MlflowTrialLogger(Callback):
         self.sweep_tags = sweep_tags
         self._client: MlflowClient | None = None
         self._runs: dict[str, tuple[str, int]] = {}  # trial name -> (run id, last logged step)
+        self._children: dict[str, tuple[str, str]] | None = None  # trial name -> (run id, status), read once
         self._paused = False  # MLflow stopped answering during this invocation
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_runs": {}, "_paused": False}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_children": None, "_paused": False}
 
     @property
     def client(self) -> MlflowClient:
@@ -161,6 +163,7 @@ class MlflowTrialLogger(Callback):
             history = self.client.get_metric_history(run_id, "test_acc")
             last_step = max((m.step for m in history), default=-1)
             self.client.update_run(run_id, status="RUNNING")
+            self._known_runs()[name] = (run_id, "RUNNING")
         else:
             run_id = self._create_run(planned, trial.trial_id)
             last_step = -1
@@ -169,12 +172,26 @@ class MlflowTrialLogger(Callback):
 
     def _find_run(self, name: str) -> tuple[str | None, str]:
         """The id and status of the trial's child run under this sweep's parent run (None: not created yet)."""
-        found = self.client.search_runs(
-            [self.parent.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent.run_id}' and tags.trial = '{name}'",
-            max_results=1,
-        )
-        return (found[0].info.run_id, found[0].info.status) if found else (None, "")
+        return self._known_runs().get(name, (None, ""))
+
+    def _known_runs(self) -> dict[str, tuple[str, str]]:
+        """The parent's child runs by trial name, read once: a search per trial would scan the experiment's runs,
+        a cost per trial that grows with the number of trials."""
+        if self._children is None:
+            self._children = {}
+            token = None
+            while True:
+                page = self.client.search_runs(
+                    [self.parent.experiment_id],
+                    filter_string=f"tags.`{PARENT_TAG}` = '{self.parent.run_id}'",
+                    max_results=SEARCH_PAGE,
+                    page_token=token,
+                )
+                self._children.update({r.data.tags.get("trial", ""): (r.info.run_id, r.info.status) for r in page})
+                token = page.token
+                if not token:
+                    break
+        return self._children
 
     def _create_run(self, plan: PlannedTrial, trial_id: str) -> str:
         config = plan.config
@@ -195,6 +212,7 @@ class MlflowTrialLogger(Callback):
         }
         run = self.client.create_run(self.parent.experiment_id, run_name=plan.name, tags=tags)
         self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in plan.params().items()])
+        self._known_runs()[plan.name] = (run.info.run_id, "RUNNING")
         return run.info.run_id
 
     def _finish(self, trial: Trial, status: str, error: str | None) -> None:
@@ -227,6 +245,7 @@ class MlflowTrialLogger(Callback):
             if any(Path(folder).iterdir()):
                 self.client.log_artifacts(run_id, folder)
         self.client.set_terminated(run_id, status)
+        self._known_runs()[planned.name] = (run_id, status)
 
 
 def sync_with_tune(
