@@ -6,7 +6,9 @@ helpers that run sweep modules as the user would, in a subprocess.
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -22,6 +24,28 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_START_TIMEOUT_S = 120
+
+
+def cpu_signature() -> str:
+    """The CPU's vendor, family and model and torch's kernel level: float results are bit-identical only within one
+    (two Xeon machines gave the same masks but other last bits of the weights, and so of losses and accuracies)."""
+    import torch
+
+    info: dict[str, str] = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    cpu = f"{info.get('vendor_id', '?')} family {info.get('cpu family', '?')} model {info.get('model', '?')}"
+    return f"{platform.machine()} {cpu} {torch.backends.cpu.get_cpu_capability()}"
+
+
+def fixed_seed_recording(path: Path) -> tuple[list[dict], bool]:
+    """The fixed-seed trials recorded on this CPU and True (compare bit for bit), or, on a CPU with no recording,
+    the first recording and False (compare within what another CPU's rounding explains)."""
+    recordings = json.loads(path.read_text())["recordings"]
+    here = next((r for r in recordings if r["cpu"] == cpu_signature()), None)
+    return (here["trials"], True) if here else (recordings[0]["trials"], False)
 
 
 def free_port() -> int:
