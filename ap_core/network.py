@@ -1,7 +1,7 @@
 """The network a trial prunes: model, mask, reference states and optimizer, kept consistent through every removal.
 
-Two kinds of removal exist. Element removal turns mask entries off (unstructured methods, AP). Channel removal
-(structured methods) physically deletes output channels with Torch-Pruning's dependency graph, so the BatchNorm
+Two kinds of removal exist. Element removal turns mask entries off (weight methods, AP). Channel removal
+(channel methods) physically deletes output channels with Torch-Pruning's dependency graph, so the BatchNorm
 and the consumers' input channels go too. After a channel removal every tensor that mirrors a parameter (mask,
 reference states, theta_start, optimizer moments) is cut by the same kept indices, and every "% remaining" stays
 relative to the dense totals fixed when the net was built.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import torch
@@ -19,14 +20,21 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner.function import BatchnormPruner
 
-from ap_core.masks import PRUNABLE_TYPES, Mask, named_weights
-from ap_core.training import MaskedParameters
+from ap_core.masks import PRUNABLE_TYPES, Mask, MaskedParameters, named_weights
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 # A removal event: per channel group root, the channel indices to remove (relative to the net at that moment).
 ChannelRemoval = Mapping[str, Sequence[int]]
 # Per tensor name, the kept indices along dim 0 and dim 1 (None: that dim is untouched).
 IndexMap = dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]
+
+
+class Reference(StrEnum):
+    """The states a net keeps to go back to or compare with; the values are the checkpoint's keys."""
+
+    INIT = "init"  # the weights at initialisation (rewind_init's restart point)
+    REWIND = "rewind"  # the weights before step k of cycle 0 (rewind_iteration's restart point)
+    START = "start"  # theta_start: the prunable weights as the cycle's training began (AP's "change" baseline)
 
 
 @dataclass(frozen=True)
@@ -226,7 +234,7 @@ def compiled(model: nn.Module, mode: str) -> nn.Module:
 class PrunableNet:
     """A model with its mask, reference states, optimizer and the dense totals, changed only through removals.
 
-    References are full state dicts (`init`, `rewind`) or prunable-weight dicts (`start`, theta_start); each is
+    References are full state dicts (INIT, REWIND) or prunable-weight dicts (START, theta_start); each is
     cut with the model at every channel removal. `removals` logs every channel removal event, so a checkpoint can
     rebuild the architecture by replaying them on a freshly built dense model.
     """
@@ -248,7 +256,7 @@ class PrunableNet:
         self.example = example
         self.make_optimizer = make_optimizer
         self.channel_groups = list(channel_groups)
-        self.references: dict[str, dict[str, torch.Tensor]] = {}
+        self.references: dict[Reference, dict[str, torch.Tensor]] = {}
         self.removals: list[dict[str, list[int]]] = []
         self._flops: float | None = None
         self.mask = mask
@@ -350,7 +358,7 @@ class PrunableNet:
         model_state: Mapping[str, torch.Tensor],
         optimizer_state: Mapping[str, Any],
         mask: Mask,
-        references: dict[str, dict[str, torch.Tensor]],
+        references: Mapping[str, dict[str, torch.Tensor]],
     ) -> None:
         """Restore a checkpoint on this freshly built (dense) net: replay its removals to rebuild the architecture,
         then load the weights, optimizer state, mask and references."""
@@ -361,4 +369,4 @@ class PrunableNet:
         self.optimizer.load_state_dict(optimizer_state)
         self.mask = mask
         self.masked = MaskedParameters(self.model, mask)
-        self.references = references
+        self.references = {Reference(key): state for key, state in references.items()}

@@ -31,8 +31,8 @@ from ap_core.errors import ConfigError, NonFiniteLossError
 from ap_core.hooks import CycleContext, TrainingHook
 from ap_core.masks import Mask
 from ap_core.models import build_model
-from ap_core.network import ChannelRemoval, PrunableNet, find_channel_groups
-from ap_core.pruning import METHODS, PruneRequest, ap_select, prune_cycle, target_alive
+from ap_core.network import ChannelRemoval, PrunableNet, Reference, find_channel_groups
+from ap_core.pruning import METHODS, PruneRequest, prune_step, target_alive
 from ap_core.results import CycleResult
 from ap_core.retraining import RETRAINING
 from ap_core.training import (
@@ -155,7 +155,7 @@ class Trial:
             n_train // config.batch_size if self.drop_last else math.ceil(n_train / config.batch_size)
         )
         self.method = METHODS.get(config.method)
-        self.hparams = config.method_hparams()
+        self.hparams = self.method.hparams(config.method_options, config.method)
         self.retraining = RETRAINING.get(config.retraining)()
         total_steps = self._cycle_steps()
         if self.retraining.uses_rewind_step and config.rewind_step >= total_steps:
@@ -170,7 +170,10 @@ class Trial:
         self.net = self._build_net()
         if self.device.type == "cpu" and not config.cpu_threads and self.net.dense.params < SMALL_MODEL_PARAMS:
             torch.set_num_threads(1)
-        if not self.method.structured and target_alive(self.net.dense.weights, config.prune_rate, config.cycles) < 1:
+        if (
+            not self.method.removes_channels
+            and target_alive(self.net.dense.weights, config.prune_rate, config.cycles) < 1
+        ):
             most = max(k for k in range(config.cycles) if target_alive(self.net.dense.weights, config.prune_rate, k))
             raise ConfigError(
                 f"cycles {config.cycles} would prune all {self.net.dense.weights} weights of {config.model} at "
@@ -193,15 +196,15 @@ class Trial:
         if self.use_amp and self.data.x_train.dim() == 4:
             model = model.to(memory_format=torch.channels_last)
         example = self.data.standardised(self.data.x_train[:1])
-        groups = find_channel_groups(model, example) if self.method.structured else []
+        groups = find_channel_groups(model, example) if self.method.removes_channels else []
         mask = Mask.ones(model, config.keep_first_dense, config.keep_classifier_dense)
         channels_last = self.use_amp and self.data.x_train.dim() == 4
         net = PrunableNet(model, mask, example, self._make_optimizer, groups, channels_last, config.torch_compile)
-        net.references["init"] = _clone_state(model)
+        net.references[Reference.INIT] = _clone_state(model)
         return net
 
     def _make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return build_optimizer(self.config, model, self.method.param_groups(model, self.hparams))
+        return build_optimizer(self.config.optimizer_settings, model, self.method.param_groups(model, self.hparams))
 
     # ---- the cycle loop -------------------------------------------------------------------------------------
 
@@ -234,41 +237,28 @@ class Trial:
         mask = net.mask
         if self.cycle > 0:
             mask = self._prune()
-            self.step = self.retraining.rewind(net, self.config)
+            self.step = self.retraining.rewind(net, self.config.retraining_settings)
             net.new_optimizer()
         net.set_mask(mask)
-        net.references["start"] = {name: w.clone() for name, w in net.weights().items()}
+        net.references[Reference.START] = {name: w.clone() for name, w in net.weights().items()}
         self.cycle_begun = True
 
     def _prune(self) -> Mask:
-        """This cycle's removal: the method's (channels or weights), then AP's share; returns the new mask."""
+        """This cycle's removal (the method's proposal, then AP's share); returns the new mask."""
         config, net = self.config, self.net
-        ap_rate = config.ap_rate if config.ap else None
         generator = torch.Generator().manual_seed(derived_seed(PRUNING_STREAM, config.seed, self.cycle))
-        if not self.method.structured:
-            return prune_cycle(
-                config.method,
-                net.weights(),
-                net.references["start"],
-                net.mask,
-                self.cycle,
-                config.prune_rate,
-                ap_rate=ap_rate,
-                ap_score=config.ap_score,
-                ap_candidates=config.ap_candidates,
-                generator=generator,
-                ap_scope=config.ap_scope,
-            )
-        request = PruneRequest(net.weights(), net.mask, 0, generator, self.hparams, net, self._context())
-        self._remove_channels(self.method.select(request).channels, 0)
-        if ap_rate is None:
-            return net.mask
-        # AP inside the remaining structure: its share of the alive weights, negative and least changed.
-        count = round(ap_rate * net.mask.alive())
-        chosen = ap_select(
-            net.weights(), net.references["start"], net.mask, count, config.ap_score, config.ap_candidates
+        count = max(0, net.mask.alive() - target_alive(net.mask.total(), config.prune_rate, self.cycle))
+        request = PruneRequest(
+            net.weights(), net.references[Reference.START], net.mask, count, generator, self.hparams, self._context()
         )
-        return net.mask.prune(chosen)
+
+        def apply_channels(removal: ChannelRemoval) -> PruneRequest:
+            self._remove_channels(removal, 0)
+            return dataclasses.replace(
+                request, weights=net.weights(), start=net.references[Reference.START], mask=net.mask
+            )
+
+        return prune_step(self.method, request, config.ap_settings, apply_channels)
 
     def _context(self) -> CycleContext:
         return CycleContext(
@@ -372,8 +362,8 @@ class Trial:
     def _learning_rates(self, first_step: int) -> Iterator[float]:
         config = self.config
         for step in itertools.count(first_step):
-            scheduled = config.lr * lr_factor(config, step, self.steps_per_epoch)
-            yield self.retraining.learning_rate(config, scheduled) if self.cycle > 0 else scheduled
+            scheduled = config.lr * lr_factor(config.schedule_settings, step, self.steps_per_epoch)
+            yield self.retraining.learning_rate(config.retraining_settings, scheduled) if self.cycle > 0 else scheduled
 
     def _finish_cycle(self, seconds: float) -> CycleResult:
         net = self.net
@@ -438,7 +428,7 @@ class Trial:
             "model": net.model.state_dict(),
             "optimizer": net.optimizer.state_dict(),
             "mask": net.mask.state_dict(),
-            "references": net.references,
+            "references": {str(key): state for key, state in net.references.items()},
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -481,7 +471,7 @@ class RewindPoint(TrainingHook):
 
     def before_step(self, step: int) -> None:
         if step == self.step:
-            self.net.references["rewind"] = _clone_state(self.net.model)
+            self.net.references[Reference.REWIND] = _clone_state(self.net.model)
 
 
 def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

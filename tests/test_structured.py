@@ -41,7 +41,7 @@ def make_net(model_name: str, method: str = "network_slimming", momentum: float 
         model,
         Mask.ones(model),
         DIGITS_IMAGE,
-        lambda m: build_optimizer(config, m, method_obj.param_groups(m, hparams)),
+        lambda m: build_optimizer(config.optimizer_settings, m, method_obj.param_groups(m, hparams)),
         groups,
     )
 

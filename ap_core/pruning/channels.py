@@ -31,7 +31,7 @@ class RatioHparams:
 class ChannelMethod(PruningMethod):
     """A method that removes whole channels of the net's channel groups (each must end in a BatchNorm)."""
 
-    structured = True
+    removes_channels = True
 
     def check_model(self, model: str, name: str) -> None:
         if model not in channel_models():

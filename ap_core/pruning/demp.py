@@ -105,7 +105,7 @@ class DemonPruning(ChannelMethod):
     def hooks(self, context: CycleContext) -> list[TrainingHook]:
         return [DemonHook(context)]
 
-    def select(self, request: PruneRequest) -> Removal:
+    def propose(self, request: PruneRequest) -> Removal:
         """At a cycle boundary: whatever died since the last removal."""
-        fired = request.context.fired_units()
-        return Removal(channels=dead_channels(request.net, fired, request.hparams.min_channels))
+        cycle = request.trial_cycle("demp")
+        return Removal(channels=dead_channels(cycle.net, cycle.fired_units(), request.hparams.min_channels))

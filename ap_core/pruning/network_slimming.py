@@ -70,6 +70,7 @@ class NetworkSlimming(ChannelMethod):
         strength = hp.sparsity if hp.sparsity is not None else DEFAULT_SPARSITY[family(context.config.model)]
         return [SparsityHook(context.net.model, strength)]
 
-    def select(self, request: PruneRequest) -> Removal:
-        importance = {root: gamma.abs() for root, gamma in group_scales(request.net).items()}
-        return select_by_ratio(request.net, importance, request.hparams)
+    def propose(self, request: PruneRequest) -> Removal:
+        net = request.trial_cycle("network_slimming").net
+        importance = {root: gamma.abs() for root, gamma in group_scales(net).items()}
+        return select_by_ratio(net, importance, request.hparams)

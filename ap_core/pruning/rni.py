@@ -122,6 +122,7 @@ class RecedingNeuronImportances(ChannelMethod):
         alpha, b = DEFAULT_REGULARISER[family(model)]
         return (hparams.alpha if hparams.alpha is not None else alpha, hparams.b if hparams.b is not None else b)
 
-    def select(self, request: PruneRequest) -> Removal:
-        importance = {root: torch.sigmoid(w) for root, w in group_scales(request.net).items()}
-        return select_by_ratio(request.net, importance, request.hparams)
+    def propose(self, request: PruneRequest) -> Removal:
+        net = request.trial_cycle("rni").net
+        importance = {root: torch.sigmoid(w) for root, w in group_scales(net).items()}
+        return select_by_ratio(net, importance, request.hparams)
