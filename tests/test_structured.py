@@ -170,7 +170,6 @@ def test_demp_schedule_start_peak_end_and_hold():
 def demon_context(net: PrunableNet, hparams: DempHparams, removed: list) -> CycleContext:
     return CycleContext(
         net=net,
-        config=TrialConfig(model="vgg_small", method="demp"),
         hparams=hparams,
         cycle=0,
         cycle_steps=1000,

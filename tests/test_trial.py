@@ -197,11 +197,11 @@ def test_settings_a_trial_cannot_honour_on_its_data_or_machine_are_refused_befor
 
 def test_a_validation_split_is_held_out_of_training_the_same_for_every_seed(digits):
     split = [Trial(quick(val_fraction=0.1, seed=seed), digits) for seed in (1, 2)]
-    assert all(len(t.data.y_train) == 1437 - 144 and len(t.validation[1]) == 144 for t in split)
-    assert torch.equal(split[0].validation[0], split[1].validation[0])  # one split for every seed
-    train_rows = {tuple(row.tolist()) for row in split[0].data.x_train.flatten(1)}
-    assert not any(tuple(row.tolist()) in train_rows for row in split[0].validation[0].flatten(1)[:20])
-    assert torch.equal(Trial(quick(), digits).data.x_train, digits.x_train)  # no split unless asked
+    assert all(len(t.data.dataset.y_train) == 1437 - 144 and len(t.data.validation[1]) == 144 for t in split)
+    assert torch.equal(split[0].data.validation[0], split[1].data.validation[0])  # one split for every seed
+    train_rows = {tuple(row.tolist()) for row in split[0].data.dataset.x_train.flatten(1)}
+    assert not any(tuple(row.tolist()) in train_rows for row in split[0].data.validation[0].flatten(1)[:20])
+    assert torch.equal(Trial(quick(), digits).data.dataset.x_train, digits.x_train)  # no split unless asked
 
     results = run_trial(quick(val_fraction=0.1, cycles=1, epochs=1), dataset=digits)
     assert all(0 <= r.val_acc <= 100 and r.metrics()["val_acc"] == r.val_acc for r in results)
@@ -218,7 +218,7 @@ def test_torch_compile_keeps_the_numbers_within_noise(digits):
 
 
 def test_torch_compile_on_a_cpu_without_a_compiler_is_refused(digits, monkeypatch):
-    monkeypatch.setattr("ap_core.trial.shutil.which", lambda _: None)
+    monkeypatch.setattr("ap_core.environment.shutil.which", lambda _: None)
     with pytest.raises(ConfigError, match="torch_compile 'default' on a CPU needs a C\\+\\+ compiler"):
         Trial(quick(torch_compile="default"), digits)
 

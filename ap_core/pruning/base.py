@@ -26,6 +26,7 @@ from ap_core.settings import coerce_setting
 
 if TYPE_CHECKING:
     from ap_core.hooks import CycleContext, TrainingHook
+    from ap_core.network import PrunableNet
 
 ChooseWeights = Callable[[Mapping[str, torch.Tensor], Mask, int, torch.Generator], dict[str, torch.Tensor]]
 
@@ -84,7 +85,10 @@ class PruningMethod:
     removes_channels = False
 
     def check_model(self, model: str, name: str) -> None:
-        """Raise a ConfigError when this method cannot prune model `model`."""
+        """Raise a ConfigError when this method cannot prune model `model` (checked with the config)."""
+
+    def check_network(self, net: PrunableNet, name: str) -> None:
+        """Raise a ConfigError when this method cannot prune the traced `net` (checked when a trial builds it)."""
 
     def hparams(self, options: Mapping[str, Any], name: str) -> Any:
         """The method's typed hparams from `options`; a ConfigError naming any unknown or bad option."""
