@@ -43,7 +43,7 @@ def method_help() -> list[str]:
     for name in METHODS.names():
         method = METHODS.get(name)
         options = [f"{f.name}={f.default} ({f.metadata.get('help', '')})" for f in dataclasses.fields(method.Hparams)]
-        kind = "channels" if method.structured else "weights"
+        kind = "channels" if method.removes_channels else "weights"
         lines.append(f"{name} [{kind}]: {'; '.join(options) or 'no options'}")
     return lines
 

@@ -8,25 +8,28 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import hashlib
 import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
-
-import numpy as np
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from ap_core.errors import ConfigError
+from ap_core.settings import (
+    AP_CANDIDATES,
+    AP_SCOPES,
+    AP_SCORES,
+    OPTIMIZERS,
+    SCHEDULES,
+    APSettings,
+    OptimizerSettings,
+    RetrainingSettings,
+    ScheduleSettings,
+    coerce_setting,
+)
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
-AP_SCORES = ("change", "magnitude")
-AP_CANDIDATES = ("negative", "all")
-AP_SCOPES = ("global", "layer")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
@@ -108,30 +111,18 @@ class TrialConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first bad value; checks registries too."""
-        from ap_core.data import DATASETS
-        from ap_core.models import MODELS
-        from ap_core.pruning import METHODS
-        from ap_core.retraining import RETRAINING
+        """Raise ConfigError naming the first bad value: each setting on its own, then the names it gives checked
+        against the registries (`ap_core.checks`, imported here on use: this module stays plain data)."""
+        from ap_core.checks import check_names
 
-        MODELS.get(self.model)
-        DATASETS.get(self.dataset)
-        self.method_hparams()
-        METHODS.get(self.method).check_model(self.model, self.method)
         _choice("ap_score", self.ap_score, AP_SCORES)
         _choice("ap_candidates", self.ap_candidates, AP_CANDIDATES)
         _choice("ap_scope", self.ap_scope, AP_SCOPES)
         _choice("torch_compile", self.torch_compile, COMPILE_MODES)
-        if self.ap_scope == "layer" and METHODS.get(self.method).structured:
-            raise ConfigError(f"ap_scope 'layer' needs a weight method; {self.method} removes whole channels")
-        RETRAINING.get(self.retraining)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _open_unit("prune_rate", self.prune_rate)
         _open_unit("ap_rate", self.ap_rate)
-        # AP takes its share of an element method's per-cycle total; beside a channel method it stands alone.
-        if self.ap and not METHODS.get(self.method).structured and self.ap_rate >= self.prune_rate:
-            raise ConfigError(f"ap_rate {self.ap_rate} must be smaller than prune_rate {self.prune_rate}")
         _at_least("cycles", self.cycles, 1)
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
@@ -161,12 +152,26 @@ class TrialConfig:
             raise ConfigError(f"lr_gamma {self.lr_gamma} must be in (0, 1]")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device {self.device!r} must be auto, cpu, cuda or cuda:N")
+        check_names(self)
 
-    def method_hparams(self) -> Any:
-        """The pruning method's typed hparams (its defaults, overridden by `method_options`)."""
-        from ap_core.pruning import METHODS
+    # ---- typed groups: views of the flat fields for the code that needs one concern ----------------------------
 
-        return METHODS.get(self.method).hparams(self.method_options, self.method)
+    @property
+    def optimizer_settings(self) -> OptimizerSettings:
+        return OptimizerSettings(self.optimizer, self.lr, self.momentum, self.weight_decay, self.nesterov)
+
+    @property
+    def schedule_settings(self) -> ScheduleSettings:
+        return ScheduleSettings(self.epochs, self.schedule, self.milestones, self.lr_gamma, self.warmup_epochs)
+
+    @property
+    def ap_settings(self) -> APSettings | None:
+        """AP's settings, or None when the trial runs its method alone."""
+        return APSettings(self.ap_rate, self.ap_score, self.ap_candidates, self.ap_scope) if self.ap else None
+
+    @property
+    def retraining_settings(self) -> RetrainingSettings:
+        return RetrainingSettings(self.rewind_step, self.finetune_lr)
 
     def replace(self, **changes: Any) -> TrialConfig:
         return dataclasses.replace(self, **changes)
@@ -201,48 +206,9 @@ class TrialConfig:
 RUNTIME_FIELDS = frozenset(f.name for f in dataclasses.fields(TrialConfig) if f.metadata.get("runtime"))
 
 
-@functools.cache
-def _field_types(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
-def coerce_setting(cls: type, name: str, value: Any) -> Any:
-    """`value` as the type of field `name` of dataclass `cls`, or a ConfigError naming it.
-
-    Tune and numpy hand over 64.0 or np.int64 where an int is meant; JSON gives lists for tuples.
-    """
-    hint = _field_types(cls)[name]
-    if get_origin(hint) in (Union, UnionType) and type(None) in get_args(hint):
-        if value is None:
-            return None
-        hint = next(arg for arg in get_args(hint) if arg is not type(None))
-    if get_origin(hint) is dict:
-        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"{name} {value!r} must be a mapping of option names to values")
-        return dict(sorted(value.items()))
-    if get_origin(hint) is tuple:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        return tuple(_coerce(f"{name} item", item, get_args(hint)[0]) for item in items)
-    return _coerce(name, value, hint)
-
-
 def _coerce_field_types(config: object) -> None:
     for f in dataclasses.fields(config):
         object.__setattr__(config, f.name, coerce_setting(type(config), f.name, getattr(config, f.name)))
-
-
-def _coerce(name: str, value: Any, kind: type) -> Any:
-    is_bool = isinstance(value, (bool, np.bool_))
-    is_number = isinstance(value, (int, float, np.integer, np.floating)) and not is_bool
-    if kind is bool and is_bool:
-        return bool(value)
-    if kind is int and is_number and float(value).is_integer():
-        return int(value)
-    if kind is float and is_number:
-        return float(value)
-    if kind is str and isinstance(value, str):
-        return value
-    raise ConfigError(f"{name} {value!r} must be a{'n' if kind is int else ''} {kind.__name__}")
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from ap_core.config import TrialConfig
     from ap_core.network import ChannelRemoval, PrunableNet
 
 
@@ -44,7 +43,6 @@ class CycleContext:
     """
 
     net: PrunableNet
-    config: TrialConfig
     hparams: Any
     cycle: int
     cycle_steps: int

@@ -105,3 +105,38 @@ def named_weights(model: nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
     """The model's prunable weights (detached), keyed like the mask."""
     params = dict(model.named_parameters())
     return {name: params[name].detach() for name in mask}
+
+
+class MaskedParameters:
+    """Keeps pruned weights exactly zero: masks gradients before and weights after every optimizer step."""
+
+    def __init__(self, model: nn.Module, mask: Mask) -> None:
+        params = dict(model.named_parameters())
+        self.params = [params[name] for name in mask]
+        # empty_like keeps each weight's memory format (channels-last), so the fused multiplies see equal strides.
+        self.masks = [torch.empty_like(p).copy_(mask[name]) for name, p in zip(mask, self.params, strict=True)]
+
+    @torch.no_grad()
+    def mask_grads(self) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return
+        if len(grads) == len(self.params):
+            torch._foreach_mul_(grads, self.masks)
+        else:
+            for p, m in zip(self.params, self.masks, strict=True):
+                if p.grad is not None:
+                    p.grad.mul_(m)
+
+    @torch.no_grad()
+    def mask_weights(self) -> None:
+        if self.params:
+            torch._foreach_mul_(self.params, self.masks)
+
+    @torch.no_grad()
+    def clear_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """Zero momentum / Adam moments at pruned positions, so a pruned weight cannot drift back."""
+        for p, m in zip(self.params, self.masks, strict=True):
+            for value in optimizer.state.get(p, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                    value.mul_(m)

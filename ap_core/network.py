@@ -1,7 +1,7 @@
 """The network a trial prunes: model, mask, reference states and optimizer, kept consistent through every removal.
 
-Two kinds of removal exist. Element removal turns mask entries off (unstructured methods, AP). Channel removal
-(structured methods) physically deletes output channels with Torch-Pruning's dependency graph, so the BatchNorm
+Two kinds of removal exist. Element removal turns mask entries off (weight methods, AP). Channel removal
+(channel methods) physically deletes output channels with Torch-Pruning's dependency graph, so the BatchNorm
 and the consumers' input channels go too. After a channel removal every tensor that mirrors a parameter (mask,
 reference states, theta_start, optimizer moments) is cut by the same kept indices, and every "% remaining" stays
 relative to the dense totals fixed when the net was built.
@@ -10,8 +10,11 @@ relative to the dense totals fixed when the net was built.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import torch
@@ -19,27 +22,76 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner.function import BatchnormPruner
 
-from ap_core.masks import PRUNABLE_TYPES, Mask, named_weights
-from ap_core.training import MaskedParameters
+from ap_core.masks import PRUNABLE_TYPES, Mask, MaskedParameters, named_weights
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+_LAYER_TYPES = (*NORM_TYPES, *PRUNABLE_TYPES)
 # A removal event: per channel group root, the channel indices to remove (relative to the net at that moment).
 ChannelRemoval = Mapping[str, Sequence[int]]
 # Per tensor name, the kept indices along dim 0 and dim 1 (None: that dim is untouched).
 IndexMap = dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]
 
 
+class Reference(StrEnum):
+    """The states a net keeps to go back to or compare with; the values are the checkpoint's keys."""
+
+    INIT = "init"  # the weights at initialisation (rewind_init's restart point)
+    REWIND = "rewind"  # the weights before step k of cycle 0 (rewind_iteration's restart point)
+    START = "start"  # theta_start: the prunable weights as the cycle's training began (AP's "change" baseline)
+
+
+@dataclass(frozen=True)
+class NormSite:
+    """A norm (and the activation it feeds) that the group's channels pass: root channel j is its channel index[j].
+
+    Concatenations (DenseNet) put a group's channels at an offset of a later norm; in a plain chain index is 0..n-1.
+    """
+
+    norm: str
+    activation: str | None
+    index: tuple[int, ...]
+
+
 @dataclass(frozen=True)
 class ChannelGroup:
-    """Output channels that can be removed on their own: `root` (conv/linear) with its norm and activation.
+    """Output channels that can be removed on their own: `root` (conv/linear), with the norms they pass.
 
-    A root qualifies when removing its output channels touches no other conv/linear output (so residual streams,
-    where a shortcut and every block's last conv share channels, are excluded) and it is not the classifier.
+    Found from the dependency graph, whatever the network's name: a root qualifies when removing its output
+    channels touches no other conv/linear output except depthwise convs fed by it (MobileNetV2's expand and
+    depthwise pair), so residual streams (a shortcut and every block's last conv share channels) are excluded; the
+    classifier never qualifies. `sites` are the norms the channels pass after the group's last conv, in module
+    order: one right after it in a plain chain, every later BN-ReLU that reads them after a concatenation.
     """
 
     root: str
-    norm: str | None
-    activation: str | None
+    sites: tuple[NormSite, ...] = ()
+
+    @property
+    def norm(self) -> str | None:
+        """The first norm the channels pass (whose scale ranks them), or None."""
+        return self.sites[0].norm if self.sites else None
+
+    @property
+    def activation(self) -> str | None:
+        return self.sites[0].activation if self.sites else None
+
+    def narrowed(self, width: int) -> ChannelGroup:
+        """This group of a plain chain after its root kept `width` channels (positions 0..width-1 everywhere)."""
+        kept = tuple(range(width))
+        return ChannelGroup(self.root, tuple(dataclasses.replace(site, index=kept) for site in self.sites))
+
+    @property
+    def concatenated(self) -> bool:
+        """Whether later layers read these channels among others' (a concatenation), at positions that move."""
+        return len(self.sites) > 1 or any(site.index != tuple(range(len(site.index))) for site in self.sites)
+
+
+@dataclass(frozen=True)
+class ChannelLayout:
+    """The removable channel groups and whether the net is a plain chain (no shortcut, no concatenation)."""
+
+    groups: list[ChannelGroup]
+    plain: bool
 
 
 @dataclass(frozen=True)
@@ -62,33 +114,53 @@ class DenseTotals:
 
 def find_channel_groups(model: nn.Module, example: torch.Tensor) -> list[ChannelGroup]:
     """The model's independently removable channel groups, in module order."""
+    return channel_layout(model, example).groups
+
+
+def channel_layout(model: nn.Module, example: torch.Tensor) -> ChannelLayout:
+    """The channel groups of `model` as its dependency graph couples them (one trace)."""
     modules = dict(model.named_modules())
+    names = {id(m): name for name, m in modules.items()}
+    order = {name: i for i, name in enumerate(modules)}
     roots = [name for name, m in modules.items() if isinstance(m, PRUNABLE_TYPES)][:-1]  # never the classifier
     graph = _dependency_graph(model, example)
     producers = _producers(model, example)
-    groups = []
+    groups, plain = [], True
     for root in roots:
         module = modules[root]
-        group = graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels, idxs=[0])
+        width = module.weight.shape[0]
+        pruner = graph.get_pruner_of_module(module).prune_out_channels
+        coupling = graph.get_pruning_group(module, pruner, idxs=list(range(width)))
         coupled = [
-            dep.target.module
-            for dep, _ in group
+            names[id(dep.target.module)]
+            for dep, _ in coupling
             if isinstance(dep.target.module, PRUNABLE_TYPES) and dep.handler.__name__ == "prune_out_channels"
         ]
-        if len(coupled) != 1:
+        if any(name != root and not _depthwise(modules[name]) for name in coupled):
+            plain = False  # a shortcut's sum: its channels are not this root's alone
             continue
-        norm = next((n for n, p in producers.items() if p == root and isinstance(modules[n], NORM_TYPES)), None)
-        feeds = norm or root
-        activation = next(
-            (
-                n
-                for n, p in producers.items()
-                if p == feeds and not isinstance(modules[n], (*NORM_TYPES, *PRUNABLE_TYPES))
-            ),
-            None,
-        )
-        groups.append(ChannelGroup(root, norm, activation))
-    return groups
+        last = max(coupled, key=order.__getitem__)
+        sites: dict[str, NormSite] = {}
+        for item in coupling.items:
+            if not isinstance(item.dep.target.module, NORM_TYPES):
+                continue
+            norm = names[id(item.dep.target.module)]
+            if order[norm] > order[last] and norm not in sites:
+                position = dict(zip(item.root_idxs, item.idxs, strict=True))
+                activation = next(
+                    (n for n, p in producers.items() if p == norm and not isinstance(modules[n], _LAYER_TYPES)),
+                    None,
+                )
+                sites[norm] = NormSite(norm, activation, tuple(position[j] for j in range(width)))
+        group = ChannelGroup(root, tuple(sorted(sites.values(), key=lambda site: order[site.norm])))
+        plain = plain and not group.concatenated
+        groups.append(group)
+    return ChannelLayout(groups, plain)
+
+
+def _depthwise(module: nn.Module) -> bool:
+    """A conv that filters each channel on its own (its output channel i is its input channel i)."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
 
 
 def _producers(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
@@ -226,7 +298,7 @@ def compiled(model: nn.Module, mode: str) -> nn.Module:
 class PrunableNet:
     """A model with its mask, reference states, optimizer and the dense totals, changed only through removals.
 
-    References are full state dicts (`init`, `rewind`) or prunable-weight dicts (`start`, theta_start); each is
+    References are full state dicts (INIT, REWIND) or prunable-weight dicts (START, theta_start); each is
     cut with the model at every channel removal. `removals` logs every channel removal event, so a checkpoint can
     rebuild the architecture by replaying them on a freshly built dense model.
     """
@@ -248,7 +320,7 @@ class PrunableNet:
         self.example = example
         self.make_optimizer = make_optimizer
         self.channel_groups = list(channel_groups)
-        self.references: dict[str, dict[str, torch.Tensor]] = {}
+        self.references: dict[Reference, dict[str, torch.Tensor]] = {}
         self.removals: list[dict[str, list[int]]] = []
         self._flops: float | None = None
         self.mask = mask
@@ -277,6 +349,11 @@ class PrunableNet:
             macs, _ = tp.utils.count_ops_and_params(self.model, self.example)
             self._flops = float(macs)
         return self._flops
+
+    @functools.cached_property
+    def plain(self) -> bool:
+        """Whether the net is a plain chain (no shortcut, no concatenation): the methods' defaults follow it."""
+        return channel_layout(self.model, self.example).plain
 
     def remaining(self) -> Remaining:
         params = sum(p.numel() for p in self.model.parameters()) - (self.mask.total() - self.mask.alive())
@@ -328,6 +405,11 @@ class PrunableNet:
             torch.compiler.reset()
             self.forward_module = compiled(self.model, self.compile_mode)
         self._flops = None
+        if any(g.concatenated for g in self.channel_groups):  # offsets move as earlier groups lose channels
+            self.channel_groups = find_channel_groups(self.model, self.example)
+        else:
+            params = dict(self.model.named_parameters())
+            self.channel_groups = [g.narrowed(params[f"{g.root}.weight"].shape[0]) for g in self.channel_groups]
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.removals.append({k: [int(i) for i in v] for k, v in removal.items()})
@@ -350,7 +432,7 @@ class PrunableNet:
         model_state: Mapping[str, torch.Tensor],
         optimizer_state: Mapping[str, Any],
         mask: Mask,
-        references: dict[str, dict[str, torch.Tensor]],
+        references: Mapping[str, dict[str, torch.Tensor]],
     ) -> None:
         """Restore a checkpoint on this freshly built (dense) net: replay its removals to rebuild the architecture,
         then load the weights, optimizer state, mask and references."""
@@ -361,4 +443,4 @@ class PrunableNet:
         self.optimizer.load_state_dict(optimizer_state)
         self.mask = mask
         self.masked = MaskedParameters(self.model, mask)
-        self.references = references
+        self.references = {Reference(key): state for key, state in references.items()}

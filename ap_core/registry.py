@@ -24,6 +24,11 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def unregister(self, name: str) -> None:
+        """Remove `name` (a plugin or a test that registered an entry for a while)."""
+        self.get(name)
+        del self._entries[name]
+
     def get(self, name: str) -> T:
         try:
             return self._entries[name]

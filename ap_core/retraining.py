@@ -6,9 +6,14 @@ One class per scheme behind a registry; the trial calls `rewind` once when a pru
 
 from __future__ import annotations
 
-from ap_core.config import TrialConfig
-from ap_core.network import PrunableNet
+from typing import TYPE_CHECKING
+
+from ap_core.network import Reference
 from ap_core.registry import Registry
+from ap_core.settings import RetrainingSettings
+
+if TYPE_CHECKING:
+    from ap_core.network import PrunableNet
 
 
 class Retraining:
@@ -17,11 +22,11 @@ class Retraining:
     uses_rewind_step = False  # whether `rewind_step` (k) matters, and so must fall inside a cycle
     needs_rewind_point = False  # whether cycle 0 must snapshot the weights before step k
 
-    def rewind(self, net: PrunableNet, config: TrialConfig) -> int:
+    def rewind(self, net: PrunableNet, settings: RetrainingSettings) -> int:
         """Restore the weights the next cycle starts from; returns the schedule step it starts at."""
         return 0
 
-    def learning_rate(self, config: TrialConfig, scheduled: float) -> float:
+    def learning_rate(self, settings: RetrainingSettings, scheduled: float) -> float:
         """The LR of a pruning cycle's step, given the LR the schedule has at that step."""
         return scheduled
 
@@ -33,8 +38,8 @@ RETRAINING: Registry[type[Retraining]] = Registry("retraining scheme")
 class RewindToInit(Retraining):
     """Lottery ticket (Frankle & Carbin 2019): the surviving weights go back to their initial values."""
 
-    def rewind(self, net: PrunableNet, config: TrialConfig) -> int:
-        net.model.load_state_dict(net.references["init"])
+    def rewind(self, net: PrunableNet, settings: RetrainingSettings) -> int:
+        net.model.load_state_dict(net.references[Reference.INIT])
         return 0
 
 
@@ -45,9 +50,9 @@ class RewindToIteration(Retraining):
     uses_rewind_step = True
     needs_rewind_point = True
 
-    def rewind(self, net: PrunableNet, config: TrialConfig) -> int:
-        net.model.load_state_dict(net.references["rewind"])
-        return config.rewind_step
+    def rewind(self, net: PrunableNet, settings: RetrainingSettings) -> int:
+        net.model.load_state_dict(net.references[Reference.REWIND])
+        return settings.rewind_step
 
 
 @RETRAINING.register("lr_rewind")
@@ -56,13 +61,13 @@ class LearningRateRewinding(Retraining):
 
     uses_rewind_step = True
 
-    def rewind(self, net: PrunableNet, config: TrialConfig) -> int:
-        return config.rewind_step
+    def rewind(self, net: PrunableNet, settings: RetrainingSettings) -> int:
+        return settings.rewind_step
 
 
 @RETRAINING.register("finetune")
 class FineTuning(Retraining):
     """Renda et al. 2020: keep the trained weights, train at a small constant learning rate."""
 
-    def learning_rate(self, config: TrialConfig, scheduled: float) -> float:
-        return config.finetune_lr
+    def learning_rate(self, settings: RetrainingSettings, scheduled: float) -> float:
+        return settings.finetune_lr

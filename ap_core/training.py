@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ap_core.config import TrialConfig
-from ap_core.masks import Mask
+from ap_core.settings import OptimizerSettings, ScheduleSettings
 
 if TYPE_CHECKING:
     from ap_core.hooks import TrainingHook
@@ -33,38 +32,40 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 
 def build_optimizer(
-    config: TrialConfig, model: nn.Module, groups: list[dict[str, Any]] | None = None
+    settings: OptimizerSettings, model: nn.Module, groups: list[dict[str, Any]] | None = None
 ) -> torch.optim.Optimizer:
     """The configured optimizer over `groups` (a method's parameter groups, each with an `lr_scale`) or all
     parameters."""
     params: Any = groups if groups is not None else model.parameters()
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, betas=(config.momentum, 0.999), weight_decay=config.weight_decay)
+    if settings.name == "adamw":
+        return torch.optim.AdamW(
+            params, lr=settings.lr, betas=(settings.momentum, 0.999), weight_decay=settings.weight_decay
+        )
     return torch.optim.SGD(
         params,
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        nesterov=config.nesterov and config.momentum > 0,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        nesterov=settings.nesterov and settings.momentum > 0,
     )
 
 
-def lr_factor(config: TrialConfig, step: int, steps_per_epoch: int) -> float:
+def lr_factor(schedule: ScheduleSettings, step: int, steps_per_epoch: int) -> float:
     """Multiplier of the peak LR at optimizer step `step` of a cycle.
 
     A pure function of the step, so learning-rate rewinding and resumed trials replay the schedule from any step.
     """
-    total = config.epochs * steps_per_epoch
+    total = schedule.epochs * steps_per_epoch
     progress = min(step / total, 1.0)
-    if config.schedule == "multistep":
-        factor = config.lr_gamma ** sum(progress >= m for m in config.milestones)
-    elif config.schedule == "cosine":
+    if schedule.schedule == "multistep":
+        factor = schedule.lr_gamma ** sum(progress >= m for m in schedule.milestones)
+    elif schedule.schedule == "cosine":
         factor = 0.5 * (1.0 + math.cos(math.pi * progress))
-    elif config.schedule == "onecycle":
+    elif schedule.schedule == "onecycle":
         factor = one_cycle(progress)
     else:
         factor = 1.0
-    warmup_steps = config.warmup_epochs * steps_per_epoch
+    warmup_steps = schedule.warmup_epochs * steps_per_epoch
     if warmup_steps > 0 and step < warmup_steps:
         factor *= (step + 1) / warmup_steps
     return factor
@@ -82,41 +83,6 @@ def one_cycle(progress: float) -> float:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
-
-
-class MaskedParameters:
-    """Keeps pruned weights exactly zero: masks gradients before and weights after every optimizer step."""
-
-    def __init__(self, model: nn.Module, mask: Mask) -> None:
-        params = dict(model.named_parameters())
-        self.params = [params[name] for name in mask]
-        # empty_like keeps each weight's memory format (channels-last), so the fused multiplies see equal strides.
-        self.masks = [torch.empty_like(p).copy_(mask[name]) for name, p in zip(mask, self.params, strict=True)]
-
-    @torch.no_grad()
-    def mask_grads(self) -> None:
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if not grads:
-            return
-        if len(grads) == len(self.params):
-            torch._foreach_mul_(grads, self.masks)
-        else:
-            for p, m in zip(self.params, self.masks, strict=True):
-                if p.grad is not None:
-                    p.grad.mul_(m)
-
-    @torch.no_grad()
-    def mask_weights(self) -> None:
-        if self.params:
-            torch._foreach_mul_(self.params, self.masks)
-
-    @torch.no_grad()
-    def clear_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
-        """Zero momentum / Adam moments at pruned positions, so a pruned weight cannot drift back."""
-        for p, m in zip(self.params, self.masks, strict=True):
-            for value in optimizer.state.get(p, {}).values():
-                if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                    value.mul_(m)
 
 
 def train_epoch(

@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ap_core import ArrayDataset, Mask, TrialConfig, build_model, prune
+from ap_core import ArrayDataset, Mask, build_model, prune
 from ap_core.data import CIFAR10_MEAN, CIFAR10_STD, cifar_like, train_batches
 from ap_core.dnr import DeadNeuronCounter
 from ap_core.network import PrunableNet
+from ap_core.settings import OptimizerSettings
 from ap_core.training import build_optimizer, train_epoch
 
 MASKED_DENSITY = 0.107  # AP's Table 1 end point for ResNet-20 (about 10 cycles at 20%)
@@ -102,7 +103,9 @@ def time_training_steps(
     example = data.standardised(data.x_train[:1])
     if compile_mode != "off":
         torch.compiler.reset()  # a fresh model per call: without a reset its graphs pile up to the recompile limit
-    net = PrunableNet(model, mask, example, lambda m: build_optimizer(TrialConfig(), m), compile_mode=compile_mode)
+    net = PrunableNet(
+        model, mask, example, lambda m: build_optimizer(OptimizerSettings(), m), compile_mode=compile_mode
+    )
     counter = DeadNeuronCounter(model) if count_dnr else None
     if counter is not None:
         counter.enabled = True

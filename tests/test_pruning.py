@@ -162,7 +162,7 @@ def test_random_pruning_is_seeded():
 
 
 def test_a_model_with_nothing_prunable_still_trains():
-    from ap_core.training import MaskedParameters
+    from ap_core.masks import MaskedParameters
 
     model = nn.Sequential(nn.Linear(3, 2))
     mask = Mask.ones(model, keep_first_dense=True)

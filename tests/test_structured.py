@@ -41,7 +41,7 @@ def make_net(model_name: str, method: str = "network_slimming", momentum: float 
         model,
         Mask.ones(model),
         DIGITS_IMAGE,
-        lambda m: build_optimizer(config, m, method_obj.param_groups(m, hparams)),
+        lambda m: build_optimizer(config.optimizer_settings, m, method_obj.param_groups(m, hparams)),
         groups,
     )
 
@@ -170,7 +170,6 @@ def test_demp_schedule_start_peak_end_and_hold():
 def demon_context(net: PrunableNet, hparams: DempHparams, removed: list) -> CycleContext:
     return CycleContext(
         net=net,
-        config=TrialConfig(model="vgg_small", method="demp"),
         hparams=hparams,
         cycle=0,
         cycle_steps=1000,

@@ -196,11 +196,11 @@ def test_settings_a_trial_cannot_honour_on_its_data_or_machine_are_refused_befor
 
 def test_a_validation_split_is_held_out_of_training_the_same_for_every_seed(digits):
     split = [Trial(quick(val_fraction=0.1, seed=seed), digits) for seed in (1, 2)]
-    assert all(len(t.data.y_train) == 1437 - 144 and len(t.validation[1]) == 144 for t in split)
-    assert torch.equal(split[0].validation[0], split[1].validation[0])  # one split for every seed
-    train_rows = {tuple(row.tolist()) for row in split[0].data.x_train.flatten(1)}
-    assert not any(tuple(row.tolist()) in train_rows for row in split[0].validation[0].flatten(1)[:20])
-    assert torch.equal(Trial(quick(), digits).data.x_train, digits.x_train)  # no split unless asked
+    assert all(len(t.data.dataset.y_train) == 1437 - 144 and len(t.data.validation[1]) == 144 for t in split)
+    assert torch.equal(split[0].data.validation[0], split[1].data.validation[0])  # one split for every seed
+    train_rows = {tuple(row.tolist()) for row in split[0].data.dataset.x_train.flatten(1)}
+    assert not any(tuple(row.tolist()) in train_rows for row in split[0].data.validation[0].flatten(1)[:20])
+    assert torch.equal(Trial(quick(), digits).data.dataset.x_train, digits.x_train)  # no split unless asked
 
     results = run_trial(quick(val_fraction=0.1, cycles=1, epochs=1), dataset=digits)
     assert all(0 <= r.val_acc <= 100 and r.metrics()["val_acc"] == r.val_acc for r in results)
@@ -217,7 +217,7 @@ def test_torch_compile_keeps_the_numbers_within_noise(digits):
 
 
 def test_torch_compile_on_a_cpu_without_a_compiler_is_refused(digits, monkeypatch):
-    monkeypatch.setattr("ap_core.trial.shutil.which", lambda _: None)
+    monkeypatch.setattr("ap_core.environment.shutil.which", lambda _: None)
     with pytest.raises(ConfigError, match="torch_compile 'default' on a CPU needs a C\\+\\+ compiler"):
         Trial(quick(torch_compile="default"), digits)
 
@@ -238,15 +238,19 @@ def test_lr_schedules():
     base = {"epochs": 10}
     steps = 10  # per epoch
     multistep = TrialConfig(**base, schedule="multistep", milestones=(0.5, 0.75), lr_gamma=0.1)
-    assert [lr_factor(multistep, s, steps) for s in (0, 49, 50, 74, 75)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    assert [lr_factor(multistep.schedule_settings, s, steps) for s in (0, 49, 50, 74, 75)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01]
+    )
     cosine = TrialConfig(**base, schedule="cosine")
-    assert lr_factor(cosine, 0, steps) == 1 and lr_factor(cosine, 50, steps) == pytest.approx(0.5)
+    assert lr_factor(cosine.schedule_settings, 0, steps) == 1 and lr_factor(
+        cosine.schedule_settings, 50, steps
+    ) == pytest.approx(0.5)
     onecycle = TrialConfig(**base, schedule="onecycle")
-    assert lr_factor(onecycle, 0, steps) == pytest.approx(1 / 25)
-    assert lr_factor(onecycle, 30, steps) == pytest.approx(1.0)
-    assert lr_factor(onecycle, 100, steps) == pytest.approx(1 / 25e4)
+    assert lr_factor(onecycle.schedule_settings, 0, steps) == pytest.approx(1 / 25)
+    assert lr_factor(onecycle.schedule_settings, 30, steps) == pytest.approx(1.0)
+    assert lr_factor(onecycle.schedule_settings, 100, steps) == pytest.approx(1 / 25e4)
     warm = TrialConfig(**base, schedule="constant", warmup_epochs=2)
-    assert [lr_factor(warm, s, steps) for s in (0, 9, 19, 20)] == pytest.approx([0.05, 0.5, 1, 1])
+    assert [lr_factor(warm.schedule_settings, s, steps) for s in (0, 9, 19, 20)] == pytest.approx([0.05, 0.5, 1, 1])
 
 
 def test_cli_runs_one_trial_and_rejects_bad_input(tmp_path):
@@ -407,3 +411,23 @@ def test_small_models_train_on_one_cpu_thread_unless_told(digits):
     assert torch.get_num_threads() == 1  # the MLP is far below a million parameters
     Trial(quick(cpu_threads=2), digits)
     assert torch.get_num_threads() == 2
+
+
+FIXED_SEED_METHODS = json.loads((Path(__file__).parent / "data" / "fixed_seed_method_results.json").read_text())
+
+
+def method_trial_id(trial: dict) -> str:
+    config = trial["config"]
+    return f"{config['model']}-{config['method']}-{config.get('retraining', 'rewind_init')}-ap{config['ap']}"
+
+
+@pytest.mark.parametrize("expected", FIXED_SEED_METHODS["trials"], ids=method_trial_id)
+def test_fixed_seed_trials_keep_the_numbers_of_every_method_and_ap_path(expected, digits, tmp_path):
+    """The pruning-contract refactor keeps every result field, mask and weight of the channel methods (with their
+    removal events) and of AP's layer scope and ablations, bit for bit (CPU, one thread)."""
+    torch.set_num_threads(1)
+    results, checkpoints = run_with_checkpoints(TrialConfig(**expected["config"]), digits, tmp_path)
+    got = [{k: v for k, v in json.loads(json.dumps(r.to_dict())).items() if k != "seconds"} for r in results]
+    assert got == expected["cycles"]
+    assert _sha256(checkpoints[-1]["mask"]) == expected["mask_sha256"]
+    assert _sha256(checkpoints[-1]["model"]) == expected["weights_sha256"]

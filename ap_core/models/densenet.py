@@ -8,7 +8,7 @@ The stem is a 3x3 conv with 16 channels, as in the paper for DenseNets without b
 import torch
 from torch import nn
 
-from ap_core.models import MODELS, image_shape, init_relu_net
+from ap_core.models.base import MODELS, image_shape, init_relu_net
 
 _GROWTH = 12
 _LAYERS_PER_BLOCK = 12

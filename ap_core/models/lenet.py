@@ -4,7 +4,7 @@ Han et al. 2015)."""
 import torch
 from torch import nn
 
-from ap_core.models import MODELS, flat_features, image_shape, init_relu_net
+from ap_core.models.base import MODELS, flat_features, image_shape, init_relu_net
 from ap_core.models.mlp import MLP
 
 _CONV_CHANNELS = (6, 16)

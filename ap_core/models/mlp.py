@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from ap_core.models import MODELS, flat_features, init_relu_net
+from ap_core.models.base import MODELS, flat_features, init_relu_net
 
 
 class MLP(nn.Module):

@@ -9,7 +9,7 @@ them (stride 1 and equal channels); the t=1 block has no expansion conv (as in t
 import torch
 from torch import nn
 
-from ap_core.models import MODELS, image_shape, init_relu_net
+from ap_core.models.base import MODELS, image_shape, init_relu_net
 
 _STEM_CHANNELS = 32
 _HEAD_CHANNELS = 1280

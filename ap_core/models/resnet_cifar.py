@@ -8,7 +8,7 @@ ordinary prunable convs. Pooling is adaptive, so any input size works (8x8 digit
 import torch
 from torch import nn
 
-from ap_core.models import MODELS, image_shape, init_relu_net
+from ap_core.models.base import MODELS, image_shape, init_relu_net
 
 _STAGE_WIDTHS = (16, 32, 64)
 

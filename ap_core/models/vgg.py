@@ -8,7 +8,7 @@ For inputs smaller than 32x32 a max pool is left out when the feature map is alr
 import torch
 from torch import nn
 
-from ap_core.models import MODELS, image_shape, init_relu_net
+from ap_core.models.base import MODELS, image_shape, init_relu_net
 
 # (channels, convs) per stage; a 2x2 max pool sits between consecutive stages (4 pools: 32x32 -> 2x2).
 Plan = tuple[tuple[int, int], ...]

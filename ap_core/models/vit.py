@@ -16,7 +16,7 @@ weights, the patch embedding, the class token and the position embedding; zero b
 import torch
 from torch import nn
 
-from ap_core.models import MODELS, image_shape
+from ap_core.models.base import MODELS, image_shape
 
 _EMBED_DIM = 192
 _DEPTH = 4

@@ -1,4 +1,5 @@
-"""Pruning methods (one module each, one contract: `ap_core.pruning.base`) and AP, which rides along with any.
+"""Pruning methods (one module each, one contract: `ap_core.pruning.base`) and AP, which rides along with any
+(`ap_core.pruning.cycle.prune_step`).
 
 Element methods (GP, LP, random) pick exactly `count` alive weights; counts rather than fractions keep the cycle
 totals exact when AP takes its share. Channel methods (Network Slimming, RNI, DemP) remove whole channels.
@@ -27,7 +28,7 @@ from ap_core.pruning.base import (
     weight_method,
     weight_methods,
 )
-from ap_core.pruning.cycle import prune_cycle, target_alive
+from ap_core.pruning.cycle import prune_cycle, prune_step, target_alive
 
 __all__ = [
     "METHODS",
@@ -39,6 +40,7 @@ __all__ = [
     "named_weights",
     "prune",
     "prune_cycle",
+    "prune_step",
     "removed_count",
     "target_alive",
     "weight_method",
@@ -55,7 +57,9 @@ def prune(
 ) -> Mask:
     """Prune `round(fraction * alive)` of the alive weights of `model` with element method `method`; returns the
     new mask."""
+    pruning = weight_method(method)
     weights = named_weights(model, mask)
     count = round(fraction * mask.alive())
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    return mask.prune(weight_method(method).select(PruneRequest(weights, mask, count, gen)).weights)
+    request = PruneRequest(weights, weights, mask, count, gen, pruning.hparams({}, method))
+    return mask.prune(pruning.propose(request).weights)

@@ -1,10 +1,12 @@
-"""The method registry, the contract every pruning method keeps, and the shared selection routine.
+"""The contract every pruning method keeps, the method registry, and the shared selection routine.
 
-A method is an object with one entry point, `select(request) -> Removal`: it sees the network (weights, mask,
-BatchNorm scales, a window of training images) and returns the weights and/or channels to remove. It declares its
-own typed `Hparams` (set per trial with `method_options`), may adjust the freshly built model (`prepare`) and the
-optimizer's parameter groups, and may hand the training loop hooks for any cycle (regularisers, noise, removal
-during training), which the loop calls without knowing the method.
+A method is one module with one class: it declares its own typed `Hparams` (set per trial with `method_options`),
+and its one entry point `propose(request) -> Removal` sees the network (weights, mask, reference states, and in a
+trial the net's channel groups and a window of training images) and returns the weights and/or channels to remove.
+It may adjust the freshly built model (`prepare`), the optimizer's parameter groups, and hand the training loop
+hooks for any cycle (regularisers, noise, removal during training), which the loop calls without knowing the
+method. AP is applied to every proposal in one place (`ap_core.pruning.cycle.prune_step`). See
+docs/adding-a-method.md.
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ap_core.config import coerce_setting
 from ap_core.errors import ConfigError
 from ap_core.masks import Mask, named_weights  # noqa: F401  (named_weights: re-exported for methods)
 from ap_core.registry import Registry
+from ap_core.settings import coerce_setting
 
 if TYPE_CHECKING:
     from ap_core.hooks import CycleContext, TrainingHook
     from ap_core.network import PrunableNet
 
-SelectFn = Callable[[Mapping[str, torch.Tensor], Mask, int, torch.Generator], dict[str, torch.Tensor]]
+ChooseWeights = Callable[[Mapping[str, torch.Tensor], Mask, int, torch.Generator], dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -37,40 +39,56 @@ class NoHparams:
         pass
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruneRequest:
     """What a method sees when a pruning cycle begins.
 
-    Element methods read `weights`, `mask` and remove exactly `count` alive weights (the cycle works the count out so
-    the totals stay exact), drawing any randomness from `generator`. Channel methods read the network (`net`: its
-    channel groups and BatchNorm scales) and `context` (the eval window) and decide their own amount from `hparams`.
+    `weights` are the prunable weights as trained, `start` the same weights as the cycle began (theta_start),
+    `mask` the alive ones. A method that follows the prune rate removes exactly `count` alive weights (the cycle
+    works the count out so the totals stay exact), drawing any randomness from `generator`; one that decides its
+    own amount (the channel methods) ignores `count`. `cycle` is the trial's view of the cycle (the net with its
+    channel groups, the data window through `fired_units()`); only `ap_core.prune` on a bare model leaves it out.
     """
 
     weights: Mapping[str, torch.Tensor]
+    start: Mapping[str, torch.Tensor]
     mask: Mask
     count: int
     generator: torch.Generator
-    hparams: Any = None
-    net: PrunableNet | None = None
-    context: CycleContext | None = None
+    hparams: Any
+    cycle: CycleContext | None = None
+
+    def trial_cycle(self, method: str) -> CycleContext:
+        """The trial's cycle, or a ConfigError saying that `method` only runs inside a trial."""
+        if self.cycle is None:
+            raise ConfigError(f"method {method} reads the network and its data: run it in a trial (ap-trial)")
+        return self.cycle
 
 
 @dataclass
 class Removal:
-    """What to remove: weights by mask (element methods) and/or channels by index (channel methods)."""
+    """What to remove: weights by mask and/or channels by index; the net applies either the same way."""
 
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     channels: dict[str, list[int]] = field(default_factory=dict)
 
 
 class PruningMethod:
-    """Base of every method: no options, no model changes, one optimizer group, no hooks."""
+    """Base of every method: no options, no model changes, one optimizer group, no hooks.
+
+    `removes_channels` says which budget the method works to: False, it removes exactly the cycle's count of
+    weights (prune_rate, cycles and AP's share of that count apply); True, it decides its own amount of channels
+    (from its hparams or from the training), and AP takes its own share of what is left.
+    """
 
     Hparams: type = NoHparams
-    structured = False  # removes whole channels (True) or single weights (False)
+    removes_channels = False
 
     def check_model(self, model: str, name: str) -> None:
-        """Raise a ConfigError when this method cannot prune model `model`."""
+        """Raise a ConfigError when this method cannot prune model `model` (checked with the config)."""
+
+    def check_network(self, net: PrunableNet, name: str) -> None:
+        """Raise a ConfigError when this method cannot prune the traced `net` (checked when a trial builds it)."""
 
     def hparams(self, options: Mapping[str, Any], name: str) -> Any:
         """The method's typed hparams from `options`; a ConfigError naming any unknown or bad option."""
@@ -96,18 +114,18 @@ class PruningMethod:
         """Training hooks for the cycle `context` describes."""
         return []
 
-    def select(self, request: PruneRequest) -> Removal:
+    def propose(self, request: PruneRequest) -> Removal:
         raise NotImplementedError
 
 
 class WeightMethod(PruningMethod):
-    """An element method: a selection function `fn(weights, mask, count, generator) -> removal` of exactly
+    """An element method from a selection function `choose(weights, mask, count, generator) -> removal` of exactly
     `count` alive weights (fewer only when fewer are alive)."""
 
-    def __init__(self, choose: SelectFn) -> None:
+    def __init__(self, choose: ChooseWeights) -> None:
         self.choose = choose
 
-    def select(self, request: PruneRequest) -> Removal:
+    def propose(self, request: PruneRequest) -> Removal:
         return Removal(weights=self.choose(request.weights, request.mask, request.count, request.generator))
 
 
@@ -115,16 +133,16 @@ METHODS: Registry[PruningMethod] = Registry("pruning method")
 
 
 def weight_method(name: str) -> PruningMethod:
-    """The element method `name`; a ConfigError for a channel method."""
+    """The method `name` that removes single weights; a ConfigError for a channel method."""
     method = METHODS.get(name)
-    if method.structured:
+    if method.removes_channels:
         raise ConfigError(f"method {name!r} removes channels, not single weights; valid: {', '.join(weight_methods())}")
     return method
 
 
 def weight_methods() -> list[str]:
-    """Names of the element (unstructured) methods."""
-    return [name for name in METHODS.names() if not METHODS.get(name).structured]
+    """Names of the methods that remove single weights."""
+    return [name for name in METHODS.names() if not METHODS.get(name).removes_channels]
 
 
 def register_method(name: str) -> Callable[[type[PruningMethod]], type[PruningMethod]]:
@@ -137,10 +155,10 @@ def register_method(name: str) -> Callable[[type[PruningMethod]], type[PruningMe
     return decorator
 
 
-def register_weight_method(name: str) -> Callable[[SelectFn], SelectFn]:
+def register_weight_method(name: str) -> Callable[[ChooseWeights], ChooseWeights]:
     """Register a selection function as the element method `name`."""
 
-    def decorator(fn: SelectFn) -> SelectFn:
+    def decorator(fn: ChooseWeights) -> ChooseWeights:
         METHODS.register(name)(WeightMethod(fn))
         return fn
 

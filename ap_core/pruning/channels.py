@@ -1,14 +1,16 @@
-"""What the channel (structured) methods share: the contract, BatchNorm scales, a global ranking with a per-layer
-floor, and an L1 term on BatchNorm scales."""
+"""What the channel methods share: what a network must have for them, BatchNorm scales read through the traced
+channel groups, a global ranking with a per-layer floor, and an L1 term on BatchNorm scales."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from ap_core.dnr import NONNEGATIVE_ACTIVATIONS
 from ap_core.errors import ConfigError
 from ap_core.network import NORM_TYPES, ChannelGroup, PrunableNet
 from ap_core.pruning.base import PruningMethod, Removal
@@ -29,38 +31,61 @@ class RatioHparams:
 
 
 class ChannelMethod(PruningMethod):
-    """A method that removes whole channels of the net's channel groups (each must end in a BatchNorm)."""
+    """A method that removes whole channels of the net's channel groups, ranked or tested at their BatchNorm.
 
-    structured = True
+    Which networks it can prune follows their structure, not their name: each channel must pass a BatchNorm (and,
+    with `needs_relu`, DemP's dead-unit test, a ReLU-like unit after it), checked on the model's layers when the
+    config is validated and on the traced channel groups when the trial builds its net.
+    """
+
+    removes_channels = True
+    needs_relu = False
 
     def check_model(self, model: str, name: str) -> None:
-        if model not in channel_models():
+        layers = probe_layers(model)
+        if not any(issubclass(kind, NORM_TYPES) for kind in layers):
             raise ConfigError(
-                f"method {name} removes conv-BatchNorm-ReLU channels, which model {model!r} does not have in the "
-                f"form the method's papers prune; valid: {', '.join(channel_models())}"
+                f"method {name} reads channels at their BatchNorm scale; model {model!r} has no BatchNorm layer"
             )
+        if self.needs_relu and not any(issubclass(kind, NONNEGATIVE_ACTIVATIONS) for kind in layers):
+            raise ConfigError(f"method {name} removes channels that never fire; model {model!r} has no ReLU-like unit")
+
+    def check_network(self, net: PrunableNet, name: str) -> None:
+        """Raise a ConfigError when no traced channel group passes what this method reads."""
+        if not norm_groups(net, self.needs_relu):
+            missing = "a BatchNorm and then a ReLU-like unit" if self.needs_relu else "a BatchNorm"
+            raise ConfigError(f"method {name} found no removable channel group of this network that passes {missing}")
 
 
-def channel_models() -> list[str]:
-    """The VGG and ResNet families: the networks the channel methods' papers prune."""
-    from ap_core.models import MODELS
+@functools.cache
+def probe_layers(model: str) -> frozenset[type]:
+    """The layer types of `model` (built once per process for a small image; its structure, not its size)."""
+    from ap_core.models.base import build_model
 
-    return [name for name in MODELS.names() if name.startswith(("vgg", "resnet"))]
-
-
-def family(model: str) -> str:
-    """`vgg` or `resnet`: the architecture family whose published defaults a method uses."""
-    return "vgg" if model.startswith("vgg") else "resnet"
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the caller's stream alone
+        return frozenset(type(m) for m in build_model(model, 10, (3, 32, 32)).modules())
 
 
-def norm_groups(net: PrunableNet) -> list[ChannelGroup]:
-    return [g for g in net.channel_groups if g.norm is not None and g.activation is not None]
+def norm_groups(net: PrunableNet, relu: bool = False) -> list[ChannelGroup]:
+    """The groups whose channels pass a norm (with an activation; a ReLU-like one at every site when `relu`)."""
+    modules = dict(net.model.named_modules())
+    return [
+        g
+        for g in net.channel_groups
+        if g.norm is not None
+        and g.activation is not None
+        and (not relu or all(_nonnegative(modules, site.activation) for site in g.sites))
+    ]
+
+
+def _nonnegative(modules: dict[str, nn.Module], activation: str | None) -> bool:
+    return activation is not None and isinstance(modules[activation], NONNEGATIVE_ACTIVATIONS)
 
 
 def group_scales(net: PrunableNet) -> dict[str, torch.Tensor]:
-    """Each channel group's BatchNorm scale parameter (gamma, or RNI's pre-sigmoid w), keyed by the group root."""
+    """Each channel group's scale at its first norm (gamma, or RNI's pre-sigmoid w), keyed by the group root."""
     modules = dict(net.model.named_modules())
-    return {g.root: modules[g.norm].weight.detach() for g in norm_groups(net)}
+    return {g.root: modules[g.norm].weight.detach()[list(g.sites[0].index)] for g in norm_groups(net)}
 
 
 def norm_scales(model: nn.Module) -> list[torch.Tensor]:

@@ -1,12 +1,20 @@
-"""One pruning step of an iterative schedule: method X, optionally with AP, with an exact total."""
+"""One pruning step: the method's proposal, then AP's share, through one code path for every method."""
 
-from collections.abc import Mapping
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 from ap_core.masks import Mask
 from ap_core.pruning.ap import ap_select
-from ap_core.pruning.base import PruneRequest, WeightMethod, removed_count, weight_method
+from ap_core.pruning.base import PruneRequest, PruningMethod, removed_count, weight_method
+from ap_core.settings import APSettings
+
+# Applies a proposal's channels to the net and returns the request as the net stands after (weights, theta_start
+# and mask cut by the same kept indices).
+ApplyChannels = Callable[[Mapping[str, Sequence[int]]], PruneRequest]
 
 
 def target_alive(total: int, prune_rate: float, cycle: int) -> int:
@@ -16,6 +24,57 @@ def target_alive(total: int, prune_rate: float, cycle: int) -> int:
     within half a weight of (1-p)^k however many cycles run.
     """
     return round(total * (1.0 - prune_rate) ** cycle)
+
+
+def prune_step(
+    method: PruningMethod, request: PruneRequest, ap: APSettings | None, apply_channels: ApplyChannels
+) -> Mask:
+    """The mask after one cycle's removal: what `method` proposes, then, with `ap`, AP's share.
+
+    A method that follows the prune rate gets `request.count` less AP's share, round(p_ap * alive); AP takes its
+    share among the survivors and the method prunes any shortfall (too few negative candidates), so the total stays
+    exact. A method that decides its own amount (channels) goes first, and AP then takes its own share of the
+    weights left inside the remaining structure.
+
+    `ap.scope` "global" picks AP's share across all layers (as the official code does), which moves pruning
+    between layers; "layer" keeps the method's allocation: each layer loses exactly what the method alone would
+    take from it, AP taking its proportional share of that inside the layer.
+    """
+    follows_count = not method.removes_channels
+    n_ap = min(round(ap.rate * request.mask.alive()), request.count) if ap is not None and follows_count else 0
+    if n_ap and ap is not None and ap.scope == "layer":
+        return _per_layer(method, request, ap, n_ap)
+    proposal = method.propose(dataclasses.replace(request, count=request.count - n_ap))
+    if proposal.channels:
+        request = apply_channels(proposal.channels)
+    mask = request.mask.prune(proposal.weights)
+    if ap is not None and not follows_count:
+        n_ap = round(ap.rate * mask.alive())
+    if n_ap and ap is not None:
+        ap_removal = ap_select(request.weights, request.start, mask, n_ap, ap.score, ap.candidates)
+        mask = mask.prune(ap_removal)
+        shortfall = n_ap - removed_count(ap_removal) if follows_count else 0
+        if shortfall:
+            mask = mask.prune(method.propose(dataclasses.replace(request, mask=mask, count=shortfall)).weights)
+    return mask
+
+
+def _per_layer(method: PruningMethod, request: PruneRequest, ap: APSettings, n_ap: int) -> Mask:
+    """AP inside the method's per-layer allocation: per layer, the method alone's count, of which AP takes its
+    share first."""
+    alone = method.propose(request).weights
+    removal = {}
+    for name, chosen in alone.items():
+        layer_total = int(chosen.sum())
+        layer = Mask({name: request.mask[name]})
+        layer_weights = {name: request.weights[name]}
+        share = round(layer_total * n_ap / request.count)
+        ap_removal = ap_select(layer_weights, request.start, layer, share, ap.score, ap.candidates)
+        layer = layer.prune(ap_removal)
+        rest = layer_total - removed_count(ap_removal)
+        layer_request = dataclasses.replace(request, weights=layer_weights, mask=layer, count=rest)
+        removal[name] = ap_removal[name] | method.propose(layer_request).weights[name]
+    return request.mask.prune(removal)
 
 
 def prune_cycle(
@@ -32,60 +91,14 @@ def prune_cycle(
     ap_scope: str = "global",
 ) -> Mask:
     """The mask for pruning cycle `cycle` (1-based) of element method `method` from the previous cycle's trained
-    `weights`.
-
-    Without AP, X removes everything down to the target. With AP, AP takes round(p_ap * alive) of that total
-    among the survivors of X, and X prunes any shortfall (too few negative candidates) so the total stays exact.
-
-    `ap_scope` "global" picks AP's share across all layers (as the official code does), which moves pruning
-    between layers; "layer" keeps X's allocation: each layer loses exactly what X alone would take from it, AP
-    taking its proportional share of that inside the layer.
-    """
-    prune_method = weight_method(method)
+    `weights`, outside a trial: `prune_step` with the count down to the cycle's target."""
+    pruning = weight_method(method)
     gen = generator if generator is not None else torch.Generator().manual_seed(cycle)
-
-    def prune_fn(current: Mask, count: int) -> dict[str, torch.Tensor]:
-        return prune_method.select(PruneRequest(weights, current, count, gen)).weights
-
-    n_alive = mask.alive()
-    n_total = max(0, n_alive - target_alive(mask.total(), prune_rate, cycle))
-    n_ap = min(round(ap_rate * n_alive), n_total) if ap_rate else 0
-
-    if n_ap and ap_scope == "layer":
-        return _per_layer(prune_method, weights, start_weights, mask, n_total, n_ap, ap_score, ap_candidates, gen)
-    mask = mask.prune(prune_fn(mask, n_total - n_ap))
-    if n_ap:
-        ap_removal = ap_select(weights, start_weights, mask, n_ap, ap_score, ap_candidates)
-        mask = mask.prune(ap_removal)
-        shortfall = n_ap - removed_count(ap_removal)
-        if shortfall:
-            mask = mask.prune(prune_fn(mask, shortfall))
-    return mask
+    count = max(0, mask.alive() - target_alive(mask.total(), prune_rate, cycle))
+    request = PruneRequest(weights, start_weights, mask, count, gen, pruning.hparams({}, method))
+    ap = APSettings(ap_rate, ap_score, ap_candidates, ap_scope) if ap_rate else None
+    return prune_step(pruning, request, ap, _weights_only)
 
 
-def _per_layer(
-    prune_method: WeightMethod,
-    weights: Mapping[str, torch.Tensor],
-    start_weights: Mapping[str, torch.Tensor],
-    mask: Mask,
-    n_total: int,
-    n_ap: int,
-    ap_score: str,
-    ap_candidates: str,
-    generator: torch.Generator,
-) -> Mask:
-    """AP inside X's per-layer allocation: per layer, X alone's count, of which AP takes its share first."""
-    x_alone = prune_method.select(PruneRequest(weights, mask, n_total, generator)).weights
-    removal = {}
-    for name, chosen in x_alone.items():
-        layer_total = int(chosen.sum())
-        layer = Mask({name: mask[name]})
-        layer_weights = {name: weights[name]}
-        ap_removal = ap_select(
-            layer_weights, start_weights, layer, round(layer_total * n_ap / n_total), ap_score, ap_candidates
-        )
-        layer = layer.prune(ap_removal)
-        rest = layer_total - removed_count(ap_removal)
-        x_removal = prune_method.select(PruneRequest(layer_weights, layer, rest, generator)).weights
-        removal[name] = ap_removal[name] | x_removal[name]
-    return mask.prune(removal)
+def _weights_only(removal: Mapping[str, Sequence[int]]) -> PruneRequest:
+    raise ValueError(f"an element method proposed channels {sorted(removal)}")

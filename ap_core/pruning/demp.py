@@ -49,11 +49,15 @@ def schedule_factor(step: int, span_steps: float) -> float:
 
 
 def dead_channels(net: PrunableNet, fired: dict[str, torch.Tensor], floor: int) -> dict[str, list[int]]:
-    """Channels of each group whose activation never fired, keeping at least `floor` per group."""
+    """Channels of each group that fired at none of the activations they feed, keeping at least `floor` per group.
+
+    A channel read by several later layers (a concatenation) is dead only when it is dead at every one of them.
+    """
     removal = {}
-    for group in norm_groups(net):
-        dead = (~fired[group.activation]).nonzero().flatten().tolist()
-        dead = dead[: max(0, len(fired[group.activation]) - floor)]
+    for group in norm_groups(net, relu=True):
+        alive = torch.stack([fired[site.activation][list(site.index)] for site in group.sites]).any(dim=0)
+        dead = (~alive).nonzero().flatten().tolist()
+        dead = dead[: max(0, len(alive) - floor)]
         if dead:
             removal[group.root] = dead
     return removal
@@ -101,11 +105,12 @@ class DemonHook(TrainingHook):
 @register_method("demp")
 class DemonPruning(ChannelMethod):
     Hparams = DempHparams
+    needs_relu = True
 
     def hooks(self, context: CycleContext) -> list[TrainingHook]:
         return [DemonHook(context)]
 
-    def select(self, request: PruneRequest) -> Removal:
+    def propose(self, request: PruneRequest) -> Removal:
         """At a cycle boundary: whatever died since the last removal."""
-        fired = request.context.fired_units()
-        return Removal(channels=dead_channels(request.net, fired, request.hparams.min_channels))
+        cycle = request.trial_cycle("demp")
+        return Removal(channels=dead_channels(cycle.net, cycle.fired_units(), request.hparams.min_channels))

@@ -19,20 +19,23 @@ from ap_core.pruning.channels import (
     ChannelMethod,
     RatioHparams,
     add_l1_subgradient,
-    family,
     group_scales,
     norm_scales,
     select_by_ratio,
 )
 
-# The paper's sparsity strength per architecture family.
-DEFAULT_SPARSITY = {"vgg": 1e-4, "resnet": 1e-5}
+# The paper's sparsity strength: 1e-4 for plain chains (VGG), 1e-5 for nets with shortcuts or concatenations
+# (ResNet, DenseNet); the net's traced structure picks one.
+SPARSITY_PLAIN, SPARSITY_BRANCHED = 1e-4, 1e-5
 
 
 @dataclass(frozen=True)
 class SlimmingHparams(RatioHparams):
     sparsity: float | None = field(
-        default=None, metadata={"help": "L1 strength s on BatchNorm scales (default: 1e-4 VGG, 1e-5 ResNet)"}
+        default=None,
+        metadata={
+            "help": "L1 strength s on BatchNorm scales (default: 1e-4 plain chains, 1e-5 with shortcuts/concats)"
+        },
     )
     bn_init: float = field(default=0.5, metadata={"help": "initial BatchNorm scale"})
 
@@ -67,9 +70,11 @@ class NetworkSlimming(ChannelMethod):
         if context.cycle > 0:  # fine-tuning runs without the sparsity term
             return []
         hp = context.hparams
-        strength = hp.sparsity if hp.sparsity is not None else DEFAULT_SPARSITY[family(context.config.model)]
+        default = SPARSITY_PLAIN if context.net.plain else SPARSITY_BRANCHED
+        strength = hp.sparsity if hp.sparsity is not None else default
         return [SparsityHook(context.net.model, strength)]
 
-    def select(self, request: PruneRequest) -> Removal:
-        importance = {root: gamma.abs() for root, gamma in group_scales(request.net).items()}
-        return select_by_ratio(request.net, importance, request.hparams)
+    def propose(self, request: PruneRequest) -> Removal:
+        net = request.trial_cycle("network_slimming").net
+        importance = {root: gamma.abs() for root, gamma in group_scales(net).items()}
+        return select_by_ratio(net, importance, request.hparams)

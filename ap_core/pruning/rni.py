@@ -19,10 +19,10 @@ from torch import nn
 from ap_core.errors import ConfigError
 from ap_core.hooks import CycleContext, TrainingHook
 from ap_core.pruning.base import PruneRequest, Removal, register_method
-from ap_core.pruning.channels import ChannelMethod, RatioHparams, family, group_scales, select_by_ratio
+from ap_core.pruning.channels import ChannelMethod, RatioHparams, group_scales, select_by_ratio
 
-# The authors' settings per architecture family: (alpha, b).
-DEFAULT_REGULARISER = {"vgg": (1e-3, 3.0), "resnet": (1e-4, 0.0)}
+# The authors' settings (alpha, b): VGG's for plain chains, ResNet's for nets with shortcuts or concatenations.
+REGULARISER_PLAIN, REGULARISER_BRANCHED = (1e-3, 3.0), (1e-4, 0.0)
 
 
 class BoundedBatchNorm2d(nn.BatchNorm2d):
@@ -58,9 +58,12 @@ def receding_penalty(w: torch.Tensor, b: float) -> torch.Tensor:
 @dataclass(frozen=True)
 class RNIHparams(RatioHparams):
     alpha: float | None = field(
-        default=None, metadata={"help": "regulariser strength (default: 1e-3 VGG, 1e-4 ResNet)"}
+        default=None,
+        metadata={"help": "regulariser strength (default: 1e-3 plain chains, 1e-4 with shortcuts/concats)"},
     )
-    b: float | None = field(default=None, metadata={"help": "regulariser shift (default: 3 VGG, 0 ResNet)"})
+    b: float | None = field(
+        default=None, metadata={"help": "regulariser shift (default: 3 plain chains, 0 with shortcuts/concats)"}
+    )
     bn_lr_scale: float = field(default=10.0, metadata={"help": "LR multiplier of the BatchNorm scales"})
 
     def validate(self) -> None:
@@ -114,14 +117,15 @@ class RecedingNeuronImportances(ChannelMethod):
     def hooks(self, context: CycleContext) -> list[TrainingHook]:
         if context.cycle > 0:  # fine-tuning runs without the regulariser
             return []
-        alpha, b = self.regulariser(context.hparams, context.config.model)
+        alpha, b = self.regulariser(context.hparams, context.net.plain)
         return [RecedingHook(context.net.model, alpha, b)]
 
     @staticmethod
-    def regulariser(hparams: RNIHparams, model: str) -> tuple[float, float]:
-        alpha, b = DEFAULT_REGULARISER[family(model)]
+    def regulariser(hparams: RNIHparams, plain: bool) -> tuple[float, float]:
+        alpha, b = REGULARISER_PLAIN if plain else REGULARISER_BRANCHED
         return (hparams.alpha if hparams.alpha is not None else alpha, hparams.b if hparams.b is not None else b)
 
-    def select(self, request: PruneRequest) -> Removal:
-        importance = {root: torch.sigmoid(w) for root, w in group_scales(request.net).items()}
-        return select_by_ratio(request.net, importance, request.hparams)
+    def propose(self, request: PruneRequest) -> Removal:
+        net = request.trial_cycle("rni").net
+        importance = {root: torch.sigmoid(w) for root, w in group_scales(net).items()}
+        return select_by_ratio(net, importance, request.hparams)

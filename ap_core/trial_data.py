@@ -1,0 +1,90 @@
+"""A trial's data on its device: the training split, the held-out validation set, and the batches of each epoch."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterator
+
+import torch
+
+from ap_core.config import TrialConfig
+from ap_core.data import ArrayDataset, eval_batches, load_dataset, train_batches
+from ap_core.errors import ConfigError
+
+EVAL_BATCH_SIZE = 1000
+VALIDATION_SPLIT_SEED = 20230101
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+
+def hold_out(data: ArrayDataset, fraction: float) -> tuple[ArrayDataset, tuple[torch.Tensor, torch.Tensor]]:
+    """Split `fraction` of the training set off for validation.
+
+    The split depends on nothing but the dataset and the fraction: every seed and every searched point is
+    judged on the same held-out samples, and none of them is ever trained on.
+    """
+    n_train = len(data.y_train)
+    n_val = round(n_train * fraction)
+    if not 0 < n_val < n_train - 1:
+        raise ConfigError(f"val_fraction {fraction} of {n_train} training samples leaves no validation or train set")
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(VALIDATION_SPLIT_SEED))
+    val, train = order[:n_val].sort().values.to(data.device), order[n_val:].sort().values.to(data.device)
+    kept = dataclasses.replace(data, x_train=data.x_train[train], y_train=data.y_train[train])
+    return kept, (data.x_train[val], data.y_train[val])
+
+
+class TrialData:
+    """The dataset `config` names (or the one given), moved once to `device` and split as `config` asks."""
+
+    def __init__(self, config: TrialConfig, dataset: ArrayDataset | None, device: torch.device) -> None:
+        if dataset is None:
+            dataset = load_dataset(
+                config.dataset, config.data_dir, download=config.download, max_train_samples=config.max_train_samples
+            )
+        elif config.max_train_samples:
+            dataset = dataset.limit_train(config.max_train_samples)
+        # The only copy of a shared (read-only) dataset a trial makes: to its GPU, still in its stored form (uint8).
+        self.dataset = dataset.to(device)
+        self.standardise = self.dataset.standardiser(device)
+        self.validation: tuple[torch.Tensor, torch.Tensor] | None = None
+        if config.val_fraction:
+            self.dataset, self.validation = hold_out(self.dataset, config.val_fraction)
+        n_train = len(self.dataset.y_train)
+        if config.batch_size > n_train:
+            raise ConfigError(f"batch_size {config.batch_size} is larger than the {n_train} training samples")
+        self.batch_size, self.augment, self.window_size = config.batch_size, config.augment, config.dead_unit_window
+        # A last batch of a single sample would break BatchNorm in training mode: drop it.
+        self.drop_last = n_train % config.batch_size == 1
+        self.steps_per_epoch = n_train // self.batch_size if self.drop_last else math.ceil(n_train / self.batch_size)
+
+    @property
+    def images(self) -> bool:
+        return self.dataset.x_train.dim() == 4
+
+    def example(self) -> torch.Tensor:
+        """One standardised training input: what the channel graph and the FLOP count trace."""
+        return self.dataset.standardised(self.dataset.x_train[:1])
+
+    def epoch(self, generator: torch.Generator, first_step: int, channels_last: bool) -> Batches:
+        """The shuffled (augmented) batches of one epoch, from step `first_step` of it (a rewound schedule can start
+        mid-epoch)."""
+        batches = train_batches(
+            self.dataset, self.batch_size, generator, augment=self.augment, drop_last=self.drop_last
+        )
+        if channels_last:  # match the channels-last weights
+            batches = ((x.contiguous(memory_format=torch.channels_last), y) for x, y in batches)
+        return itertools.islice(batches, first_step % self.steps_per_epoch, None)
+
+    def window(self) -> Iterator[torch.Tensor]:
+        """The first `dead_unit_window` training images, un-augmented: where dead units are counted."""
+        x, y = self.dataset.x_train[: self.window_size], self.dataset.y_train[: self.window_size]
+        return (x for x, _ in eval_batches(x, y, EVAL_BATCH_SIZE, self.standardise))
+
+    def test_batches(self) -> Batches:
+        return eval_batches(self.dataset.x_test, self.dataset.y_test, EVAL_BATCH_SIZE, self.standardise)
+
+    def validation_batches(self) -> Batches | None:
+        if self.validation is None:
+            return None
+        return eval_batches(*self.validation, EVAL_BATCH_SIZE, self.standardise)
