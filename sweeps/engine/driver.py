@@ -232,7 +232,9 @@ def run_on_ray(
         rows, failed, unfinished = report.collect(outcomes, plan)
         not_logged = sync_with_tune(parent, plan.catalog(), sweep_tags, outcomes) if parent is not None else ""
         output = Path(args.search.output) if args.search and args.search.output else None
-        artifacts, summary, table = report.write_report(rows, plan, sweep_dir, name, output, options.levels)
+        artifacts, summary, table = report.write_report(
+            rows, plan, sweep_dir, name, output, options.levels, options.pool_below
+        )
         if parent is not None and not unfinished and not not_logged:
             parent_view.log_results(parent, rows, plan, table)  # once, when the sweep's results are whole
         if unfinished:

@@ -94,6 +94,9 @@ class SweepOptions:
     levels: tuple[float, ...] = _opt(
         (), "weights-remaining levels (%) the printed and LaTeX tables show; none: 7 spread evenly (files hold all)"
     )
+    pool_below: float = _opt(
+        10.7, "pooled rows: the paired difference averaged over the levels at or below this % of weights remaining"
+    )
 
     def __post_init__(self) -> None:
         if self.cpus_per_trial <= 0:
@@ -102,6 +105,8 @@ class SweepOptions:
         whole = gpus > 1 and math.isfinite(gpus) and gpus == int(gpus)
         if gpus != AUTO_GPUS and not (0 <= gpus <= 1 or whole):
             raise ConfigError(f"gpus_per_trial {gpus} must be {GPU_SHARES}")
+        if not 0 < self.pool_below <= 100:  # written so that nan fails too
+            raise ConfigError(f"pool_below {self.pool_below} must be a % of weights remaining in (0, 100]")
         for name in ("seeds", "max_concurrent", "max_failures", "num_cpus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} {getattr(self, name)} must be >= 0")
