@@ -300,18 +300,26 @@ def test_parent_run_holds_the_protocol_headline_metrics_and_the_rendered_table(t
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = tracking.start_parent_run(uri, "view", None, "view parent", {}, params)
     rows = rows.assign(level=rows["weights_remaining"].round(1), trial="t", dnr=0.5)  # as report.collect gives them
-    log_results(parent, rows, SMOKE, build_table(rows, SMOKE))
     client = MlflowClient(uri)
+    child = client.create_run(parent.experiment_id, tags={"mlflow.parentRunId": parent.run_id}, run_name="mlp-gp-ap")
+    log_results(parent, rows, SMOKE, build_table(rows, SMOKE))
     assert client.get_experiment(parent.experiment_id).tags[tracking.EXPERIMENT_KIND] == "custom_model_development"
     assert [m.step for m in client.get_metric_history(parent.run_id, "delta/mlp/GP/AP")] == [0, 1]
     assert {"table.json", "report.html"} <= {a.path for a in client.list_artifacts(parent.run_id)}
     assert client.get_run(parent.run_id).data.params["axis.method"] == "GP, LP"
     page = Path(client.download_artifacts(parent.run_id, "report.html", str(tmp_path))).read_text()
     # Self-contained: nothing fetched from outside; the plot is embedded; every level and the Δ row are there.
-    assert not re.findall(r"(?:src|href)=[\"']?(?:https?:)?//", page) and "<script" not in page
+    urls = re.findall(r"(?:src|href)=\"([^\"]*)\"", page)
+    assert urls and all(
+        url.startswith(("data:image/png;base64,", "http://127.0.0.1:5000/#/experiments/")) for url in urls
+    )
+    assert "<script" not in page and "@import" not in page and "url(" not in page
     assert 'src="data:image/png;base64,' in page and "position: sticky" in page
     assert all(f"<th>{level}</th>" in page for level in ("100.0", "80.0")) and "Δ(AP)" in page
     assert "sign-flip" in page and "axis.seeds" in page
+    run = f"http://127.0.0.1:5000/#/experiments/{parent.experiment_id}/runs/{child.info.run_id}"
+    link = f"{run}?workflowType=machine_learning"
+    assert f'href="{link}"' in page and ">mlp-gp-ap</a>" in page
 
 
 def test_parent_metric_names_read_as_words() -> None:

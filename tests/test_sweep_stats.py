@@ -88,9 +88,9 @@ def test_pooled_row_is_the_per_seed_mean_of_the_paired_difference_over_the_high_
     # levels 10.7, 8.6, 6.9 (cycles 10, 11, 12): wobble 0, 0.1, 0 -> +1/30 on every seed
     per_seed = [gains[s] + 0.1 / 3 for s in (1, 2, 3, 4)]
     expected = delta_of(per_seed)
-    assert pooled["levels pooled (% weights remaining)"] == "10.7 to 6.9 (3 levels)"
+    assert pooled["levels pooled (%)"] == "10.7 to 6.9 (3 levels)"
     assert pooled["Δ mean"] == f"{sum(per_seed) / 4:+.2f}"
-    assert pooled["n"] == "4" and pooled["wins/losses/ties"] == "3/1/0"
+    assert pooled["n"] == "4" and pooled["W/L/T"] == "3/1/0"
     # per-seed diffs 1.033, 0.533, -0.217, 0.033, |sum| 1.383: reached only with 1.033 and 0.533 of one sign
     # (else at most 0.5 + 0.25), then by 3 of the 4 signs of the other two (not both against) -> 2 * 3 / 16
     assert expected.p_value == pytest.approx(6 / 16)

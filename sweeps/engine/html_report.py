@@ -3,9 +3,10 @@
 MLflow's artifact view renders an HTML artifact inline, so the answer to "does AP help here, and how sure are
 we?" is one click from the run: the pooled high-sparsity rows, the whole table (every level a column, the row
 labels fixed while it scrolls sideways), the footnote, the plots, the protocol and the child runs. Nothing is
-loaded from outside (no scripts, fonts or remote images: the UI is often offline); plots are data URIs. Links to
-child runs are fragment links (`#/experiments/...`) opened in the top window, so inside the MLflow UI they resolve
-against the UI's own address, whichever host and port it is served on.
+loaded from outside (no scripts, fonts or remote images: the UI is often offline); plots are data URIs. The only
+URLs are links to the child runs on the MLflow UI itself. MLflow shows the page in a sandboxed frame (a blob URL,
+scripts only), where a link can neither reach the top window nor resolve a relative address: the links are
+absolute and open in a new tab.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from sweeps.engine.result_table import SweepTable
+from sweeps.engine.result_table import POOLED_COLUMNS, SweepTable
 
 STYLE = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 16px; color: #1a1a1a;
+body { font: 13px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 16px; color: #1a1a1a;
        max-width: 1400px; }
-h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 24px 0 6px; }
+h1 { font-size: 16px; margin: 0 0 4px; } h2 { font-size: 14px; margin: 20px 0 6px; }
 .scroll { overflow-x: auto; border: 1px solid #ccc; max-width: 100%; }
 table { border-collapse: separate; border-spacing: 0; font-variant-numeric: tabular-nums; }
 th, td { padding: 3px 8px; border-bottom: 1px solid #e4e4e4; white-space: nowrap; text-align: right; }
@@ -32,14 +33,15 @@ th.label, td.label { position: sticky; left: 0; background: #fff; text-align: le
 thead th.label { background: #f3f3f3; z-index: 3; }
 tr.delta td { background: #f4f8ff; } tr.delta td.label { background: #e9f0fd; font-weight: 600; }
 td.significant { font-weight: 700; color: #0b5d1e; }
-.note { color: #444; font-size: 13px; max-width: 1100px; }
-.answer td, .answer th { font-size: 15px; }
+.note { color: #444; font-size: 12px; max-width: 1100px; }
 img { max-width: 100%; height: auto; border: 1px solid #eee; }
-dl { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; font-size: 13px; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 2px 16px; font-size: 12px; }
 dt { color: #555; } dd { margin: 0; font-family: ui-monospace, monospace; word-break: break-all; }
 """
 
 
+# MLflow 3 opens a run on its GenAI pages unless asked for the "Model training" view.
+TRAINING_VIEW = "?workflowType=machine_learning"
 SIGNIFICANT_CELL = '<td class="significant">'
 DELTA_ROW = '<tr class="delta">'
 
@@ -59,12 +61,15 @@ def render_report(
     protocol: dict[str, str],
     figures: Sequence[tuple[str, bytes]],
     children: Sequence[ChildRun],
+    ui_url: str,
 ) -> str:
-    """The whole page: pooled rows, table, footnote, plots (PNG bytes with a caption), protocol and child runs."""
+    """The whole page: pooled rows, table, footnote, plots (PNG bytes with a caption), protocol and child runs,
+    linked on the MLflow UI at `ui_url`."""
     parts = [f"<h1>{html.escape(table.title)}</h1>"]
     if table.pooled is not None and not table.pooled.empty:
         parts += [
             "<h2>Does AP help at high sparsity? Pooled rows</h2>",
+            _pooled_sentences(table.pooled),
             _table_html(table.pooled, "answer"),
             f'<p class="note">{html.escape(table.pooled_note)}</p>',
         ]
@@ -82,10 +87,15 @@ def render_report(
     parts += [f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in protocol.items()]
     parts.append("</dl>")
     if children:
-        parts.append(f"<h2>Child runs ({len(children)})</h2><ul>")
+        parts.append(
+            f'<h2>Child runs ({len(children)})</h2><p class="note">On {html.escape(ui_url)}; inside MLflow\'s '
+            "artifact view, open a link in a new tab (the view shows this page in a sandbox).</p><ul>"
+        )
+        base = ui_url.rstrip("/")
         parts += [
-            f'<li><a href="#/experiments/{html.escape(c.experiment_id)}/runs/{html.escape(c.run_id)}" target="_top">'
-            f"{html.escape(c.name)}</a> ({html.escape(c.status)}, <code>{html.escape(c.run_id)}</code>)</li>"
+            f'<li><a href="{html.escape(base)}/#/experiments/{html.escape(c.experiment_id)}/runs/'
+            f'{html.escape(c.run_id)}{TRAINING_VIEW}" target="_blank" rel="noopener">{html.escape(c.name)}</a> '
+            f"({html.escape(c.status)}, <code>{html.escape(c.run_id)}</code>)</li>"
             for c in children
         ]
         parts.append("</ul>")
@@ -96,6 +106,20 @@ def render_report(
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
         f"<body>\n{body}\n</body></html>\n"
     )
+
+
+def _pooled_sentences(pooled: pd.DataFrame) -> str:
+    """Each pooled row as one line that wraps, so the answer reads in a narrow artifact pane without scrolling."""
+    items = []
+    for key, row in pooled.iterrows():
+        label = " / ".join(map(str, key if isinstance(key, tuple) else (key,)))
+        span, mean, interval, p_value, n, wins_losses_ties = map(str, row[POOLED_COLUMNS])
+        text = (
+            f"{mean} points, 95% interval {interval}, p = {p_value}, n = {n} seeds, W/L/T {wins_losses_ties} "
+            f"(levels {span})"
+        )
+        items.append(f"<li><b>{html.escape(label)}</b>: {html.escape(text)}</li>")
+    return f'<ul class="answer">{"".join(items)}</ul>'
 
 
 def _table_html(cells: pd.DataFrame, css_class: str) -> str:

@@ -17,7 +17,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from sweeps.engine import plots
-from sweeps.engine.html_report import ChildRun, render_report
+from sweeps.engine.html_report import TRAINING_VIEW, ChildRun, render_report
 from sweeps.engine.result_table import SweepTable
 from sweeps.engine.spec import SweepPlan
 from sweeps.engine.tracking import ParentRun, now_ms
@@ -85,9 +85,8 @@ def log_results(parent: ParentRun, rows: pd.DataFrame, plan: SweepPlan, table: S
         cells = table.cells.reset_index()
         cells.columns = [str(c).replace(".", "·") for c in cells.columns]
         client.log_table(parent.run_id, data=cells, artifact_file="table.json")
-        page = render_report(
-            table, report_protocol(client, parent, plan), _figures(rows, plan), _children(client, parent)
-        )
+        protocol = report_protocol(client, parent, plan)
+        page = render_report(table, protocol, _figures(rows, plan), _children(client, parent), ui_url(parent))
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / REPORT_FILE
             path.write_text(page, encoding="utf-8")
@@ -118,12 +117,23 @@ def pooled_metrics(table: SweepTable) -> list[Metric]:
     return metrics
 
 
+# Where `mlflow ui` serves a local store, as the README starts it.
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def ui_url(parent: ParentRun) -> str:
+    """The MLflow UI of the parent's store: the tracking server itself, or `mlflow ui` for a local store."""
+    uri = parent.tracking_uri
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
 def report_url(parent: ParentRun) -> str:
-    """Where the report opens in the MLflow UI: on the tracking server, or (a local store) on `mlflow ui`."""
-    page = f"/#/experiments/{parent.experiment_id}/runs/{parent.run_id}/artifacts/{REPORT_FILE}"
+    """Where the report opens in the MLflow UI (for a local store, once `mlflow ui` serves it)."""
+    run = f"{ui_url(parent)}/#/experiments/{parent.experiment_id}/runs/{parent.run_id}"
+    url = f"{run}/artifacts/{REPORT_FILE}{TRAINING_VIEW}"
     if parent.tracking_uri.startswith(("http://", "https://")):
-        return parent.tracking_uri.rstrip("/") + page
-    return f"http://127.0.0.1:5000{page} (after: mlflow ui --backend-store-uri {parent.tracking_uri} --port 5000)"
+        return url
+    return f"{url} (after: mlflow ui --backend-store-uri {parent.tracking_uri} --port 5000)"
 
 
 def report_protocol(client: MlflowClient, parent: ParentRun, plan: SweepPlan) -> dict[str, str]:

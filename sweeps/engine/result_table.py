@@ -201,14 +201,7 @@ def build_table(rows: pd.DataFrame, plan: SweepPlan, pool_below: float = DEFAULT
     return SweepTable(title, cells, values, note, best, pooled_cells, pooled_note(pool_below))
 
 
-POOLED_COLUMNS = [
-    "levels pooled (% weights remaining)",
-    "Δ mean",
-    "95% interval",
-    "p (sign-flip)",
-    "n",
-    "wins/losses/ties",
-]
+POOLED_COLUMNS = ["levels pooled (%)", "Δ mean", "95% interval", "p (sign-flip)", "n", "W/L/T"]
 
 
 def pooled_delta(
@@ -242,7 +235,7 @@ def pooled_note(pool_below: float) -> str:
         f"Pooled rows: per seed, the mean over the levels at or below {pool_below:g}% weights remaining (--pool-below) "
         "of the paired difference, then the mean over seeds with its 95% Student-t interval, the exact two-sided "
         "sign-flip p (* when p < 0.05; '(min x)': the smallest p this n allows), the seeds pooled (n) and on how many "
-        "seeds the variant won, lost or tied against the baseline."
+        "seeds the variant won, lost or tied against the baseline (W/L/T)."
     )
 
 
