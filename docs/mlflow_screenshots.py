@@ -169,8 +169,8 @@ class Chromium:
 
 
 def report_view_url(uri: str, experiment_id: str, run_id: str) -> str:
-    """The parent run's artifact view with report.html selected."""
-    return f"{uri}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/report.html"
+    """The parent run's artifact view with report.html selected, in the "Model training" view (not GenAI)."""
+    return f"{uri}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/report.html?workflowType=machine_learning"
 
 
 def main() -> None:
