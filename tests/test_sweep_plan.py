@@ -15,7 +15,7 @@ from sweeps import table1, table_ap_ablation
 from sweeps.engine import plots
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import SweepOptions
-from sweeps.engine.result_table import MISSING, build_table
+from sweeps.engine.result_table import MISSING, SweepTable, build_table
 from sweeps.engine.spec import GP, LP, NO_AP, WITH_AP, AxisValue, Preset, SearchSpace, SweepSpec, expand
 
 TINY = Preset(
@@ -101,6 +101,9 @@ def test_sweep_options_are_validated() -> None:
         with pytest.raises(ConfigError, match=f"gpus_per_trial {not_a_share} must be auto, 0"):
             SweepOptions(gpus_per_trial=not_a_share)
     assert SweepOptions(gpus_per_trial=0.25).gpus_per_trial == 0.25
+    for not_a_level in (0.0, 101.0, float("nan")):
+        with pytest.raises(ConfigError, match=f"pool_below {not_a_level} must be a % of weights remaining in"):
+            SweepOptions(pool_below=not_a_level)
 
 
 def cycle_rows(trial: str, labels: dict, accuracies: list[float], prune_rate: float = 0.2) -> list[dict]:
@@ -178,8 +181,9 @@ def test_latex_escapes_names_and_formats_plus_minus(tmp_path: Path) -> None:
     assert r"lenet300\_100" in latex and r"91.50 $\pm$ 0.71" in latex
     assert latex.count(r"\textbf{") == 2 * 3  # a tie: AP and no AP share the best mean at each of the 3 levels
     assert "100.0" not in table.to_latex(table.columns_to_show((64.0, 80.0)))
-    with pytest.raises(ValueError, match=r"level 50\.0 is not a column"):
-        table.columns_to_show((50.0,))
+    assert table.columns_to_show((70.0,)) == ["64.0"]  # the nearest column
+    with pytest.raises(ConfigError, match=r"--levels 0 is not a % of weights remaining; valid: 100.0, 80.0, 64.0"):
+        table.columns_to_show((0.0,))
     assert table.columns_to_show(limit=2) == ["100.0", "64.0"]
 
 
@@ -199,3 +203,11 @@ def test_comparison_plot_gives_each_variant_one_style_in_every_panel(tmp_path: P
     assert "bands: ±1 std over the seeds" in figure._suptitle.get_text()
     paths = plots.save(figure, str(tmp_path / "comparison.png"), vector=True)
     assert [Path(p).suffix for p in paths] == [".png", ".pdf"] and all(Path(p).stat().st_size > 1000 for p in paths)
+
+
+def test_the_printed_columns_always_include_the_papers_headline_level() -> None:
+    levels = [f"{100 * 0.8**k:.1f}" for k in range(17)]  # 100.0 ... 2.8: the smoke and paper presets' columns
+    table = SweepTable("t", pd.DataFrame([["x"] * 17], columns=levels), pd.DataFrame())
+    shown = table.columns_to_show(limit=7)
+    assert len(shown) == 7 and "10.7" in shown and shown[0] == "100.0" and shown[-1] == "2.8"
+    assert "8.6" in table.columns_to_show(limit=7, headline=8.6)

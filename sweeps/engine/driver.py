@@ -91,12 +91,9 @@ def plan_sweep(spec: SweepSpec, args: ParsedArgs) -> SweepPlan:
         num_samples=args.search.num_samples if args.search else 0,
     )
     if options.levels and plan.spec.table is None and plan.search is None:
-        from sweeps.engine.result_table import expected_levels  # pandas: not for --help
+        from sweeps.engine.result_table import expected_levels, nearest_levels  # pandas: not for --help
 
-        valid = expected_levels(plan)
-        unknown = next((level for level in options.levels if round(level, 1) not in valid), None)
-        if unknown is not None:
-            raise ConfigError(f"--levels {unknown:g} is not a level of this sweep; valid: {', '.join(map(str, valid))}")
+        nearest_levels(options.levels, expected_levels(plan), say=True)
     datasets = sorted({g.base.dataset for g in plan.search_groups})
     if len(datasets) > 1:
         # The best-settings file is keyed by network and method: runs on two datasets would overwrite each other.

@@ -92,7 +92,9 @@ class SweepOptions:
     progress: bool = _opt(True, "show an overall progress bar with ETA and trials done/running/failed")
     verbose: bool = _switch("also show Tune's live trial tables and Ray's log lines")
     levels: tuple[float, ...] = _opt(
-        (), "weights-remaining levels (%) the printed and LaTeX tables show; none: 7 spread evenly (files hold all)"
+        (),
+        "weights-remaining levels (%) the printed and LaTeX tables show, each taken to the nearest level of the "
+        "sweep; none: 7 spread evenly, 10.7 among them (files hold all)",
     )
     pool_below: float = _opt(
         10.7, "pooled rows: the paired difference averaged over the levels at or below this % of weights remaining"

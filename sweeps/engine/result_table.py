@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ap_core.errors import ConfigError
 from sweeps.engine.spec import SweepPlan
 from sweeps.engine.stats import (
     ALPHA,
@@ -56,14 +57,11 @@ class SweepTable:
     def columns_to_show(
         self, levels: tuple[float, ...] = (), limit: int = 0, headline: float = DEFAULT_POOL_BELOW
     ) -> list[str]:
-        """The columns of the chosen levels (`levels`), or at most `limit` spread evenly (0: all), always with the
-        column nearest the `headline` level among them."""
+        """The columns nearest the chosen levels (`levels`), or at most `limit` spread evenly (0: all), always with
+        the column nearest the `headline` level among them."""
         columns = list(self.cells.columns)
         if levels:
-            wanted = {f"{level:.1f}" for level in levels}
-            unknown = sorted(wanted - set(columns))
-            if unknown:
-                raise ValueError(f"level {unknown[0]} is not a column of this table; valid: {', '.join(columns)}")
+            wanted = {f"{level:.1f}" for level in nearest_levels(levels, [float(c) for c in columns])}
             return [c for c in columns if c in wanted]
         if not limit or len(columns) <= limit:
             return columns
@@ -125,6 +123,22 @@ class SweepTable:
             paths.append(folder / f"{stem}_pooled.csv")
             self.pooled.to_csv(paths[-1])
         return paths
+
+
+def nearest_levels(wanted: tuple[float, ...], valid: list[float], say: bool = False) -> list[float]:
+    """Each wanted level's nearest valid one (`--levels 10` shows 10.7); with `say`, one line per level that moved.
+    A level outside (0, 100] is a ConfigError naming the valid ones."""
+    chosen = []
+    for level in wanted:
+        if not 0 < level <= 100:
+            raise ConfigError(
+                f"--levels {level:g} is not a % of weights remaining; valid: {', '.join(map(str, valid))}"
+            )
+        nearest = min(valid, key=lambda candidate: abs(candidate - level))
+        if say and round(level, 1) != nearest:
+            print(f"--levels {level:g}: showing {nearest}, the nearest level of this sweep")
+        chosen.append(nearest)
+    return chosen
 
 
 def expected_levels(plan: SweepPlan) -> list[float]:
