@@ -188,6 +188,7 @@ def build_table(rows: pd.DataFrame, plan: SweepPlan, pool_below: float = DEFAULT
                     keys = dict(zip(GROUP_KEYS, group, strict=True))
                     deltas.append({**keys, "variant": f"Δ({variant})", "level": level, **_delta_values(delta)})
             table[(*group, f"Δ({variant})")] = row
+            # columns are rounded to 0.1: `--pool-below 10.7` takes the 10.7 column (10.737...)
             pooled_levels = [level for level in levels if level <= pool_below + 0.05]
             delta = pooled_delta(by_seed, (*group, variant), (*group, baseline), pooled_levels)
             pooled[(*group, f"Δ({variant})")] = format_pooled(delta, pooled_levels)
