@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from ap_core import ConfigError
 from sweeps import table_demp, table_structured
 from sweeps.engine import plots
+from sweeps.engine.html_report import render_report
 from sweeps.engine.result_table import MISSING
 from sweeps.engine.spec import expand
 from sweeps.engine.structured_report import demp_table, params_figure, structured_table
@@ -120,6 +121,8 @@ def test_demp_table_and_plot_trace_accuracy_against_parameters(tmp_path: Path) -
     # rows can keep more of the net
     assert table.cells.loc[("vgg_small", "DemP", "λ=0.01", "Δ(AP)"), "final acc"] == "+0.00 (n=2 too small)"
     assert "DemP removes only units that are dead" in table.note
+    page = render_report(table, {"preset": "smoke"}, [], [], "http://127.0.0.1:5000")  # the parent run's report
+    assert "<h2>The table</h2>" in page and "Pooled rows" not in page and "vgg_small / DemP / λ=0.01 / Δ(AP)" in page
     path = tmp_path / "demp.png"
     plots.save(params_figure(rows, "DemP"), str(path))
     assert path.stat().st_size > 10_000

@@ -74,7 +74,7 @@ def render_report(
             f'<p class="note">{html.escape(table.pooled_note)}</p>',
         ]
     parts += [
-        f"<h2>Every level ({html.escape(str(table.cells.columns.name or 'columns'))})</h2>",
+        f"<h2>{html.escape(_table_heading(table))}</h2>",
         _table_html(table.cells, "levels"),
         f'<p class="note">{html.escape(table.note)}</p>',
     ]
@@ -106,6 +106,11 @@ def render_report(
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>'
         f"<body>\n{body}\n</body></html>\n"
     )
+
+
+def _table_heading(table: SweepTable) -> str:
+    """'Every level (weights remaining (%))' for the weights-remaining tables, 'The table' for the channel ones."""
+    return f"Every level ({table.cells.columns.name})" if table.cells.columns.name else "The table"
 
 
 def _pooled_sentences(pooled: pd.DataFrame) -> str:
