@@ -105,11 +105,12 @@ def test_smoke_preset_matches_mlflow(mlflow_server: MlflowServer, tmp_path: Path
         assert abs(parent_metrics[f"pooled_delta/mlp/{method}/AP"] - expected.mean) < 1e-9
         assert parent_metrics[f"pooled_p/mlp/{method}/AP"] == expected.p_value
         assert parent_metrics[f"pooled_n/mlp/{method}/AP"] == 3
-        printed_pooled = next(
-            line for line in done.stdout.splitlines() if f"| {method} |" in line and "levels)" in line
-        )
-        assert f"{expected.mean:+.2f}".replace("-0.00", "+0.00") in printed_pooled
-        assert f"{expected.wins}/{expected.losses}/{expected.ties}" in printed_pooled
+        pooled_rows = [[c.strip() for c in line.strip("|").split("|")] for line in done.stdout.splitlines()]
+        # network, method, variant, levels pooled, Δ mean, 95% interval, p, n, W/L/T
+        row = next(r for r in pooled_rows if len(r) == 9 and r[1] == method and "levels)" in r[3])
+        assert row[3] == "10.7 to 2.8 (7 levels)" and row[7] == "3"
+        assert row[4] == f"{expected.mean + 0.0:+.2f}".replace("-0.00", "+0.00")  # no star: p >= 0.25
+        assert row[8] == f"{expected.wins}/{expected.losses}/{expected.ties}"
     assert "report: http://127.0.0.1:" in done.stdout
 
     parent_artifacts = {a.path for a in client.list_artifacts(parent_id)}
