@@ -17,7 +17,8 @@ pytestmark = pytest.mark.integration
 
 def readme_snippets_reading_results() -> list[str]:
     readme = (REPO / "README.md").read_text()
-    return [block for block in re.findall(r"```python\n(.+?)\n```", readme, re.S) if '"results' in block]
+    blocks = re.findall(r"```python\n(.+?)\n```", readme, re.S)
+    return [block for block in blocks if re.search(r"\"(sqlite:///)?results[/\"]", block)]  # the results folder
 
 
 def test_readme_snippets_run_as_written_after_a_sweep(tmp_path: Path) -> None:
