@@ -155,8 +155,13 @@ def run_cli(module: str, *args: str, timeout_s: float = 300, **env: str) -> CliR
 
 
 def parse_printed_table(stdout: str) -> dict[tuple[str, ...], dict[str, str]]:
-    """The Markdown table a sweep printed: {(network, method, variant): {weights-remaining level: cell}}."""
-    lines = [line for line in stdout.splitlines() if line.startswith("|")]
+    """The (first) Markdown table a sweep printed: {(network, method, variant): {weights-remaining level: cell}}.
+
+    The pooled rows printed under it are another table: its first run of `|` lines is the table."""
+    rows = stdout.splitlines()
+    start = next(i for i, line in enumerate(rows) if line.startswith("|"))
+    end = next((i for i in range(start, len(rows)) if not rows[i].startswith("|")), len(rows))
+    lines = rows[start:end]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     labels = header.index("variant") + 1
     table = {}

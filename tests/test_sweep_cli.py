@@ -220,11 +220,18 @@ def test_a_search_over_two_datasets_is_refused(capsys: pytest.CaptureFixture[str
     assert "one dataset at a time" in err and "cifar100" in err and "\n" not in err
 
 
-def test_levels_that_are_not_in_the_sweep_are_refused_before_anything_starts(tmp_path: Path) -> None:
-    done = run_cli("table1", "--levels", "50", "--results-dir", str(tmp_path / "r"), timeout_s=120)
+def test_levels_outside_0_to_100_are_refused_before_anything_starts(tmp_path: Path) -> None:
+    done = run_cli("table1", "--levels", "150", "--results-dir", str(tmp_path / "r"), timeout_s=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
-    assert "--levels 50 is not a level of this sweep; valid: 100.0, 80.0" in done.stderr
+    assert "--levels 150 is not a % of weights remaining; valid: 100.0, 80.0" in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_level_between_columns_takes_the_nearest_and_says_which(tmp_path: Path) -> None:
+    done = run_cli("table1", "--levels", "10", "5.5", "--dry-run", "--results-dir", str(tmp_path / "r"), timeout_s=120)
+    assert done.returncode == 0, done.stderr
+    assert "--levels 10: showing 10.7, the nearest level of this sweep" in done.stdout
+    assert "--levels 5.5" not in done.stdout  # an exact level is taken as it is
 
 
 def test_help_shows_the_presets_values_and_loads_neither_torch_nor_ray() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -306,12 +307,41 @@ def test_parent_run_holds_the_protocol_headline_metrics_and_the_rendered_table(t
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = tracking.start_parent_run(uri, "view", None, "view parent", {}, params)
-    log_results(parent, rows, SMOKE, build_table(rows.assign(level=rows["weights_remaining"].round(1)), SMOKE))
+    rows = rows.assign(level=rows["weights_remaining"].round(1), trial="t", dnr=0.5)  # as report.collect gives them
     client = MlflowClient(uri)
+    child = client.create_run(parent.experiment_id, tags={"mlflow.parentRunId": parent.run_id}, run_name="mlp-gp-ap")
+    log_results(parent, rows, SMOKE, build_table(rows, SMOKE))
     assert client.get_experiment(parent.experiment_id).tags[tracking.EXPERIMENT_KIND] == "custom_model_development"
     assert [m.step for m in client.get_metric_history(parent.run_id, "delta/mlp/GP/AP")] == [0, 1]
-    assert "table.json" in {a.path for a in client.list_artifacts(parent.run_id)}
+    assert {"table.json", "report.html"} <= {a.path for a in client.list_artifacts(parent.run_id)}
     assert client.get_run(parent.run_id).data.params["axis.method"] == "GP, LP"
+    page = Path(client.download_artifacts(parent.run_id, "report.html", str(tmp_path))).read_text()
+    # Self-contained: nothing fetched from outside; the plot is embedded; every level and the Δ row are there.
+    urls = re.findall(r"(?:src|href)=\"([^\"]*)\"", page)
+    assert urls and all(
+        url.startswith(("data:image/png;base64,", "http://127.0.0.1:5000/#/experiments/")) for url in urls
+    )
+    assert "<script" not in page and "@import" not in page and "url(" not in page
+    assert 'src="data:image/png;base64,' in page and "position: sticky" in page
+    assert all(f"<th>{level}</th>" in page for level in ("100.0", "80.0")) and "Δ(AP)" in page
+    assert "sign-flip" in page and "axis.seeds" in page
+    run = f"http://127.0.0.1:5000/#/experiments/{parent.experiment_id}/runs/{child.info.run_id}"
+    link = f"{run}?workflowType=machine_learning"
+    assert f'href="{link}"' in page and ">mlp-gp-ap</a>" in page
+
+
+def test_parent_metric_names_read_as_words() -> None:
+    rows = pd.DataFrame(
+        [
+            {"dataset": "digits", "network": "vgg_small", "method": method, "setting": setting, "variant": variant,
+             "seed": 1, "cycle": 0, "weights_remaining": 100.0, "test_acc": 90.0}
+            for method, setting in (("DemP", "λ=0.001"), ("NS", "50%"))
+            for variant in ("no AP", "AP")
+        ]
+    )  # fmt: skip
+    names = {m.key for m in headline_metrics(rows, SMOKE)}
+    assert "delta/vgg_small/DemP/lambda 0.001/AP" in names and "test_acc/vgg_small/NS/50pct_pruned/AP" in names
+    assert not [name for name in names if "__" in name or "_/" in name or name.endswith("_")]
 
 
 def test_trial_logger_pauses_within_seconds_when_mlflow_is_gone(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,7 @@ from sweeps import table1, table_ap_ablation
 from sweeps.engine import plots
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import SweepOptions
-from sweeps.engine.result_table import MISSING, build_table, format_paired_delta, paired_delta
+from sweeps.engine.result_table import MISSING, SweepTable, build_table
 from sweeps.engine.spec import GP, LP, NO_AP, WITH_AP, AxisValue, Preset, SearchSpace, SweepSpec, expand
 
 TINY = Preset(
@@ -101,6 +101,9 @@ def test_sweep_options_are_validated() -> None:
         with pytest.raises(ConfigError, match=f"gpus_per_trial {not_a_share} must be auto, 0"):
             SweepOptions(gpus_per_trial=not_a_share)
     assert SweepOptions(gpus_per_trial=0.25).gpus_per_trial == 0.25
+    for not_a_level in (0.0, 101.0, float("nan")):
+        with pytest.raises(ConfigError, match=f"pool_below {not_a_level} must be a % of weights remaining in"):
+            SweepOptions(pool_below=not_a_level)
 
 
 def cycle_rows(trial: str, labels: dict, accuracies: list[float], prune_rate: float = 0.2) -> list[dict]:
@@ -135,25 +138,16 @@ def test_table_cells_are_mean_and_std_over_seeds_with_delta_rows_and_gaps() -> N
     assert list(table.cells.columns) == ["100.0", "80.0", "64.0"]
     assert table.cells.loc[("mlp", "GP", "no AP"), "100.0"] == "91.50 ± 0.71"
     assert table.cells.loc[("mlp", "GP", "AP"), "64.0"] == "90.50 ± 0.71"
-    assert table.cells.loc[("mlp", "GP", "Δ(AP)"), "80.0"] == "+1.00 ± 0.00*"  # +1 on both seeds
+    assert table.cells.loc[("mlp", "GP", "Δ(AP)"), "80.0"] == "+1.00 (n=2 too small)"  # +1 on both seeds
     assert table.cells.loc[("mlp", "LP", "no AP"), "100.0"] == "91.00 (n=1)"  # fewer seeds than planned
     assert set(table.cells.loc[("mlp", "LP", "AP")]) == {MISSING}
     assert set(table.cells.loc[("mlp", "LP", "Δ(AP)")]) == {MISSING}
     assert len(table.values) == 3 * 3 + 3  # three (method, variant) rows with data x three levels, GP's Δ row
     markdown = table.to_markdown()  # printed exactly as formatted, not re-parsed as numbers
-    assert " +1.00 ± 0.00* |" in markdown and "91.00 (n=1)" in markdown and "64.0 |" in markdown.splitlines()[0]
-    assert "paired differences" in table.note and "95% confidence interval" in table.note
+    assert " +1.00 (n=2 too small) |" in markdown and "91.00 (n=1)" in markdown
+    assert "64.0 |" in markdown.splitlines()[0]
+    assert "paired differences" in table.note and "95% interval" in table.note and "sign-flip" in table.note
     assert "AP picked its share across all layers (ap_scope global)" in table.note
-
-
-def test_delta_pairs_runs_by_seed_with_a_t_interval() -> None:
-    mean, half, n = paired_delta({1: 91.0, 2: 93.0, 3: 92.0}, {1: 90.0, 2: 90.0, 3: 92.0})
-    assert (round(mean, 4), round(half, 4), n) == (1.3333, 3.7946, 3)  # diffs 1, 3, 0; t(0.975, 2) = 4.303
-    assert format_paired_delta((mean, half, n), 3) == "+1.33 ± 3.79"  # the interval holds 0: no star
-    assert paired_delta({1: 91.0, 2: 95.0}, {1: 90.0, 2: 90.0, 3: 80.0})[2] == 2  # seed 3 has no pair
-    assert format_paired_delta((3.0, 2.0, 2), 3) == "+3.00 ± 2.00* (n=2)"
-    assert format_paired_delta((-0.4, float("nan"), 1), 1) == "-0.40"
-    assert paired_delta(None, {1: 90.0}) is None
 
 
 def test_table_of_a_sweep_with_no_finished_trial_still_renders(tmp_path: Path) -> None:
@@ -162,7 +156,8 @@ def test_table_of_a_sweep_with_no_finished_trial_still_renders(tmp_path: Path) -
     assert len(table.cells) == 1 + 4 + 4  # baseline, four AP variants, four Delta rows
     assert set(table.cells.to_numpy().ravel()) == {MISSING}
     paths = table.write(tmp_path, "ablation")
-    assert [p.name for p in paths] == ["ablation.csv", "ablation.md", "ablation.tex", "ablation_values.csv"]
+    names = ["ablation.csv", "ablation.md", "ablation.tex", "ablation_values.csv", "ablation_pooled.csv"]
+    assert [p.name for p in paths] == names
     latex = (tmp_path / "ablation.tex").read_text()
     assert r"$\Delta$(AP (change/negative))" in latex and "--" in latex and "—" not in latex
     assert latex.startswith("% needs \\usepackage{booktabs,multirow}") and "magnitude/all' equals 'no AP'" in latex
@@ -186,8 +181,9 @@ def test_latex_escapes_names_and_formats_plus_minus(tmp_path: Path) -> None:
     assert r"lenet300\_100" in latex and r"91.50 $\pm$ 0.71" in latex
     assert latex.count(r"\textbf{") == 2 * 3  # a tie: AP and no AP share the best mean at each of the 3 levels
     assert "100.0" not in table.to_latex(table.columns_to_show((64.0, 80.0)))
-    with pytest.raises(ValueError, match=r"level 50\.0 is not a column"):
-        table.columns_to_show((50.0,))
+    assert table.columns_to_show((70.0,)) == ["64.0"]  # the nearest column
+    with pytest.raises(ConfigError, match=r"--levels 0 is not a % of weights remaining; valid: 100.0, 80.0, 64.0"):
+        table.columns_to_show((0.0,))
     assert table.columns_to_show(limit=2) == ["100.0", "64.0"]
 
 
@@ -204,6 +200,14 @@ def test_comparison_plot_gives_each_variant_one_style_in_every_panel(tmp_path: P
             styles.setdefault(line.get_label(), set()).add((line.get_color(), line.get_marker(), line.get_linestyle()))
     assert set(styles) == {"no AP", "AP"} and all(len(s) == 1 for s in styles.values())  # one style per variant
     assert styles["no AP"] != styles["AP"]
-    assert "bands: ±1 std" in figure._suptitle.get_text()
+    assert "bands: ±1 std over the seeds" in figure._suptitle.get_text()
     paths = plots.save(figure, str(tmp_path / "comparison.png"), vector=True)
     assert [Path(p).suffix for p in paths] == [".png", ".pdf"] and all(Path(p).stat().st_size > 1000 for p in paths)
+
+
+def test_the_printed_columns_always_include_the_papers_headline_level() -> None:
+    levels = [f"{100 * 0.8**k:.1f}" for k in range(17)]  # 100.0 ... 2.8: the smoke and paper presets' columns
+    table = SweepTable("t", pd.DataFrame([["x"] * 17], columns=levels), pd.DataFrame())
+    shown = table.columns_to_show(limit=7)
+    assert len(shown) == 7 and "10.7" in shown and shown[0] == "100.0" and shown[-1] == "2.8"
+    assert "8.6" in table.columns_to_show(limit=7, headline=8.6)

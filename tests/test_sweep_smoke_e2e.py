@@ -6,6 +6,7 @@ histories with MLflow's client; every trial has exactly one child run with its t
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -15,6 +16,7 @@ from conftest import MlflowServer, parse_printed_table, run_cli
 from mlflow.tracking import MlflowClient
 
 from sweeps.engine.spec import expand
+from sweeps.engine.stats import delta_of
 from sweeps.table1 import SPEC
 
 pytestmark = pytest.mark.integration
@@ -48,6 +50,7 @@ def test_smoke_preset_matches_mlflow(mlflow_server: MlflowServer, tmp_path: Path
 
     planned = plan.by_name()
     acc: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    by_seed: dict[tuple[str, str, str, int], dict[str, float]] = {}
     for run in children:
         trial = planned[run.info.run_name]
         tags = run.data.tags
@@ -69,6 +72,9 @@ def test_smoke_preset_matches_mlflow(mlflow_server: MlflowServer, tmp_path: Path
         for step, value in history["test_acc"].items():
             level = f"{round(history['weights_remaining'][step], 1):.1f}"
             acc[(trial.config.model, trial.labels["method"], trial.labels["variant"])][level].append(value)
+            by_seed.setdefault(
+                (trial.config.model, trial.labels["method"], trial.labels["variant"], trial.config.seed), {}
+            )[level] = value
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert {"cycles.csv", "mask_summary.csv", "plots"} <= artifacts
@@ -85,9 +91,37 @@ def test_smoke_preset_matches_mlflow(mlflow_server: MlflowServer, tmp_path: Path
                 cell = printed[(key[0], key[1], "Δ(AP)")][level]
                 assert abs(float(cell.split(" ± ")[0]) - delta) <= 0.0051
 
+    # The pooled rows, recomputed from the child runs: per seed, the mean over the levels <= 10.7% of AP - no AP.
+    parent_metrics = client.get_run(parent_id).data.metrics
+    for method in ("GP", "LP"):
+        levels = [level for level in acc[("mlp", method, "AP")] if float(level) <= 10.7]
+        differences = [
+            statistics.mean(by_seed[("mlp", method, "AP", seed)][lv] - by_seed[("mlp", method, "no AP", seed)][lv]
+                            for lv in levels)
+            for seed in range(1, plan.seeds + 1)
+        ]  # fmt: skip
+        expected = delta_of(differences)
+        assert len(levels) == 7 and expected.n == 3 and expected.p_value >= 0.25  # 3 seeds: never below 2^(1-3)
+        assert abs(parent_metrics[f"pooled_delta/mlp/{method}/AP"] - expected.mean) < 1e-9
+        assert parent_metrics[f"pooled_p/mlp/{method}/AP"] == expected.p_value
+        assert parent_metrics[f"pooled_n/mlp/{method}/AP"] == 3
+        pooled_rows = [[c.strip() for c in line.strip("|").split("|")] for line in done.stdout.splitlines()]
+        # network, method, variant, levels pooled, Δ mean, 95% interval, p, n, W/L/T
+        row = next(r for r in pooled_rows if len(r) == 9 and r[1] == method and "levels)" in r[3])
+        assert row[3] == "10.7 to 2.8 (7 levels)" and row[7] == "3"
+        assert row[4] == f"{expected.mean + 0.0:+.2f}".replace("-0.00", "+0.00")  # no star: p >= 0.25
+        assert row[8] == f"{expected.wins}/{expected.losses}/{expected.ties}"
+    assert "report: http://127.0.0.1:" in done.stdout
+
     parent_artifacts = {a.path for a in client.list_artifacts(parent_id)}
     stem = "smoke-e2e"
-    assert {f"{stem}.csv", f"{stem}.md", f"{stem}.tex", "comparison.png"} <= parent_artifacts
+    assert {f"{stem}.csv", f"{stem}.md", f"{stem}.tex", "comparison.png", "report.html"} <= parent_artifacts
+    report = Path(client.download_artifacts(parent_id, "report.html", str(tmp_path / "report"))).read_text()
+    assert all(f"<th>{level}</th>" in report for level in acc[("mlp", "GP", "AP")])  # every level is a column
+    # Self-contained: the only URLs are the embedded plot and links to this server's own runs (one per trial).
+    urls = re.findall(r"(?:src|href)=\"([^\"]*)\"", report)
+    assert all(url.startswith(("data:image/png;base64,", f"{mlflow_server.uri}/#/experiments/")) for url in urls)
+    assert sum(url.startswith(mlflow_server.uri) for url in urls) == plan.trial_count
     markdown = Path(client.download_artifacts(parent_id, f"{stem}.md", str(tmp_path / "download")))
     for levels in acc.values():
         assert format_cell(next(iter(levels.values()))) in markdown.read_text()

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from ap_core import ConfigError
 from sweeps import table_demp, table_structured
 from sweeps.engine import plots
+from sweeps.engine.html_report import render_report
 from sweeps.engine.result_table import MISSING
 from sweeps.engine.spec import expand
 from sweeps.engine.structured_report import demp_table, params_figure, structured_table
@@ -66,34 +67,38 @@ def test_structured_table_shows_mean_std_delta_params_and_the_published_numbers(
     table = structured_table(fake_rows(plan, accuracy), plan)
     cells = table.cells
     assert list(cells.columns) == [
-        "dense", "50% acc", "50% params %", "90% acc", "90% params %", "ref dense", "ref 50%", "ref 90%",
+        "dense", "50% pruned: acc", "50% pruned: params %", "90% pruned: acc", "90% pruned: params %",
+        "ref dense", "ref 50% pruned", "ref 90% pruned",
     ]  # fmt: skip
     seeds = [90.2, 90.4, 90.6]
     expected = f"{statistics.mean(seeds):.2f} ± {statistics.stdev(seeds):.2f}"
-    assert cells.loc[("vgg16", "NS", "no AP"), "90% acc"] == expected
-    assert cells.loc[("vgg16", "NS", "no AP"), "90% params %"] == "50.0"
-    # Δ pairs each seed's AP run with its no-AP run: here AP adds exactly 1.0 on every seed.
-    assert cells.loc[("vgg16", "NS", "Δ(AP)"), "90% acc"] == "+1.00 ± 0.00*"
+    assert cells.loc[("vgg16", "NS", "no AP"), "90% pruned: acc"] == expected
+    assert cells.loc[("vgg16", "NS", "no AP"), "90% pruned: params %"] == "50.0"
+    # Δ pairs each seed's AP run with its no-AP run: here AP adds exactly 1.0 on every seed. Three seeds that agree
+    # are no evidence at p < 0.05 (the sign-flip test's p is 2/8): no star, whatever the interval's width.
+    assert cells.loc[("vgg16", "NS", "Δ(AP)"), "90% pruned: acc"] == "+1.00 ± 0.00"
     assert "paired differences" in table.note
     # The authors' numbers (shared/reference/rni_results.csv) sit beside the runs without AP.
-    assert cells.loc[("vgg16", "NS", "no AP"), "ref 90%"] == "89.95"
-    assert cells.loc[("vgg16", "RNI", "no AP"), "ref 90%"] == "90.88"
+    assert cells.loc[("vgg16", "NS", "no AP"), "ref 90% pruned"] == "89.95"
+    assert cells.loc[("vgg16", "RNI", "no AP"), "ref 90% pruned"] == "90.88"
     assert cells.loc[("vgg16", "RNI", "no AP"), "ref dense"] == "93.63"
-    assert cells.loc[("vgg16", "RNI", "AP"), "ref 90%"] == MISSING
+    assert cells.loc[("vgg16", "RNI", "AP"), "ref 90% pruned"] == MISSING
     # A trial that never got past cycle 0 has no pruned result: its cell counts the seeds that finished.
     unfinished = fake_rows(plan, accuracy)
     unfinished = unfinished[~((unfinished["trial"] == "vgg16-rni-r50-ap-seed3") & (unfinished["cycle"] == 1))]
     partial = structured_table(unfinished, plan).cells
-    assert partial.loc[("vgg16", "RNI", "AP"), "50% acc"].endswith("(n=2)")
-    assert partial.loc[("vgg16", "RNI", "Δ(AP)"), "50% acc"] == "+1.00 ± 0.00* (n=2)"  # only seeds run both ways
+    assert partial.loc[("vgg16", "RNI", "AP"), "50% pruned: acc"].endswith("(n=2)")
+    # only seeds run both ways, and two are too few for an interval
+    assert partial.loc[("vgg16", "RNI", "Δ(AP)"), "50% pruned: acc"] == "+1.00 (n=2 too small)"
     assert partial.loc[("vgg16", "RNI", "AP"), "dense"] == cells.loc[("vgg16", "RNI", "AP"), "dense"]
     # Dense is cycle 0 once per seed, whatever the ratio or AP: three values, not twelve.
     assert cells.loc[("vgg16", "NS", "no AP"), "dense"] == "93.20 ± 0.10"
     assert cells.loc[("vgg16", "NS", "Δ(AP)"), "dense"] == ""
-    # A network the paper did not run has no reference.
+    # Networks the paper did not run get no reference columns at all (no columns of dashes).
     smoke = expand(table_structured.SPEC, "smoke", seeds=1)
     smoke_cells = structured_table(pd.DataFrame(), smoke).cells
-    assert set(smoke_cells["ref 50%"]) == {MISSING, ""}
+    assert not [c for c in smoke_cells.columns if c.startswith("ref")]
+    assert set(smoke_cells["50% pruned: acc"]) == {MISSING}
 
 
 def test_demp_table_and_plot_trace_accuracy_against_parameters(tmp_path: Path) -> None:
@@ -112,6 +117,12 @@ def test_demp_table_and_plot_trace_accuracy_against_parameters(tmp_path: Path) -
     ]
     assert table.cells.loc[("vgg_small", "DemP", "λ=0.01", "AP"), "params %"] == "60.0"
     assert table.cells.loc[("vgg_small", "DemP", "λ=0.01", "AP"), "final acc"] == "96.50 ± 0.71"
+    # AP's Δ row per lambda, paired by seed (the smoke preset's 2 seeds: too few for an interval), and why AP's
+    # rows can keep more of the net
+    assert table.cells.loc[("vgg_small", "DemP", "λ=0.01", "Δ(AP)"), "final acc"] == "+0.00 (n=2 too small)"
+    assert "DemP removes only units that are dead" in table.note
+    page = render_report(table, {"preset": "smoke"}, [], [], "http://127.0.0.1:5000")  # the parent run's report
+    assert "<h2>The table</h2>" in page and "Pooled rows" not in page and "vgg_small / DemP / λ=0.01 / Δ(AP)" in page
     path = tmp_path / "demp.png"
     plots.save(params_figure(rows, "DemP"), str(path))
     assert path.stat().st_size > 10_000
@@ -164,7 +175,7 @@ def test_smoke_preset_runs_through_ray_and_mlflow(module: str, mlflow_server: Ml
     for (network, method, variant, setting), values in finals.items():
         cell = f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
         if module == "table_structured":
-            assert printed[(network, method, variant)][f"{setting} acc"] == cell
+            assert printed[(network, method, variant)][f"{setting} pruned: acc"] == cell
         else:
             assert printed[(network, method, setting, variant)]["final acc"] == cell
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}

@@ -91,12 +91,9 @@ def plan_sweep(spec: SweepSpec, args: ParsedArgs) -> SweepPlan:
         num_samples=args.search.num_samples if args.search else 0,
     )
     if options.levels and plan.spec.table is None and plan.search is None:
-        from sweeps.engine.result_table import expected_levels  # pandas: not for --help
+        from sweeps.engine.result_table import expected_levels, nearest_levels  # pandas: not for --help
 
-        valid = expected_levels(plan)
-        unknown = next((level for level in options.levels if round(level, 1) not in valid), None)
-        if unknown is not None:
-            raise ConfigError(f"--levels {unknown:g} is not a level of this sweep; valid: {', '.join(map(str, valid))}")
+        nearest_levels(options.levels, expected_levels(plan), say=True)
     datasets = sorted({g.base.dataset for g in plan.search_groups})
     if len(datasets) > 1:
         # The best-settings file is keyed by network and method: runs on two datasets would overwrite each other.
@@ -232,7 +229,9 @@ def run_on_ray(
         rows, failed, unfinished = report.collect(outcomes, plan)
         not_logged = sync_with_tune(parent, plan.catalog(), sweep_tags, outcomes) if parent is not None else ""
         output = Path(args.search.output) if args.search and args.search.output else None
-        artifacts, summary, table = report.write_report(rows, plan, sweep_dir, name, output, options.levels)
+        artifacts, summary, table = report.write_report(
+            rows, plan, sweep_dir, name, output, options.levels, options.pool_below
+        )
         if parent is not None and not unfinished and not not_logged:
             parent_view.log_results(parent, rows, plan, table)  # once, when the sweep's results are whole
         if unfinished:

@@ -92,7 +92,12 @@ class SweepOptions:
     progress: bool = _opt(True, "show an overall progress bar with ETA and trials done/running/failed")
     verbose: bool = _switch("also show Tune's live trial tables and Ray's log lines")
     levels: tuple[float, ...] = _opt(
-        (), "weights-remaining levels (%) the printed and LaTeX tables show; none: 7 spread evenly (files hold all)"
+        (),
+        "weights-remaining levels (%) the printed and LaTeX tables show, each taken to the nearest level of the "
+        "sweep; none: 7 spread evenly, 10.7 among them (files hold all)",
+    )
+    pool_below: float = _opt(
+        10.7, "pooled rows: the paired difference averaged over the levels at or below this % of weights remaining"
     )
 
     def __post_init__(self) -> None:
@@ -102,6 +107,8 @@ class SweepOptions:
         whole = gpus > 1 and math.isfinite(gpus) and gpus == int(gpus)
         if gpus != AUTO_GPUS and not (0 <= gpus <= 1 or whole):
             raise ConfigError(f"gpus_per_trial {gpus} must be {GPU_SHARES}")
+        if not 0 < self.pool_below <= 100:  # written so that nan fails too
+            raise ConfigError(f"pool_below {self.pool_below} must be a % of weights remaining in (0, 100]")
         for name in ("seeds", "max_concurrent", "max_failures", "num_cpus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} {getattr(self, name)} must be >= 0")

@@ -3,17 +3,21 @@
 Opening a sweep's parent run in the MLflow UI should answer "does AP help here?" without downloading a PNG:
 per (network, method, variant) the mean test accuracy and weights remaining at every cycle (step = cycle), and
 per AP variant the paired difference to the baseline; the table is logged with `log_table` so the artifact view
-renders it.
+renders it, and `report.html` (sweeps.engine.html_report) holds the whole answer on one page.
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
+from pathlib import Path
 
 import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from sweeps.engine import plots
+from sweeps.engine.html_report import TRAINING_VIEW, ChildRun, render_report
 from sweeps.engine.result_table import SweepTable
 from sweeps.engine.spec import SweepPlan
 from sweeps.engine.tracking import ParentRun, now_ms
@@ -68,21 +72,99 @@ def headline_metrics(rows: pd.DataFrame, plan: SweepPlan) -> list[Metric]:
 
 
 def log_results(parent: ParentRun, rows: pd.DataFrame, plan: SweepPlan, table: SweepTable | None) -> None:
-    """Headline metrics and the rendered table on the parent run."""
+    """Headline metrics, the rendered table and the HTML report on the parent run."""
     client = MlflowClient(parent.tracking_uri)
     metrics = headline_metrics(rows, plan)
     for start in range(0, len(metrics), BATCH_LIMIT):
         client.log_batch(parent.run_id, metrics=metrics[start : start + BATCH_LIMIT])
     if table is not None:
+        pooled = pooled_metrics(table)
+        if pooled:
+            client.log_batch(parent.run_id, metrics=pooled)
         # MLflow's table viewer reads a '.' in a column name as a path and shows the column empty: 51.2 -> 51·2
         cells = table.cells.reset_index()
         cells.columns = [str(c).replace(".", "·") for c in cells.columns]
         client.log_table(parent.run_id, data=cells, artifact_file="table.json")
+        protocol = report_protocol(client, parent, plan)
+        page = render_report(table, protocol, _figures(rows, plan), _children(client, parent), ui_url(parent))
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / REPORT_FILE
+            path.write_text(page, encoding="utf-8")
+            client.log_artifact(parent.run_id, str(path))
+        print(f"report: {report_url(parent)}")
+
+
+REPORT_FILE = "report.html"
+POOLED_MEASURES = {"mean": "pooled_delta", "ci95_half_width": "pooled_ci95", "p_sign_flip": "pooled_p", "n": "pooled_n"}
+
+
+def pooled_metrics(table: SweepTable) -> list[Metric]:
+    """The pooled rows' numbers (`pooled_delta/<network>/<method>/<variant>`, `pooled_p/...`, ...), step 0."""
+    values = table.values
+    if "variant" not in values or values.empty:
+        return []
+    pooled = values[values["variant"].astype(str).str.endswith(" pooled")]
+    with_dataset = values["dataset"].nunique() > 1
+    now = now_ms()
+    metrics = []
+    for row in pooled.itertuples(index=False):
+        variant = str(row.variant).removeprefix("Δ(").removesuffix(") pooled")
+        name = "/".join([*([row.dataset] if with_dataset else []), row.network, row.method, variant])
+        for column, measure in POOLED_MEASURES.items():
+            value = float(getattr(row, column))
+            if value == value:  # an interval with n too small is nan: not logged
+                metrics.append(Metric(_metric_name(f"{measure}/{name}"), value, now, 0))
+    return metrics
+
+
+# Where `mlflow ui` serves a local store, as the README starts it.
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def ui_url(parent: ParentRun) -> str:
+    """The MLflow UI of the parent's store: the tracking server itself, or `mlflow ui` for a local store."""
+    uri = parent.tracking_uri
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def report_url(parent: ParentRun) -> str:
+    """Where the report opens in the MLflow UI (for a local store, once `mlflow ui` serves it)."""
+    run = f"{ui_url(parent)}/#/experiments/{parent.experiment_id}/runs/{parent.run_id}"
+    url = f"{run}/artifacts/{REPORT_FILE}{TRAINING_VIEW}"
+    if parent.tracking_uri.startswith(("http://", "https://")):
+        return url
+    return f"{url} (after: mlflow ui --backend-store-uri {parent.tracking_uri} --port 5000)"
+
+
+def report_protocol(client: MlflowClient, parent: ParentRun, plan: SweepPlan) -> dict[str, str]:
+    """The report's protocol section: the code version, the seeds and every shared setting and axis."""
+    tags = client.get_run(parent.run_id).data.tags
+    versions = {k: tags[k] for k in ("code_version", "protocol") if k in tags}
+    return {**versions, "sweep": plan.spec.name, "preset": plan.preset_name, **protocol_params(plan)}
+
+
+def _figures(rows: pd.DataFrame, plan: SweepPlan) -> list[tuple[str, bytes]]:
+    if rows.empty:
+        return []
+    figure = (plan.spec.figure or plots.comparison_figure)(rows, plan.spec.title)
+    return [("Comparison (the figure of comparison.png)", plots.png_bytes(figure))]
+
+
+def _children(client: MlflowClient, parent: ParentRun) -> list[ChildRun]:
+    runs = client.search_runs([parent.experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}'", max_results=10000)
+    return sorted(
+        (ChildRun(r.info.run_name or r.info.run_id, r.info.experiment_id, r.info.run_id, r.info.status) for r in runs),
+        key=lambda child: child.name,
+    )
 
 
 def _metric_name(text: str) -> str:
-    """MLflow accepts letters, digits, _ - . / and spaces in metric names."""
-    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", text)
+    """Readable names within what MLflow accepts (ASCII letters, digits, _ - . : / and spaces): a channel share
+    `50%` reads `50pct_pruned`, DemP's `λ=0.001` reads `lambda 0.001`; anything else becomes one `_`, never at a
+    name's or a part's edge."""
+    text = re.sub(r"(\d)%", r"\1pct_pruned", text).replace("λ=", "lambda ").replace("λ", "lambda").replace("=", " ")
+    text = re.sub(r"[^A-Za-z0-9_\-./ :]+", "_", text)
+    return re.sub(r"_*/_*", "/", text).strip("_")
 
 
 def _text(value: object) -> str:

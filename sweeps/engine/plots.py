@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import textwrap
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def comparison_figure(rows: pd.DataFrame, title: str) -> Figure:
     """Per dataset/network/method: test accuracy and dynamic DNR against weights remaining, one line per variant.
 
     `rows` has one row per (trial, cycle) with the table labels, `level`, `test_acc` and `dnr`, in the sweep's
-    declared order (report.collect keeps it). Lines are the mean over seeds; bands are ±1 std over them.
+    declared order (report.collect keeps it). Lines are the mean over seeds; bands are ±1 std over them, the
+    spread the table's cells show (mean ± std).
     """
     variants = list(dict.fromkeys(rows["variant"]))
     styles = variant_styles(variants)
@@ -109,17 +111,26 @@ def comparison_figure(rows: pd.DataFrame, title: str) -> Figure:
     handles, labels = axes[0][0].get_legend_handles_labels()
     # One legend for the figure, below the panels, so it never covers a curve.
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False)
-    fig.suptitle(f"{textwrap.fill(title, 100)}\nlines: mean over {seeds} seeds; bands: ±1 std")
+    fig.suptitle(f"{textwrap.fill(title, 100)}\n{spread_label(seeds, 'bands')}")
     fig.tight_layout(rect=(0, 0.8 / (3.8 * len(panels) + 0.8), 1, 1))
     return fig
+
+
+def spread_label(seeds: int, drawn_as: str) -> str:
+    """How every sweep plot states its spread (`drawn_as`: bands, error bars): the tables' cells' measure,
+    mean ± std over the seeds."""
+    if seeds < 2:
+        return "one seed: no spread drawn"
+    return f"lines: mean over {seeds} seeds; {drawn_as}: ±1 std over the seeds (as the tables' cells: mean ± std)"
 
 
 def accuracy_vs_params_figure(finals: pd.DataFrame, title: str) -> Figure:
     """Per dataset/network/method: final test accuracy and dynamic DNR against parameters remaining, one point per
     setting (channel ratio, lambda), one line per variant; error bars are the std over seeds."""
     panels = list(finals.groupby(["dataset", "network", "method"], sort=False))
-    styles = variant_styles(list(dict.fromkeys(finals["variant"])))
-    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.2 * len(panels)), squeeze=False)
+    variants = list(dict.fromkeys(finals["variant"]))
+    styles = variant_styles(variants)
+    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.2 * len(panels) + 0.8), squeeze=False)
     for (keys, panel), row in zip(panels, axes, strict=True):
         for variant, runs in panel.groupby("variant", sort=False):
             points = runs.groupby("setting", sort=False)[["params_remaining", "test_acc", "dnr"]].agg(["mean", "std"])
@@ -134,12 +145,14 @@ def accuracy_vs_params_figure(finals: pd.DataFrame, title: str) -> Figure:
                     label=variant,
                     **styles[variant],
                 )
+                # Labels above the baseline's points and below the others', so two variants' labels never meet.
+                offset = (4, 6) if variant == variants[0] else (4, -12)
                 for setting, values in points.iterrows():
                     ax.annotate(
                         str(setting),
                         (values[("params_remaining", "mean")], values[(measure, "mean")]),
                         textcoords="offset points",
-                        xytext=(4, 4),
+                        xytext=offset,
                         fontsize="x-small",
                         color=styles[variant]["color"],
                     )
@@ -147,10 +160,21 @@ def accuracy_vs_params_figure(finals: pd.DataFrame, title: str) -> Figure:
             _percent_axis(ax, "parameters remaining (%)")
             ax.set_ylabel(ylabel)
             ax.set_title(" / ".join(map(str, keys)))
-            ax.legend()
-    fig.suptitle(textwrap.fill(title, 90))
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    seeds = int(finals.groupby("variant")["seed"].nunique().max()) if "seed" in finals else 1
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    # One legend for the figure, below the panels, as in comparison_figure: it stays put whatever the panel.
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False)
+    fig.suptitle(f"{textwrap.fill(title, 90)}\n{spread_label(seeds, 'error bars')}")
+    fig.tight_layout(rect=(0, 0.8 / (4.2 * len(panels) + 0.8), 1, 1))
     return fig
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes (for embedding in the HTML report), closed after."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def save(fig: Figure, path: str, vector: bool = False) -> list[str]:

@@ -13,7 +13,7 @@ from ray.tune import Result
 
 from sweeps.engine import plots
 from sweeps.engine.hparams_file import Hparams, write_hparams
-from sweeps.engine.result_table import PRINTED_LEVELS, SweepTable, build_table
+from sweeps.engine.result_table import DEFAULT_POOL_BELOW, PRINTED_LEVELS, SweepTable, build_table
 from sweeps.engine.spec import SweepPlan
 from trainables.pruning_trial import trial_config
 
@@ -109,9 +109,10 @@ def write_report(
     name: str,
     best_settings_path: Path | None,
     levels: tuple[float, ...] = (),
+    pool_below: float = DEFAULT_POOL_BELOW,
 ) -> tuple[list[Path], dict[str, float], SweepTable | None]:
-    """Print and write the table (or the best search settings); returns the parent run's artifacts and metrics,
-    and the table (None for a search)."""
+    """Print and write the table (or the best search settings) with its pooled rows over the levels at or below
+    `pool_below`; returns the parent run's artifacts and metrics, and the table (None for a search)."""
     spec = plan.spec
     artifacts: list[Path] = []
     table = None
@@ -121,13 +122,15 @@ def write_report(
     if plan.search is not None:
         artifacts += write_best_settings(rows, plan, best_settings_path or sweep_dir / "best_hparams.json", sweep_dir)
     else:
-        table = (spec.table or build_table)(rows, plan)
+        table = spec.table(rows, plan) if spec.table else build_table(rows, plan, pool_below)
         # The weights-remaining table has a column per level: print (and typeset) a terminal's width of them.
-        shown = None if spec.table else table.columns_to_show(levels, PRINTED_LEVELS)
+        shown = None if spec.table else table.columns_to_show(levels, PRINTED_LEVELS, pool_below)
         hidden = len(table.cells.columns) - len(shown or table.cells.columns)
         more = f"\n({hidden} more levels in {sweep_dir / name}.md; choose with --levels)" if hidden else ""
         note = f"\n{table.note}" if table.note else ""
-        print(f"\n{table.title}\n\n{table.to_markdown(shown)}\n{note}{more}\n")
+        pooled = table.pooled_markdown()
+        pooled = f"\nPooled high-sparsity rows (the paper's claim)\n\n{pooled}\n" if pooled else ""
+        print(f"\n{table.title}\n\n{table.to_markdown(shown)}\n{note}{more}\n{pooled}")
         artifacts += table.write(sweep_dir, name, shown)
     if not rows.empty:
         figure = (spec.figure or plots.comparison_figure)(rows, spec.title)

@@ -13,16 +13,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sweeps.engine import plots
-from sweeps.engine.result_table import (
-    DELTA_NOTE,
-    MISSING,
-    SweepTable,
-    format_cell,
-    format_paired_delta,
-    paired_delta,
-    values_by_seed,
-)
+from sweeps.engine.result_table import MISSING, SweepTable, values_by_seed
 from sweeps.engine.spec import SweepPlan
+from sweeps.engine.stats import DELTA_NOTE, format_cell, format_delta, paired_delta
 
 REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "rni_results.csv"
 ROW_KEYS = ["dataset", "network", "method", "variant"]
@@ -65,7 +58,7 @@ def _reference() -> pd.DataFrame:
 
 
 def structured_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
-    """RNI's comparison: accuracy dense and after pruning each channel ratio, parameters left, the paper's numbers.
+    """RNI's comparison: accuracy dense and after pruning each share of channels, parameters left, the paper's numbers.
 
     `dense` is cycle 0 (trained with the method's regulariser), once per seed; each ratio column is the last cycle,
     after removal and fine-tuning, of the trials that finished. `ref` columns are the authors' single runs (no AP).
@@ -80,32 +73,36 @@ def structured_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
     reference = _reference()
     variants = [v.label for v in plan.spec.variants]
     combos = list(dict.fromkeys(tuple(t.labels[k] for k in ROW_KEYS) for t in plan.trials))
+    # `ref` columns only where the paper ran one of these networks (the smoke preset's digits: none).
+    with_reference = any((c[0], c[1], REFERENCE_METHODS.get(c[2], "")) in reference.index for c in combos)
     columns = ["dense"]
     for label in ratios:
-        columns += [f"{label} acc", f"{label} params %"]
-    columns += ["ref dense", *(f"ref {label}" for label in ratios)]
+        columns += [f"{label} pruned: acc", f"{label} pruned: params %"]
+    if with_reference:
+        columns += ["ref dense", *(f"ref {label} pruned" for label in ratios)]
 
     table: dict[tuple, list[str]] = {}
     for combo in combos:
         dataset, network, method, variant = combo
         ref_key = (dataset, network, REFERENCE_METHODS.get(method, ""))
         has_ref = variant == variants[0] and ref_key in reference.index
-        cells = [format_cell(dense.get(combo[:3]), seeds)]
+        cells = [format_cell(dense.get(combo[:3]), seeds, MISSING)]
         for label in ratios:
-            cells += [format_cell(acc.get((*combo, label)), seeds), _mean(params.get((*combo, label)))]
-        cells.append(f"{reference.loc[ref_key, 'dense']:.2f}" if has_ref else MISSING)
-        for ratio in ratios.values():
-            column = f"pruned_{round(100 * ratio)}pct_channels"
-            has_column = has_ref and column in reference.columns
-            cells.append(f"{reference.loc[ref_key, column]:.2f}" if has_column else MISSING)
+            cells += [format_cell(acc.get((*combo, label)), seeds, MISSING), _mean(params.get((*combo, label)))]
+        if with_reference:
+            cells.append(f"{reference.loc[ref_key, 'dense']:.2f}" if has_ref else MISSING)
+            for ratio in ratios.values():
+                column = f"pruned_{round(100 * ratio)}pct_channels"
+                has_column = has_ref and column in reference.columns
+                cells.append(f"{reference.loc[ref_key, column]:.2f}" if has_column else MISSING)
         table[combo] = cells
         if variant != variants[0] and (*combo[:3], variants[0]) in table:
             base = (*combo[:3], variants[0])
             deltas = [""]  # the dense net is trained the same way with or without AP
             for label in ratios:
                 delta = paired_delta(by_seed.get((*combo, label)), by_seed.get((*base, label)))
-                deltas += [format_paired_delta(delta, seeds), ""]
-            table[(*combo[:3], f"Δ({variant})")] = deltas + [""] * (1 + len(ratios))
+                deltas += [format_delta(delta, seeds, MISSING), ""]
+            table[(*combo[:3], f"Δ({variant})")] = deltas + [""] * (len(columns) - len(deltas))
     title = (
         f"{plan.spec.title} — test accuracy (%), mean ± std over {seeds} seeds, and parameters remaining "
         f"[{plan.spec.name}, preset {plan.preset_name}]"
@@ -139,27 +136,40 @@ def demp_table(rows: pd.DataFrame, plan: SweepPlan) -> SweepTable:
         dict.fromkeys(tuple(t.labels[k] for k in keys) for t in plan.trials),
         key=lambda c: (c[:3], position[c[3]], c[4] != plan.spec.variants[0].label),
     )
-    table = {
-        combo: [
-            format_cell(demp_run.get(combo), seeds),
-            format_cell(stats["test_acc"].get(combo), seeds),
+    baseline = plan.spec.variants[0].label
+    by_seed = values_by_seed(finals, keys)
+    table: dict[tuple, list[str]] = {}
+    for combo in combos:
+        table[combo] = [
+            format_cell(demp_run.get(combo), seeds, MISSING),
+            format_cell(stats["test_acc"].get(combo), seeds, MISSING),
             *(_mean(stats[c].get(combo)) for c in ("params_remaining", "channels_remaining", "flops_remaining")),
         ]
-        for combo in combos
-    }
+        if combo[4] != baseline and (*combo[:4], baseline) in table:
+            # the final accuracy paired by seed with the same lambda's run without AP
+            delta = paired_delta(by_seed.get(combo), by_seed.get((*combo[:4], baseline)))
+            table[(*combo[:4], f"Δ({combo[4]})")] = ["", format_delta(delta, seeds, MISSING), "", "", ""]
     title = (
         f"{plan.spec.title} — test accuracy (%), mean ± std over {seeds} seeds, and what remains (mean %) "
         f"[{plan.spec.name}, preset {plan.preset_name}]"
     )
     values = pd.concat([_long(stats[c], keys, c) for c in stats], ignore_index=True)
     index_names = ["dataset", "network", "method", "lambda", "variant"]
-    return SweepTable(title, _frame(table, columns, combos, index_names), values)
+    return SweepTable(title, _frame(table, columns, combos, index_names), values, f"{DELTA_NOTE} {DEMP_NOTE}")
+
+
+# Why AP's rows can end larger: read in the results of the smoke and paper presets, and true of the mechanism.
+DEMP_NOTE = (
+    "With AP, DemP can end with more parameters and channels left: AP de-sparsifies the ReLUs (it keeps units "
+    "firing), and DemP removes only units that are dead, so fewer die and fewer are removed."
+)
 
 
 def params_figure(rows: pd.DataFrame, title: str) -> Figure:
     """Accuracy and DNR against parameters remaining, one point per setting, one line per variant (AP, no AP):
-    each trial's last cycle (the driver draws it only when some trial finished)."""
-    return plots.accuracy_vs_params_figure(rows.sort_values("cycle").groupby("trial").tail(1), title)
+    each trial's last cycle (the driver draws it only when some trial finished). The sort is stable so variants keep
+    the sweep's declared order, and with it the colours and line styles of every other plot."""
+    return plots.accuracy_vs_params_figure(rows.sort_values("cycle", kind="stable").groupby("trial").tail(1), title)
 
 
 def _mean(stat: tuple[float, float, int] | None) -> str:
