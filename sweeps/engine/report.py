@@ -15,19 +15,7 @@ from sweeps.engine import plots
 from sweeps.engine.hparams_file import Hparams, write_hparams
 from sweeps.engine.result_table import DEFAULT_POOL_BELOW, PRINTED_LEVELS, SweepTable, build_table
 from sweeps.engine.spec import SweepPlan
-from trainables.pruning_trial import trial_config
-
-# Per-cycle metrics the tables and plots read (older results without the structured axes lack the last three).
-ROW_METRICS = (
-    "cycle",
-    "weights_remaining",
-    "test_acc",
-    "dnr",
-    "params_remaining",
-    "channels_remaining",
-    "flops_remaining",
-    "val_acc",
-)
+from trainables.pruning_trial import TUNE_METRICS, trial_config
 
 Outcome = tuple[Result, str]  # a trial's result and FINISHED, FAILED or unfinished
 
@@ -54,7 +42,7 @@ def collect(outcomes: list[Outcome], plan: SweepPlan) -> tuple[pd.DataFrame, lis
         if history is None or history.empty or "cycle" not in history:
             continue
         cycles = history.drop_duplicates("cycle", keep="last").sort_values("cycle")
-        frame = cycles[[c for c in ROW_METRICS if c in cycles]].assign(
+        frame = cycles[[c for c in TUNE_METRICS if c in cycles]].assign(
             trial=trial.name, group=trial.group, **trial.labels, **{k: getattr(config, k) for k in axes}
         )
         frames.append(frame.assign(final_cycle=config.cycles))
