@@ -21,7 +21,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater, Searcher
 
-from sweeps.engine import packing, preflight
+from sweeps.engine import packing, preflight, state_signing
 from sweeps.engine.options import AUTO_GPUS, SearchOptions, SweepError, SweepOptions
 from sweeps.engine.progress import OverallProgress
 from sweeps.engine.report import trial_outcomes
@@ -62,9 +62,13 @@ def run_experiments(
         path = experiments[group]
         if continuing and tune.Tuner.can_restore(path):
             print(f"resuming {path}")
+            state_signing.verify(path)  # nothing unpickled unless this user's sweep wrote it (issue #15.1)
+            state_signing.protect(path)
             grid = tune.Tuner.restore(path, trainable=trainable).fit()
         else:
             tuner = _tuner(plan, group, trainable, catalog, options, search, parent, path, sweep_tags)
+            state_signing.sign_files(path, ["tuner.pkl"])  # written by Tuner(); the rest is signed as Tune saves it
+            state_signing.protect(path)
             grid = tuner.fit()
         grids.append(grid)
         if any(outcome == "unfinished" for _, outcome in trial_outcomes(grid, grid.experiment_path)):
