@@ -32,7 +32,7 @@ def tree(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-# ---- 2. --name is one folder name ----------------------------------------------------------------------------------
+# ---- 2. --name is one folder name ----
 
 
 @pytest.mark.parametrize("name", ["../../escape", "a/b", "..", "/abs", ".hidden", "a\\b", "x" * 200])
@@ -46,7 +46,7 @@ def test_a_name_that_is_not_one_plain_folder_name_is_refused(
     assert tree(tmp_path) == ["deep", "deep/er", "deep/er/results"]  # nothing written, in or above the results
 
 
-# ---- 7. ap-trial: argparse's mistakes are one line too ---------------------------------------------------------------
+# ---- 7. ap-trial: argparse's mistakes are one line too ----
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_ap_trial_flag_mistakes_are_one_line(argv: list[str], named: str) -> Non
     assert err.startswith("error: ") and "\n" not in err and named in err and "usage" not in err
 
 
-# ---- 11. the same sweep started twice: the second is refused at once -------------------------------------------------
+# ---- 11. the same sweep started twice: the second is refused at once ----
 
 
 def test_the_same_sweep_started_twice_is_refused_within_seconds(tmp_path: Path) -> None:
@@ -86,6 +86,102 @@ def test_the_same_sweep_started_twice_is_refused_within_seconds(tmp_path: Path) 
         took = time.monotonic() - started
         assert second.returncode == 2, second.stderr[-2000:]
         assert "already running in another process" in second.stderr and second.stderr.count("\n") == 1
-        assert took < 20, f"refused only after {took:.0f} s"  # it took 34 s when the lock came after Ray's start
+        # As soon as the plan is made: about what a dry run takes (imports, plan), not Ray's start on top (34 s).
+        started = time.monotonic()
+        assert run_cli("table1", *args, "--dry-run", timeout_s=120).returncode == 0
+        planning = time.monotonic() - started
+        assert took < 2 * planning + 5, f"refused after {took:.0f} s; planning alone takes {planning:.0f} s"
     finally:
         stop_process_group(first)
+
+
+# ---- 4. what every trial would refuse, the sweep refuses first ----
+
+TRIAL_REFUSALS = {
+    "more threads than CPUs": (["--cpu-threads", "2000"], "cpu_threads 2000"),
+    "cycles that prune every weight": (["--cycles", "60"], "cycles 60 would prune all"),
+    "a batch larger than the data": (["--batch-size", "100000000000"], "batch_size 100000000000 is larger than"),
+    "a rewind step past the cycle": (
+        ["--retraining", "rewind_iteration", "--rewind-step", "100000"],
+        "rewind_step 100000 must be below",
+    ),
+    "cuda without a GPU": (["--device", "cuda"], "device 'cuda'"),
+}
+
+
+@pytest.mark.parametrize("argv, named", list(TRIAL_REFUSALS.values()), ids=list(TRIAL_REFUSALS))
+def test_what_every_trial_would_refuse_is_refused_before_anything_starts(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import ray
+    import torch
+
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    results = tmp_path / "results"
+    base = ["--methods", "GP", "--seeds", "1", "--epochs", "1", "--progress", "false"]
+    err = refused(["--results-dir", str(results), *base, *(["--cycles", "1"] if "--cycles" not in argv else []), *argv],
+                  capsys)  # fmt: skip
+    assert named in err
+    assert not ray.is_initialized() and not results.exists()
+
+
+# ---- 5. tracking URIs that are no store ----
+
+BAD_TRACKING_URIS = {
+    "no database file": ("sqlite:///", "names no database file"),
+    "in-memory database": ("sqlite:///:memory:", "in-memory database"),
+    "unwritable file store": ("file:///proc/nope/mlruns", "/proc/nope/mlruns"),
+    "retired file store": ("file://{tmp}/mlruns", "file store is retired"),
+    "database without its driver": ("postgresql://ap:pw@127.0.0.1:1/mlflow", "ap-sweeps[postgres]"),
+}
+
+
+@pytest.mark.parametrize("uri, named", list(BAD_TRACKING_URIS.values()), ids=list(BAD_TRACKING_URIS))
+def test_a_tracking_uri_that_cannot_keep_the_records_is_refused(
+    uri: str, named: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    if uri.startswith("postgresql"):
+        pytest.importorskip("sqlalchemy")
+        try:
+            import psycopg  # noqa: F401
+
+            pytest.skip("the PostgreSQL driver is installed here")
+        except ImportError:
+            pass
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)  # where `:memory:.lock` used to appear
+    uri = uri.replace("{tmp}", str(tmp_path))
+    err = refused(["--tracking-uri", uri, "--results-dir", str(tmp_path / "results"), *TINY], capsys)
+    assert named in err and uri in err
+    assert tree(tmp_path) == []
+
+
+# ---- 8. a results folder moved elsewhere ----
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["state names its folder", "state of an older version"])
+def test_resuming_a_moved_results_folder_says_it_moved_and_writes_nothing(
+    recorded: bool, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.engine.spec import expand
+    from sweeps.engine.sweep_state import SweepState
+
+    old, new = tmp_path / "results", tmp_path / "moved"
+    (new / "s").mkdir(parents=True)
+    client = MlflowClient(f"sqlite:///{new / 'mlflow.db'}")  # the store went along with the folder
+    experiment = client.create_experiment("s")
+    run = client.create_run(experiment)
+    plan = expand(table1.SPEC, "smoke", methods=("GP",), seeds=1, overrides={"epochs": 1, "cycles": 1})
+    state = SweepState(
+        "s", plan.fingerprint(), f"sqlite:///{old / 'mlflow.db'}", experiment, run.info.run_id,
+        {"": str(old / "ray" / "s-1")}, str(old) if recorded else "",
+    )  # fmt: skip
+    state.write(new / "s")
+    before = tree(tmp_path)
+    capsys.readouterr()
+    err = refused(["--resume", "--name", "s", "--results-dir", str(new), *TINY], capsys)
+    assert "moved" in err and str(old) in err and f"ln -s {new} {old}" in err
+    assert tree(tmp_path) == before and not old.exists()  # no empty store at the old path

@@ -19,7 +19,7 @@ from pathlib import Path
 from ap_core.config import RUNTIME_FIELDS
 from ap_core.errors import ConfigError
 from ap_core.paths import check_writable_dir, check_writable_file
-from sweeps.engine import preflight, trial_checks
+from sweeps.engine import preflight, state_signing, trial_checks
 from sweeps.engine.console import print_choices, print_cost, print_plan, quiet_libraries
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import AUTO_GPUS, ParsedArgs, SweepError, flat_options, parse_args
@@ -138,6 +138,8 @@ def execute_claimed(plan: SweepPlan, args: ParsedArgs, name: str, results_dir: P
     state = state_to_continue(sweep_dir, plan, options.resume, options.overwrite)
     if state is not None:
         check_not_moved(state, results_dir, sweep_dir / STATE_FILE)
+        for path in state.experiments.values():  # Tune's state on storage: nothing unpickled unless ours
+            state_signing.verify(path)
     if state is not None and not options.resume:
         print(f"continuing sweep {name} (same protocol, found {sweep_dir / STATE_FILE}); --overwrite starts it over")
     local_store = f"sqlite:///{results_dir / 'mlflow.db'}"  # MLflow's own default backend, in the results folder

@@ -220,36 +220,37 @@ def _staged(local_dir: str) -> Iterator[tuple[str, bytes]]:
             continue  # gone since listed: Tune rewrites its staging folder
 
 
-def _signed_upload(original: Callable[..., None]) -> Callable[..., None]:
-    def upload(local_path: str, fs: Any, fs_path: str, exclude: list[str] | None = None) -> None:
-        target = fs_path.rstrip("/")
-        if target not in _PROTECTED or not os.path.isdir(local_path):
-            return original(local_path, fs, fs_path, exclude)
-        key = load_key(create=True)
-        assert key is not None
-        new = {rel: _digest(key, rel, content) for rel, content in _staged(local_path)}
-        with _LOCK:
-            manifest = _read_manifest(fs, target)
-            # Both versions are valid while the upload runs: killed half-way, each file is one or the other.
-            during = {**manifest, **{rel: [d, *manifest.get(rel, [])][:2] for rel, d in new.items()}}
-            _write_manifest(fs, target, during)
-        original(local_path, fs, fs_path, exclude)
-        with _LOCK:
-            manifest = _read_manifest(fs, target)
-            _write_manifest(fs, target, {**manifest, **{rel: [d] for rel, d in new.items()}})
-
-    return upload
+# Tune keeps the sync command it last ran and pickles it with its experiment: the wrappers are module functions,
+# which pickle by name (a closure would be pickled by value, lock and all).
+_ORIGINAL: dict[str, Callable[..., None]] = {}
 
 
-def _checked_download(original: Callable[..., None]) -> Callable[..., None]:
-    def download(fs: Any, fs_path: str, local_path: str, filelock: bool = True) -> None:
-        original(fs, fs_path, local_path, filelock)
-        folder, _, name = fs_path.rstrip("/").rpartition("/")
-        if folder in _PROTECTED and _signed_names([name]):
-            # The copy Tune will unpickle is the one checked: a swap after `verify` is caught here.
-            _check(load_key(create=False), _read_manifest(fs, folder), name, Path(local_path).read_bytes(), fs_path)
+def signed_upload(local_path: str, fs: Any, fs_path: str, exclude: list[str] | None = None) -> None:
+    """Tune's upload of its staging folder, with the manifest rewritten around it."""
+    upload = _ORIGINAL["upload"]
+    target = fs_path.rstrip("/")
+    if target not in _PROTECTED or not os.path.isdir(local_path):
+        return upload(local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
+    key = load_key(create=True)
+    assert key is not None
+    new = {rel: _digest(key, rel, content) for rel, content in _staged(local_path)}
+    with _LOCK:
+        manifest = _read_manifest(fs, target)
+        # Both versions are valid while the upload runs: killed half-way, each file is one or the other.
+        _write_manifest(fs, target, {**manifest, **{rel: [d, *manifest.get(rel, [])][:2] for rel, d in new.items()}})
+    upload(local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
+    with _LOCK:
+        manifest = _read_manifest(fs, target)
+        _write_manifest(fs, target, {**manifest, **{rel: [d] for rel, d in new.items()}})
+    return None
 
-    return download
+
+def checked_download(fs: Any, fs_path: str, local_path: str, filelock: bool = True) -> None:
+    """Tune's download of a state file into staging, checked once it is there (the copy Tune will unpickle)."""
+    _ORIGINAL["download"](fs=fs, fs_path=fs_path, local_path=local_path, filelock=filelock)
+    folder, _, name = fs_path.rstrip("/").rpartition("/")
+    if folder in _PROTECTED and _signed_names([name]):
+        _check(load_key(create=False), _read_manifest(fs, folder), name, Path(local_path).read_bytes(), fs_path)
 
 
 def _install() -> None:
@@ -259,6 +260,8 @@ def _install() -> None:
     from ray.train._internal import storage
     from ray.tune.execution import experiment_state
 
-    storage._upload_to_fs_path = _signed_upload(storage._upload_to_fs_path)
-    experiment_state._download_from_fs_path = _checked_download(experiment_state._download_from_fs_path)
+    _ORIGINAL["upload"] = storage._upload_to_fs_path
+    _ORIGINAL["download"] = experiment_state._download_from_fs_path
+    storage._upload_to_fs_path = signed_upload
+    experiment_state._download_from_fs_path = checked_download
     _installed = True

@@ -117,8 +117,8 @@ def check_tracking_uri(uri: str) -> None:
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 # The Python driver SQLAlchemy loads for each database scheme, and how to install it.
 DRIVER_INSTALL = {
-    "psycopg2": "pip install 'ap-sweeps[postgres]' (psycopg2-binary)",
-    "psycopg": "pip install 'psycopg[binary]'",
+    "psycopg": "pip install 'ap-sweeps[postgres]' (psycopg 3, SQLAlchemy's PostgreSQL driver)",
+    "psycopg2": "pip install psycopg2-binary",
     "pymysql": "pip install pymysql",
     "MySQLdb": "pip install mysqlclient",
     "pyodbc": "pip install pyodbc",
@@ -143,13 +143,15 @@ def check_sqlite_uri(uri: str) -> None:
 
 
 def check_file_store_allowed(uri: str) -> None:
-    """MLflow versions that retired the file store refuse it with a long exception: say so in one line."""
-    try:
-        from mlflow.store.tracking.file_store import FileStore  # noqa: F401
-    except ImportError:
+    """MLflow 3 retired its file store (a long 'maintenance mode' exception at first use): say so in one line."""
+    from mlflow import environment_variables
+
+    allowed = getattr(environment_variables, "MLFLOW_ALLOW_FILE_STORE", None)
+    if allowed is not None and not allowed.get():
         raise SweepError(
-            f"tracking URI {uri!r}: this MLflow has no file store; use sqlite:///path/mlflow.db instead"
-        ) from None
+            f"tracking URI {uri!r}: MLflow's file store is retired (maintenance mode); use "
+            "sqlite:///path/mlflow.db, or set MLFLOW_ALLOW_FILE_STORE=true to keep using it"
+        )
 
 
 def check_database_driver(uri: str) -> None:
