@@ -5,9 +5,12 @@ Every refusal here is one line `error: ...` naming the value, exit 2, and nothin
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -185,3 +188,75 @@ def test_resuming_a_moved_results_folder_says_it_moved_and_writes_nothing(
     err = refused(["--resume", "--name", "s", "--results-dir", str(new), *TINY], capsys)
     assert "moved" in err and str(old) in err and f"ln -s {new} {old}" in err
     assert tree(tmp_path) == before and not old.exists()  # no empty store at the old path
+
+
+# ---- 6. a remote storage that never answers ----
+
+
+class SilentEndpoint:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers (an S3 endpoint gone deaf)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connected = threading.Event()
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(connection)
+            self.connected.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        for connection in self.held:
+            connection.close()
+
+
+@pytest.fixture
+def silent_s3() -> Iterator[tuple[str, dict[str, str]]]:
+    endpoint = SilentEndpoint()
+    uri = f"s3://ap-bucket/sweeps?endpoint_override=127.0.0.1:{endpoint.port}&scheme=http&region=us-east-1"
+    # Credentials of its own, so the S3 client asks no metadata service (nothing outside 127.0.0.0/8 is contacted)
+    env = {"AWS_ACCESS_KEY_ID": "ap", "AWS_SECRET_ACCESS_KEY": "ap", "AWS_EC2_METADATA_DISABLED": "true"}
+    try:
+        yield uri, env
+    finally:
+        endpoint.close()
+
+
+def test_a_storage_that_never_answers_is_refused_in_bounded_time(
+    silent_s3: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    uri, env = silent_s3
+    started = time.monotonic()
+    done = run_cli("table1", "--storage", uri, "--results-dir", str(tmp_path / "results"), *TINY, timeout_s=120,
+                   AP_SWEEPS_STORAGE_TIMEOUT_S="3", **env)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    err = done.stderr.strip()
+    assert err.startswith("error: --storage") and "did not answer within 3 s" in err and "\n" not in err
+    assert time.monotonic() - started < 60
+    assert tree(tmp_path) == []  # no mlflow.db, no sweep.json
+
+
+def test_sigterm_ends_a_sweep_waiting_for_its_storage(silent_s3: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    uri, env = silent_s3
+    sweep = subprocess.Popen(
+        sweep_command("table1", "--storage", uri, "--results-dir", str(tmp_path / "results"), *TINY),
+        cwd=REPO, env=sweep_env(AP_SWEEPS_STORAGE_TIMEOUT_S="300", **env), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not any(tmp_path.rglob("*")) and time.monotonic() < deadline:  # the sweep has claimed its folder
+            time.sleep(0.1)
+        time.sleep(2)  # and is waiting on the endpoint
+        sweep.terminate()
+        sweep.wait(timeout=10)  # it hung over 150 s, ignoring SIGTERM
+    finally:
+        stop_process_group(sweep)

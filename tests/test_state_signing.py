@@ -56,9 +56,8 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[st
     root = tmp_path_factory.mktemp("signed")
     env = {"XDG_CONFIG_HOME": str(root / "config")}  # this user's signing key lives here, not on the storage
     args = [
-        "--results-dir", str(root / "results"), "--name", "signed", "--mlflow", "false", "--num-cpus", "1",
-        "--max-concurrent", "1", "--methods", "GP", "--seeds", "1", "--epochs", "1", "--cycles", "2",
-        "--progress", "false",
+        "--results-dir", str(root / "results"), "--name", "signed", "--num-cpus", "1", "--max-concurrent", "1",
+        "--methods", "GP", "--seeds", "1", "--epochs", "1", "--cycles", "3", "--progress", "false",
     ]  # fmt: skip
     with (root / "first.log").open("w") as log:
         sweep = subprocess.Popen(
