@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli, stop_process_group, sweep_command, sweep_env
+from conftest import run_cli, stop_process_group, sweep_command, sweep_env
 
 from sweeps.engine import state_signing
 from sweeps.engine.options import SweepError
@@ -55,14 +55,16 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[st
     """A real sweep stopped by Ctrl-C once Tune has saved its state; its results folder, args and environment."""
     root = tmp_path_factory.mktemp("signed")
     env = {"XDG_CONFIG_HOME": str(root / "config")}  # this user's signing key lives here, not on the storage
+    (root / "work").mkdir()  # where the sweep is started from
     args = [
         "--results-dir", str(root / "results"), "--name", "signed", "--num-cpus", "1", "--max-concurrent", "1",
+        "--tracking-uri", f"sqlite:///{root / 'store' / 'mlflow.db'}",  # the user's own SQLite store (#15.12)
         "--methods", "GP", "--seeds", "1", "--epochs", "1", "--cycles", "3", "--progress", "false",
     ]  # fmt: skip
     with (root / "first.log").open("w") as log:
         sweep = subprocess.Popen(
-            sweep_command("table1", *args), cwd=REPO, env=sweep_env(**env), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            sweep_command("table1", *args), cwd=root / "work", env=sweep_env(**env), stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 240
@@ -133,10 +135,16 @@ def test_experiment_state_tampering_a_foreign_key_or_a_missing_signature_is_refu
 
 def test_the_genuine_state_resumes_to_the_end(interrupted: tuple[Path, list[str], dict[str, str]]) -> None:
     root, args, env = interrupted
-    done = run_cli("table1", *args, "--resume", timeout_s=300, **env)
+    done = subprocess.run(
+        sweep_command("table1", *args, "--resume"), cwd=root / "work", env=sweep_env(**env), capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert (root / "results" / "signed" / "signed.md").exists()
     assert not list(root.glob("ran-*"))
+    # #15.12: the artifacts of a sweep tracked in the user's SQLite file are in the results folder, not ./mlruns
+    assert not (root / "work" / "mlruns").exists()
+    assert list((root / "results" / "mlartifacts" / "signed").rglob("cycles.csv"))
 
 
 def test_a_signing_key_others_can_read_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
