@@ -5,6 +5,7 @@ Every refusal here is one line `error: ...` naming the value, exit 2, and nothin
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -260,3 +261,46 @@ def test_sigterm_ends_a_sweep_waiting_for_its_storage(silent_s3: tuple[str, dict
         sweep.wait(timeout=10)  # it hung over 150 s, ignoring SIGTERM
     finally:
         stop_process_group(sweep)
+
+
+# ---- 10. what a killed sweep's Ray left running ----
+
+
+def test_the_next_start_ends_what_the_killed_sweeps_ray_left_running(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from sweeps.engine.leftover_ray import SESSION_FILE
+
+    sessions = {name: tmp_path / name / "logs" for name in ("session_ours", "session_other")}
+    for logs in sessions.values():
+        logs.mkdir(parents=True)
+    # Ray's agents rename themselves (`ray::DashboardAgent`): what ties them to the session is the log they hold open
+    hold = "import os, time; handle = open(os.environ['LOG'], 'a'); print('ready', flush=True); time.sleep(300)"
+    agents = {}
+    for name, logs in sessions.items():
+        env = {**os.environ, "LOG": str(logs / "agent.log")}
+        agents[name] = subprocess.Popen([sys.executable, "-c", hold], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        for agent in agents.values():
+            assert agent.stdout is not None and agent.stdout.readline().strip() == "ready"
+        sweep_dir = tmp_path / "results" / "s"
+        sweep_dir.mkdir(parents=True)
+        (sweep_dir / SESSION_FILE).write_text(f"{tmp_path / 'session_ours'}\n")  # its driver was SIGKILLed
+        err = run_refused_after_claim(sweep_dir, capsys)
+        assert agents["session_ours"].wait(timeout=10) is not None  # ended
+        assert agents["session_other"].poll() is None  # another Ray's process is left alone
+        assert err.count("ended 1 process(es) left running by this sweep's killed Ray") == 1
+        assert not (sweep_dir / SESSION_FILE).exists()
+    finally:
+        for agent in agents.values():
+            agent.kill()
+            agent.wait()
+
+
+def run_refused_after_claim(sweep_dir: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Start the sweep in `sweep_dir` with a tracking URI refused after the folder is claimed; its stderr."""
+    argv = ["--name", sweep_dir.name, "--results-dir", str(sweep_dir.parent), "--tracking-uri", "sqlite:///", *TINY]
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err

@@ -19,7 +19,7 @@ from pathlib import Path
 from ap_core.config import RUNTIME_FIELDS
 from ap_core.errors import ConfigError
 from ap_core.paths import check_writable_dir, check_writable_file
-from sweeps.engine import preflight, state_signing, trial_checks
+from sweeps.engine import leftover_ray, preflight, state_signing, trial_checks
 from sweeps.engine.console import print_choices, print_cost, print_plan, quiet_libraries
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import AUTO_GPUS, ParsedArgs, SweepError, flat_options, parse_args
@@ -126,6 +126,7 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
 
 def execute_claimed(plan: SweepPlan, args: ParsedArgs, name: str, results_dir: Path, sweep_dir: Path) -> int:
     options = args.options
+    leftover_ray.end_leftovers(sweep_dir)  # this sweep's last driver was killed: its private Ray's agents linger
     if not options.verbose:
         quiet_libraries()  # before ray is imported: it reads its log level then
     import ray
@@ -175,11 +176,14 @@ def execute_claimed(plan: SweepPlan, args: ParsedArgs, name: str, results_dir: P
         # runs marked KILLED, resumable) instead of dying with the runs left RUNNING. Set after ray.init, which
         # installs a handler of its own that just exits.
         signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+        if not options.address:
+            leftover_ray.record_session(sweep_dir)
         return run_on_ray(
             plan, args, name, sweep_dir, storage, tracking_uri, local_store, state, datasets, runtime, results_dir
         )
     finally:
         ray.shutdown()
+        leftover_ray.forget_session(sweep_dir)
         signal.signal(signal.SIGTERM, previous)
 
 
