@@ -33,12 +33,13 @@ def check_writable_file(path: Path, flag: str) -> None:
     check_writable_dir(path.parent, flag, path)
 
 
-def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes | str, mode: int = 0o644, durable: bool = True) -> None:
     """Replace `path` with `data` all at once: a temporary file beside it, flushed to disk, then renamed over it.
 
     A write that fails part-way (a full disk, a killed process) leaves the previous version whole, and the
     temporary file is removed; the error (OSError, ENOSPC for a full disk) is raised to the caller. `mode` is the
-    file's permissions (a temporary file starts private).
+    file's permissions (a temporary file starts private); `durable` False skips the flushes to disk (for files a
+    crash may lose, as long as it cannot leave them half-written).
     """
     payload = data.encode() if isinstance(data, str) else data
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -47,11 +48,14 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o644) -> None:
             os.fchmod(file.fileno(), mode)
             file.write(payload)
             file.flush()
-            os.fsync(file.fileno())
+            if durable:
+                os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     try:  # the rename itself survives a crash once the folder is synced
         folder = os.open(path.parent, os.O_RDONLY)
     except OSError:

@@ -5,6 +5,7 @@ Every refusal here is one line `error: ...` naming the value, exit 2, and nothin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -304,3 +305,74 @@ def run_refused_after_claim(sweep_dir: Path, capsys: pytest.CaptureFixture[str])
         main(table1.SPEC, argv)
     assert exit_info.value.code == 2
     return capsys.readouterr().err
+
+
+# ---- 3. a full disk ----
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs the test mounts (skipped where it cannot: mounting needs root)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> None:
+    handle = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        for chunk in (65536, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(handle, b"\0" * chunk)
+    finally:
+        os.close(handle)
+
+
+def test_a_state_write_on_a_full_disk_leaves_the_previous_version_whole(small_disk: Path) -> None:
+    import errno
+
+    from ap_core.paths import write_atomic
+
+    state = small_disk / "sweep.json"
+    write_atomic(state, '{"v": 1}\n')
+    fill(small_disk)
+    with pytest.raises(OSError) as err:
+        write_atomic(state, "x" * 2**20)
+    assert err.value.errno == errno.ENOSPC
+    assert state.read_text() == '{"v": 1}\n' and sorted(p.name for p in small_disk.iterdir()) == [
+        "filler",
+        "sweep.json",
+    ]
+
+
+def test_tunes_state_upload_on_a_full_disk_keeps_the_last_complete_signed_state(
+    small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.fs
+
+    from sweeps.engine import state_signing
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setattr("_thread.interrupt_main", lambda: None)  # the driver's main thread would stop Tune
+    monkeypatch.setattr(state_signing, "FULL", {})
+    staging, experiment = tmp_path / "staging", small_disk / "exp"
+    staging.mkdir()
+    state_signing.protect(str(experiment))
+    (staging / "experiment_state-1.json").write_text('{"trial_data": [], "v": 1}')
+    state_signing.signed_upload(str(staging), pyarrow.fs.LocalFileSystem(), str(experiment))
+    fill(small_disk)
+    (staging / "experiment_state-1.json").write_text('{"trial_data": [], "v": 2, "pad": "' + "x" * 2**20 + '"}')
+    with pytest.raises(OSError):
+        state_signing.signed_upload(str(staging), pyarrow.fs.LocalFileSystem(), str(experiment))
+    assert {"path": str(experiment)} == state_signing.FULL  # the driver stops the sweep with one line, exit 3
+    assert (experiment / "experiment_state-1.json").read_text() == '{"trial_data": [], "v": 1}'  # not truncated
+    state_signing.verify(str(experiment))  # and still signed: `--resume` continues from it

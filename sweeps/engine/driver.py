@@ -10,7 +10,9 @@ nothing. Ctrl-C and SIGTERM stop a running sweep resumably (exit 130).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -37,6 +39,7 @@ from sweeps.engine.sweep_state import (
 EXIT_INPUT_ERROR = 2
 EXIT_TRIALS_FAILED = 1
 EXIT_LOGGING_INCOMPLETE = 3
+EXIT_STORAGE_FULL = 3  # like a logging gap: nothing lost, `--resume` once there is room
 EXIT_INTERRUPTED = 130
 RESUME_HINT = "rerun the same command with --resume to continue"
 
@@ -51,7 +54,39 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:  # outside Tune's own handling (setting up, writing the table): no traceback
         print(f"interrupted; {RESUME_HINT}", file=sys.stderr)
         code = EXIT_INTERRUPTED
+    except Exception as err:  # a full disk anywhere (a table, the SQLite store, Tune's state): one line, resumable
+        if not is_disk_full(err):
+            raise
+        print(
+            f"error: {full_disk_message(getattr(err, 'filename', None) or str(err).splitlines()[0])}", file=sys.stderr
+        )
+        code = EXIT_STORAGE_FULL
     sys.exit(code)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or any(
+        text in str(err) for text in ("No space left on device", "database or disk is full")
+    )
+
+
+def full_disk_message(where: str, needs: str = "") -> str:
+    """What is full, how much room is left there (and the sweep needs), and how to go on."""
+    folder = Path(where)
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free / 2**20 if folder.is_dir() else float("nan")
+    return (
+        f"no space left on the device holding {where} ({free:.0f} MiB free{needs}); free some space or move "
+        f"--results-dir/--storage, then {RESUME_HINT} (it continues from the last complete state)"
+    )
+
+
+def checkpoint_needs(storage: str, trials: int) -> str:
+    """`; the sweep needs about N MiB`: two checkpoints kept per trial, sized by the largest written so far."""
+    root = Path(storage)
+    sizes = [sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for d in root.glob("*/*/checkpoint_*")]
+    return f"; its checkpoints need about {2 * max(sizes) * trials / 2**20:.0f} MiB" if sizes else ""
 
 
 def run(spec: SweepSpec, argv: list[str] | None = None) -> int:
@@ -260,6 +295,11 @@ def run_on_ray(
         artifacts, summary, table = report.write_report(rows, plan, sweep_dir, name, output, options.levels)
         if parent is not None and not unfinished and not not_logged:
             parent_view.log_results(parent, rows, plan, table)  # once, when the sweep's results are whole
+        if unfinished and state_signing.FULL:  # Tune's state could not be saved: stopped, resumable
+            status = "KILLED"
+            needs = checkpoint_needs(storage, plan.trial_count) if "://" not in storage else ""
+            print(f"error: {full_disk_message(state_signing.FULL['path'], needs)}", file=sys.stderr)
+            return EXIT_STORAGE_FULL
         if unfinished:
             status = "KILLED"
             print(f"interrupted with {unfinished} trial(s) unfinished; {RESUME_HINT}", file=sys.stderr)

@@ -22,6 +22,7 @@ Tuner is built, is signed right after that.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import hmac
@@ -227,22 +228,62 @@ _ORIGINAL: dict[str, Callable[..., None]] = {}
 
 def signed_upload(local_path: str, fs: Any, fs_path: str, exclude: list[str] | None = None) -> None:
     """Tune's upload of its staging folder, with the manifest rewritten around it."""
-    upload = _ORIGINAL["upload"]
     target = fs_path.rstrip("/")
     if target not in _PROTECTED or not os.path.isdir(local_path):
-        return upload(local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
+        return _ORIGINAL["upload"](local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
+    try:
+        _upload_signed(Path(local_path), fs, target, exclude)
+    except OSError as err:
+        if err.errno == errno.ENOSPC or "No space left on device" in str(err):
+            storage_full(fs_path)
+        raise
+
+
+def _upload_signed(local: Path, fs: Any, target: str, exclude: list[str] | None) -> None:
+    import pyarrow.fs
+
     key = load_key(create=True)
     assert key is not None
-    new = {rel: _digest(key, rel, content) for rel, content in _staged(local_path)}
+    new = {rel: _digest(key, rel, content) for rel, content in _staged(str(local))}
     with _LOCK:
         manifest = _read_manifest(fs, target)
         # Both versions are valid while the upload runs: killed half-way, each file is one or the other.
         _write_manifest(fs, target, {**manifest, **{rel: [d, *manifest.get(rel, [])][:2] for rel, d in new.items()}})
-    upload(local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
+    if isinstance(fs, pyarrow.fs.LocalFileSystem) and not exclude:
+        _upload_atomically(local, Path(target), set(new))
+    else:
+        _ORIGINAL["upload"](local_path=str(local), fs=fs, fs_path=target, exclude=exclude)
     with _LOCK:
         manifest = _read_manifest(fs, target)
         _write_manifest(fs, target, {**manifest, **{rel: [d] for rel, d in new.items()}})
-    return None
+
+
+def _upload_atomically(local: Path, target: Path, state_files: set[str]) -> None:
+    """Copy the staging folder file by file, each replaced whole: a full disk or a kill leaves the last complete
+    version on storage (pyarrow's copy writes in place, and a full disk left a truncated experiment state)."""
+    from ap_core.paths import write_atomic
+
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        rel = path.relative_to(local).as_posix()
+        try:
+            content = path.read_bytes()
+        except OSError:
+            continue  # gone since listed: Tune rewrites its staging folder
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(target / rel, content, durable=rel in state_files)
+
+
+# Set when storage ran out of room while this sweep saved its state: the driver stops the sweep with one line.
+FULL: dict[str, str] = {}
+
+
+def storage_full(where: str) -> None:
+    """Stop the sweep as Ctrl-C does (Tune saves what it can, trials stay resumable), noting what is full."""
+    import _thread
+
+    if not FULL:
+        FULL["path"] = where
+        _thread.interrupt_main()
 
 
 def checked_download(fs: Any, fs_path: str, local_path: str, filelock: bool = True) -> None:
