@@ -91,6 +91,7 @@ def test_the_same_sweep_started_twice_is_refused_within_seconds(tmp_path: Path) 
         took = time.monotonic() - started
         assert second.returncode == 2, second.stderr[-2000:]
         assert "already running in another process" in second.stderr and second.stderr.count("\n") == 1
+        stop_process_group(first)
         # As soon as the plan is made: about what a dry run takes (imports, plan), not Ray's start on top (34 s).
         started = time.monotonic()
         assert run_cli("table1", *args, "--dry-run", timeout_s=120).returncode == 0
