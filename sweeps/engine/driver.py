@@ -21,7 +21,7 @@ from pathlib import Path
 from ap_core.config import RUNTIME_FIELDS
 from ap_core.errors import ConfigError
 from ap_core.paths import check_writable_dir, check_writable_file
-from sweeps.engine import leftover_ray, preflight, state_signing, trial_checks
+from sweeps.engine import console_log, leftover_ray, preflight, state_signing, trial_checks
 from sweeps.engine.console import print_choices, print_cost, print_plan, quiet_libraries
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import AUTO_GPUS, ParsedArgs, SweepError, flat_options, parse_args
@@ -213,9 +213,10 @@ def execute_claimed(plan: SweepPlan, args: ParsedArgs, name: str, results_dir: P
         signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
         if not options.address:
             leftover_ray.record_session(sweep_dir)
-        return run_on_ray(
-            plan, args, name, sweep_dir, storage, tracking_uri, local_store, state, datasets, runtime, results_dir
-        )
+        with console_log.tracebacks_to_log(sweep_dir):  # one line per failed trial on screen
+            return run_on_ray(
+                plan, args, name, sweep_dir, storage, tracking_uri, local_store, state, datasets, runtime, results_dir
+            )
     finally:
         ray.shutdown()
         leftover_ray.forget_session(sweep_dir)
