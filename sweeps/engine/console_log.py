@@ -16,7 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOG_FILE = "driver.log"
-LOGGERS = ("ray",)  # Tune's and Train's loggers propagate to Ray's, which owns the console handler
+# Tune's and Train's loggers propagate to Ray's, which owns the console handler; MLflow's store logs its own
+LOGGERS = ("ray", "mlflow")
+
+
+class QuietFileHandler(logging.FileHandler):
+    """The log file may sit on the disk that just ran full: a failed write is dropped, not printed with a traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
 
 
 class OneLineFormatter(logging.Formatter):
@@ -57,7 +65,7 @@ def innermost_error(error: BaseException | None) -> str:
 def tracebacks_to_log(sweep_dir: Path) -> Iterator[None]:
     """While a sweep runs: tracebacks of Ray's and Tune's log records to `sweep_dir/driver.log`, one line on screen."""
     log_file = sweep_dir / LOG_FILE
-    file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    file_handler = QuietFileHandler(log_file, encoding="utf-8", delay=True)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     file_handler.setLevel(logging.INFO)
     swapped: list[tuple[logging.Handler, logging.Formatter | None]] = []

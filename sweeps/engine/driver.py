@@ -57,9 +57,8 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None) -> None:
     except Exception as err:  # a full disk anywhere (a table, the SQLite store, Tune's state): one line, resumable
         if not is_disk_full(err):
             raise
-        print(
-            f"error: {full_disk_message(getattr(err, 'filename', None) or str(err).splitlines()[0])}", file=sys.stderr
-        )
+        where = state_signing.FULL.get("path") or getattr(err, "filename", None) or "the results folder or --storage"
+        print(f"error: {full_disk_message(str(where))}", file=sys.stderr)
         code = EXIT_STORAGE_FULL
     sys.exit(code)
 
@@ -75,9 +74,9 @@ def full_disk_message(where: str, needs: str = "") -> str:
     folder = Path(where)
     while not folder.is_dir() and folder != folder.parent:
         folder = folder.parent
-    free = shutil.disk_usage(folder).free / 2**20 if folder.is_dir() else float("nan")
+    room = f" ({shutil.disk_usage(folder).free / 2**20:.0f} MiB free{needs})" if folder.is_absolute() else ""
     return (
-        f"no space left on the device holding {where} ({free:.0f} MiB free{needs}); free some space or move "
+        f"no space left on the device holding {where}{room}; free some space or move "
         f"--results-dir/--storage, then {RESUME_HINT} (it continues from the last complete state)"
     )
 

@@ -22,6 +22,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater, Searcher
 
 from sweeps.engine import packing, preflight, state_signing
+from sweeps.engine.full_disk import StopWhenStorageFull
 from sweeps.engine.options import AUTO_GPUS, SearchOptions, SweepError, SweepOptions
 from sweeps.engine.progress import OverallProgress
 from sweeps.engine.report import trial_outcomes
@@ -135,7 +136,7 @@ def _tuner(
         assert search is not None
         param_space, search_alg, num_samples = search_setup(plan, group, search)
         cycles = [plan.search_group(group).base.cycles + 1] * (plan.points_per_group * plan.seeds)
-    callbacks: list[Any] = []
+    callbacks: list[Any] = [StopWhenStorageFull()]  # a full disk stops the sweep, resumably (issue #15.3)
     if parent is not None:
         callbacks.append(MlflowTrialLogger(parent, catalog, sweep_tags))
     if options.progress:
