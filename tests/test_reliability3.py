@@ -313,11 +313,11 @@ def run_refused_after_claim(sweep_dir: Path, capsys: pytest.CaptureFixture[str])
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs the test mounts (skipped where it cannot: mounting needs root)."""
+    """A 3 MiB tmpfs the test mounts (skipped where it cannot: mounting needs root)."""
     mount = tmp_path / "small"
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True
     )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
@@ -377,3 +377,22 @@ def test_tunes_state_upload_on_a_full_disk_keeps_the_last_complete_signed_state(
     assert {"path": str(experiment)} == state_signing.FULL  # the driver stops the sweep with one line, exit 3
     assert (experiment / "experiment_state-1.json").read_text() == '{"trial_data": [], "v": 1}'  # not truncated
     state_signing.verify(str(experiment))  # and still signed: `--resume` continues from it
+
+
+@pytest.mark.integration
+def test_a_sweep_whose_disk_fills_stops_resumably_and_resumes_once_there_is_room(small_disk: Path) -> None:
+    results = small_disk  # 3 MiB: the MLflow store and the first checkpoints fill it
+    args = ["--results-dir", str(results), "--name", "full", "--num-cpus", "2", *TINY[:6], "--cycles", "3",
+            "--progress", "false"]  # fmt: skip
+    env = {"XDG_CONFIG_HOME": str(small_disk.parent / "config")}
+    full = run_cli("table1", *args, timeout_s=300, **env)
+    assert full.returncode == 3, full.stderr[-3000:]
+    # It was 878 lines with 18 tracebacks; what is left is one line per event (a rare worker traceback may slip by)
+    assert full.stderr.count("Traceback") <= 1 and len(full.stderr.splitlines()) < 80, full.stderr[-3000:]
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no space left on the device holding") and "--resume" in last
+
+    subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
+    resumed = run_cli("table1", *args, "--resume", timeout_s=300, **env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (results / "full" / "full.md").exists()  # nothing was lost: the table is whole
