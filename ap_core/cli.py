@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from ap_core.config import TrialConfig, add_dataclass_arguments, dataclass_overrides
 from ap_core.errors import ConfigError, NonFiniteLossError
@@ -14,8 +15,15 @@ from ap_core.paths import check_writable_dir, check_writable_file
 from ap_core.results import CycleResult
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints its whole usage (22 lines) before a mistake: here the mistake is the one line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (ap-trial --help lists the flags)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ap-trial", description=__doc__)
+    parser = OneLineParser(prog="ap-trial", description=__doc__)
     add_dataclass_arguments(parser, TrialConfig)
     parser.add_argument("--checkpoint-dir", help="write a checkpoint here after every cycle")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -30,3 +31,38 @@ def check_writable_file(path: Path, flag: str) -> None:
     if path.is_dir():
         raise ConfigError(f"{flag} {str(path)!r} is a folder; give a file path")
     check_writable_dir(path.parent, flag, path)
+
+
+def write_atomic(path: Path, data: bytes | str, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace `path` with `data` all at once: a temporary file beside it, flushed to disk, then renamed over it.
+
+    A write that fails part-way (a full disk, a killed process) leaves the previous version whole, and the
+    temporary file is removed; the error (OSError, ENOSPC for a full disk) is raised to the caller. `mode` is the
+    file's permissions (a temporary file starts private); `durable` False skips the flushes to disk (for files a
+    crash may lose, as long as it cannot leave them half-written).
+    """
+    payload = data.encode() if isinstance(data, str) else data
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            os.fchmod(file.fileno(), mode)
+            file.write(payload)
+            file.flush()
+            if durable:
+                os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    if not durable:
+        return
+    try:  # the rename itself survives a crash once the folder is synced
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)

@@ -31,6 +31,11 @@ def test_failing_trials_are_retried_then_failed(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr[-3000:]  # finished, but with failed trials
     failed_line = [line for line in done.stderr.splitlines() if "FAILED:" in line]
     assert failed_line and "mlp-lp-ap-seed1" in failed_line[0]
+    # #15.9: one line per failed attempt on the console, naming the error; the tracebacks are in the log file
+    attempts = [line for line in done.stderr.splitlines() if "Trial task failed for trial" in line]
+    assert len(attempts) == 2 * 2 * SEEDS and all("NonFiniteLossError: training loss became nan" in a for a in attempts)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "Traceback (most recent call last)" in (results / "failing" / "driver.log").read_text()
 
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("failing")

@@ -10,7 +10,9 @@ nothing. Ctrl-C and SIGTERM stop a running sweep resumably (exit 130).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,7 +21,7 @@ from pathlib import Path
 from ap_core.config import RUNTIME_FIELDS
 from ap_core.errors import ConfigError
 from ap_core.paths import check_writable_dir, check_writable_file
-from sweeps.engine import preflight
+from sweeps.engine import console_log, leftover_ray, preflight, state_signing, trial_checks
 from sweeps.engine.console import print_choices, print_cost, print_plan, quiet_libraries
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import AUTO_GPUS, ParsedArgs, SweepError, flat_options, parse_args
@@ -27,8 +29,9 @@ from sweeps.engine.spec import SweepPlan, SweepSpec, expand
 from sweeps.engine.sweep_state import (
     STATE_FILE,
     SweepState,
+    check_not_moved,
+    claim_sweep_dir,
     experiment_paths,
-    lock_sweep_dir,
     new_stamp,
     state_to_continue,
 )
@@ -36,6 +39,7 @@ from sweeps.engine.sweep_state import (
 EXIT_INPUT_ERROR = 2
 EXIT_TRIALS_FAILED = 1
 EXIT_LOGGING_INCOMPLETE = 3
+EXIT_STORAGE_FULL = 3  # like a logging gap: nothing lost, `--resume` once there is room
 EXIT_INTERRUPTED = 130
 RESUME_HINT = "rerun the same command with --resume to continue"
 
@@ -50,7 +54,38 @@ def main(spec: SweepSpec, argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:  # outside Tune's own handling (setting up, writing the table): no traceback
         print(f"interrupted; {RESUME_HINT}", file=sys.stderr)
         code = EXIT_INTERRUPTED
+    except Exception as err:  # a full disk anywhere (a table, the SQLite store, Tune's state): one line, resumable
+        if not is_disk_full(err):
+            raise
+        where = state_signing.FULL.get("path") or getattr(err, "filename", None) or "the results folder or --storage"
+        print(f"error: {full_disk_message(str(where))}", file=sys.stderr)
+        code = EXIT_STORAGE_FULL
     sys.exit(code)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or any(
+        text in str(err) for text in ("No space left on device", "database or disk is full")
+    )
+
+
+def full_disk_message(where: str, needs: str = "") -> str:
+    """What is full, how much room is left there (and the sweep needs), and how to go on."""
+    folder = Path(where)
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    room = f" ({shutil.disk_usage(folder).free / 2**20:.0f} MiB free{needs})" if folder.is_absolute() else ""
+    return (
+        f"no space left on the device holding {where}{room}; free some space or move "
+        f"--results-dir/--storage, then {RESUME_HINT} (it continues from the last complete state)"
+    )
+
+
+def checkpoint_needs(storage: str, trials: int) -> str:
+    """`; the sweep needs about N MiB`: two checkpoints kept per trial, sized by the largest written so far."""
+    root = Path(storage)
+    sizes = [sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for d in root.glob("*/*/checkpoint_*")]
+    return f"; its checkpoints need about {2 * max(sizes) * trials / 2**20:.0f} MiB" if sizes else ""
 
 
 def run(spec: SweepSpec, argv: list[str] | None = None) -> int:
@@ -107,24 +142,36 @@ def plan_sweep(spec: SweepSpec, args: ParsedArgs) -> SweepPlan:
 def execute(plan: SweepPlan, args: ParsedArgs) -> int:
     """Run the planned sweep: checks, state, parent run, Tune, table; returns the exit status.
 
-    Every check that can refuse the sweep (paths, tracking store, earlier state, data, the Ray cluster and its
-    resources) runs before the first write, so a refusal leaves nothing behind.
+    The sweep folder's lock is taken first, so the same sweep started twice is refused at once. Every check that
+    can refuse the sweep (paths, tracking store, earlier state, data, what every trial would refuse, the Ray
+    cluster and its resources) runs before the first write, so a refusal leaves nothing behind.
     """
     options = args.options
+    name = options.name or default_name(plan)
+    results_dir = Path(options.results_dir).resolve()
+    sweep_dir = results_dir / name
+    check_writable_dir(results_dir, "--results-dir")
+    with claim_sweep_dir(sweep_dir):
+        return execute_claimed(plan, args, name, results_dir, sweep_dir)
+
+
+def execute_claimed(plan: SweepPlan, args: ParsedArgs, name: str, results_dir: Path, sweep_dir: Path) -> int:
+    options = args.options
+    leftover_ray.end_leftovers(sweep_dir)  # this sweep's last driver was killed: its private Ray's agents linger
     if not options.verbose:
         quiet_libraries()  # before ray is imported: it reads its log level then
     import ray
 
     from sweeps.engine import tracking, tune_runner  # Ray and MLflow: only for a sweep that runs
 
-    name = options.name or default_name(plan)
-    results_dir = Path(options.results_dir).resolve()
-    sweep_dir = results_dir / name
-    check_writable_dir(results_dir, "--results-dir")
     if args.search and args.search.output:
         check_writable_file(Path(args.search.output), "--output")
     storage = preflight.resolve_storage(options.storage, results_dir)
     state = state_to_continue(sweep_dir, plan, options.resume, options.overwrite)
+    if state is not None:
+        check_not_moved(state, results_dir, sweep_dir / STATE_FILE)
+        for path in state.experiments.values():  # Tune's state on storage: nothing unpickled unless ours
+            state_signing.verify(path)
     if state is not None and not options.resume:
         print(f"continuing sweep {name} (same protocol, found {sweep_dir / STATE_FILE}); --overwrite starts it over")
     local_store = f"sqlite:///{results_dir / 'mlflow.db'}"  # MLflow's own default backend, in the results folder
@@ -141,6 +188,8 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
 
         check_compile_toolchain(str(runtime["torch_compile"]), resolve_device(str(runtime["device"])))
     datasets = load_datasets(plan)  # missing data fails here, before anything starts
+    gpus_asked = options.gpus_per_trial > 0  # then the resource check below names what is missing
+    trial_checks.check_planned_trials(plan, datasets, runtime, here=not options.address, gpus_asked=gpus_asked)
 
     if options.gpus_per_trial == AUTO_GPUS and args.overrides.get("device") == "cpu":
         options = dataclasses.replace(options, gpus_per_trial=0.0)  # CPU trials asked for: nothing to measure
@@ -153,14 +202,20 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
         if options.gpus_per_trial == AUTO_GPUS and gpus_per_trial > 0:  # planned as CPU trials while `auto`
             plan = plan_sweep(plan.spec, args)
             runtime = runtime_settings(plan)
+        trial_checks.check_trials_get_their_device(runtime, gpus_per_trial)
         # `kill`, `timeout`, `docker stop` and batch schedulers send SIGTERM: stop as cleanly as Ctrl-C (exit 130,
         # runs marked KILLED, resumable) instead of dying with the runs left RUNNING. Set after ray.init, which
         # installs a handler of its own that just exits.
         signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
-        with lock_sweep_dir(sweep_dir):
-            return run_on_ray(plan, args, name, sweep_dir, storage, tracking_uri, local_store, state, datasets, runtime)
+        if not options.address:
+            leftover_ray.record_session(sweep_dir)
+        with console_log.tracebacks_to_log(sweep_dir):  # one line per failed trial on screen
+            return run_on_ray(
+                plan, args, name, sweep_dir, storage, tracking_uri, local_store, state, datasets, runtime, results_dir
+            )
     finally:
         ray.shutdown()
+        leftover_ray.forget_session(sweep_dir)
         signal.signal(signal.SIGTERM, previous)
 
 
@@ -180,6 +235,7 @@ def run_on_ray(
     state: SweepState | None,
     datasets: dict[str, object],
     runtime: dict[str, object],
+    results_dir: Path,
 ) -> int:
     """Open the parent run, write the state, run Tune, bring MLflow level with Tune, write the table."""
     from sweeps.engine import parent_view, report, tracking, tune_runner
@@ -207,8 +263,11 @@ def run_on_ray(
             "mlflow.note.content": f"{plan.spec.title}: {description}",
         },
         params={**parent_view.protocol_params(plan), "trials": str(plan.trial_count), "preset": plan.preset_name},
-        # The embedded store keeps artifacts next to it; a server decides for itself.
-        artifact_location=(sweep_dir.parent / "mlartifacts" / name).as_uri() if tracking_uri == local_store else None,
+        # A SQLite store (ours or the user's) keeps artifacts in the results folder, not in ./mlruns wherever the
+        # sweep was started; a server decides for itself.
+        artifact_location=(
+            (results_dir / "mlartifacts" / name).as_uri() if tracking_uri.startswith("sqlite:") else None
+        ),
     )
     experiments = experiment_paths(plan, storage, name, new_stamp(), state.experiments if state else {})
     SweepState(
@@ -218,6 +277,7 @@ def run_on_ray(
         parent.experiment_id if parent else "",
         parent.run_id if parent else "",
         experiments,
+        str(results_dir),
     ).write(sweep_dir)
 
     status, artifacts, summary = "FAILED", [], {}
@@ -234,6 +294,11 @@ def run_on_ray(
         )
         if parent is not None and not unfinished and not not_logged:
             parent_view.log_results(parent, rows, plan, table)  # once, when the sweep's results are whole
+        if unfinished and state_signing.FULL:  # Tune's state could not be saved: stopped, resumable
+            status = "KILLED"
+            needs = checkpoint_needs(storage, plan.trial_count) if "://" not in storage else ""
+            print(f"error: {full_disk_message(state_signing.FULL['path'], needs)}", file=sys.stderr)
+            return EXIT_STORAGE_FULL
         if unfinished:
             status = "KILLED"
             print(f"interrupted with {unfinished} trial(s) unfinished; {RESUME_HINT}", file=sys.stderr)

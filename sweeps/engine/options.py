@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,20 @@ class SweepOptions:
         for name in ("seeds", "max_concurrent", "max_failures", "num_cpus"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} {getattr(self, name)} must be >= 0")
+        check_sweep_name(self.name)
+
+
+# A sweep name is one path component (the results subfolder, its table files) and an MLflow experiment name.
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_sweep_name(name: str) -> None:
+    """Refuse a `--name` that is not one plain path component: `../x` or `a/b` would write outside the results."""
+    if name and not SWEEP_NAME.fullmatch(name):
+        raise ConfigError(
+            f"--name {name!r} must be one folder name: letters, digits, '.', '_' or '-', starting with a letter or "
+            "digit, at most 128 characters (no '/', no '..')"
+        )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -30,19 +32,53 @@ def resolve_storage(storage: str, results_dir: Path) -> str:
         path = Path(storage).resolve()
         check_writable_dir(path, "--storage")
         return str(path)
-    import pyarrow.fs
-
-    try:
-        filesystem, _ = pyarrow.fs.FileSystem.from_uri(storage)
-    except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, OSError, ValueError) as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise SweepError(
-            f"--storage {storage!r} is not a usable Tune storage ({message}); "
-            "use a local or shared folder, or s3://bucket/path"
-        ) from None
-    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+    if probe_storage(storage) == "local":
         check_writable_dir(Path(storage.split("://", 1)[1]), "--storage")
     return storage
+
+
+# A remote storage that accepts connections and never answers held pyarrow for minutes, deaf to SIGTERM: it is
+# probed in a child process, killed after this many seconds, while this one stays free to take signals.
+STORAGE_TIMEOUT_ENV = "AP_SWEEPS_STORAGE_TIMEOUT_S"
+STORAGE_TIMEOUT_S = 30.0
+_STORAGE_PROBE = """
+import signal, sys
+signal.alarm(int(float(sys.argv[2])) + 5)  # ends itself should its parent be gone
+import pyarrow, pyarrow.fs
+try:
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(sys.argv[1])
+    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+        print("local")
+    else:
+        filesystem.get_file_info(path)
+except Exception as err:
+    text = str(err).strip()
+    sys.exit(text.splitlines()[0] if text else type(err).__name__)
+"""
+
+
+def probe_storage(storage: str) -> str:
+    """Open a storage URI and list its folder, within a bounded time; "local" for a local filesystem URI."""
+    timeout = float(os.environ.get(STORAGE_TIMEOUT_ENV, "") or STORAGE_TIMEOUT_S)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _STORAGE_PROBE, storage, str(timeout)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise SweepError(
+            f"--storage {storage!r} did not answer within {timeout:g} s; check its endpoint and the network "
+            f"(${STORAGE_TIMEOUT_ENV} sets the wait), or use a local or shared folder"
+        ) from None
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise SweepError(
+            f"--storage {storage!r} is not a usable Tune storage ({lines[-1] if lines else done.returncode}); "
+            "use a local or shared folder, or s3://bucket/path"
+        )
+    return done.stdout.strip()
 
 
 def check_ray_address(address: str) -> None:

@@ -10,11 +10,14 @@ import dataclasses
 import fcntl
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from ap_core.paths import write_atomic
 from sweeps.engine.options import SweepError
 from sweeps.engine.spec import SweepPlan
 
@@ -32,11 +35,10 @@ class SweepState:
     experiment_id: str
     parent_run_id: str
     experiments: dict[str, str]
+    results_dir: str = ""  # where the results folder was when the sweep started (its stores are addressed by it)
 
     def write(self, sweep_dir: Path) -> None:
-        path = sweep_dir / STATE_FILE
-        path.with_suffix(".tmp").write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
-        path.with_suffix(".tmp").replace(path)
+        write_atomic(sweep_dir / STATE_FILE, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
 
 def read_state(sweep_dir: Path) -> SweepState | None:
@@ -107,13 +109,73 @@ def new_stamp() -> str:
 def lock_sweep_dir(sweep_dir: Path) -> TextIO:
     """Claim `sweep_dir` for this process (held until it exits); refuse when another sweep already holds it."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    handle = (sweep_dir / LOCK_FILE).open("a")
+    while True:
+        handle = (sweep_dir / LOCK_FILE).open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise SweepError(
+                f"sweep {sweep_dir.name!r} is already running in another process ({sweep_dir / LOCK_FILE} is held); "
+                "wait for it, or pick another --name"
+            ) from None
+        try:
+            if os.path.samestat(os.fstat(handle.fileno()), os.stat(sweep_dir / LOCK_FILE)):
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # a driver that was refused removed the file we locked: lock the one there now
+
+
+@contextmanager
+def claim_sweep_dir(sweep_dir: Path) -> Iterator[None]:
+    """Hold the sweep folder's lock from the very start of a run, so a second driver is refused within a second.
+
+    The lock file this claim created is removed when it ends, and so are the folders it created when nothing else
+    was written into them: a run refused by a later check leaves nothing behind.
+    """
+    created = [folder for folder in (sweep_dir.parent, sweep_dir) if not folder.exists()]
+    lock_existed = (sweep_dir / LOCK_FILE).exists()
+    handle = lock_sweep_dir(sweep_dir)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
+        yield
+    finally:
+        try:
+            if not lock_existed:
+                (sweep_dir / LOCK_FILE).unlink()
+            for folder in reversed(created):
+                folder.rmdir()  # only when empty: a folder the run wrote into stays
+        except OSError:
+            pass
+        finally:
+            handle.close()
+
+
+def check_not_moved(state: SweepState, results_dir: Path, state_file: Path) -> None:
+    """Refuse to continue a sweep whose results folder was moved or copied: its MLflow store and Tune state are
+    addressed by the old path, so going on would log into a new, empty store (or into the original)."""
+    old = state.results_dir or _results_dir_of(state, results_dir)
+    if not old or Path(old).resolve() == results_dir:
+        return
+    uses_old = [
+        p for p in (state.tracking_uri.removeprefix("sqlite:///"), *state.experiments.values()) if _under(p, old)
+    ]
+    if uses_old:
         raise SweepError(
-            f"sweep {sweep_dir.name!r} is already running in another process ({sweep_dir / LOCK_FILE} is held); "
-            "wait for it, or pick another --name"
-        ) from None
-    return handle
+            f"{state_file} belongs to a results folder at {old!r}, not {str(results_dir)!r}: the folder was moved or "
+            f"copied, and its MLflow store and Tune state are still addressed by the old path; move it back to "
+            f"{old!r} (or link the old path to it: ln -s {results_dir} {old}) and resume it from there"
+        )
+
+
+def _results_dir_of(state: SweepState, results_dir: Path) -> str:
+    """The results folder of a state written before it recorded one, where it plainly moved: the default SQLite
+    store it names is gone, and one sits in the folder the state is in now."""
+    database = state.tracking_uri.removeprefix("sqlite:///")
+    if database != state.tracking_uri and Path(database).name == "mlflow.db" and not Path(database).exists():
+        return str(Path(database).parent) if (results_dir / "mlflow.db").exists() else ""
+    return ""
+
+
+def _under(path: str, folder: str) -> bool:
+    return "://" not in path and (path == folder or path.startswith(folder.rstrip("/") + "/"))

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,9 +76,17 @@ def check_tracking_uri(uri: str) -> None:
             "a database URI (postgresql://...) or leave out --tracking-uri for SQLite in the results folder"
         )
     if scheme == "sqlite":
-        database = uri.removeprefix("sqlite:///")
-        if database and database != ":memory:":
-            check_writable_dir(Path(database).parent, f"the folder of tracking URI {uri!r}:")
+        check_sqlite_uri(uri)
+        return
+    if scheme == "file":
+        folder = urllib.parse.urlparse(uri).path
+        if not folder:
+            raise SweepError(f"tracking URI {uri!r} names no folder; give file:///absolute/path/mlruns")
+        check_writable_dir(Path(urllib.parse.unquote(folder)), f"the folder of tracking URI {uri!r}:")
+        check_file_store_allowed(uri)
+        return
+    if scheme in DATABASE_SCHEMES:
+        check_database_driver(uri)
         return
     if scheme not in ("http", "https"):
         return
@@ -103,6 +112,64 @@ def check_tracking_uri(uri: str) -> None:
         ) from None
     if not isinstance(answer, dict):
         raise SweepError(f"{uri!r} answers but is not an MLflow tracking server; check the host and port")
+
+
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+# The Python driver SQLAlchemy loads for each database scheme, and how to install it.
+DRIVER_INSTALL = {
+    "psycopg": "pip install 'ap-sweeps[postgres]' (psycopg 3, SQLAlchemy's PostgreSQL driver)",
+    "psycopg2": "pip install psycopg2-binary",
+    "pymysql": "pip install pymysql",
+    "MySQLdb": "pip install mysqlclient",
+    "pyodbc": "pip install pyodbc",
+}
+
+
+def check_sqlite_uri(uri: str) -> None:
+    """A SQLite URI must name a database file in a writable folder: `sqlite:///` names none, and `:memory:` keeps
+    nothing once the sweep ends (nor does any other process see it)."""
+    database = uri.partition("://")[2].removeprefix("/")
+    if not database or database.endswith("/"):
+        raise SweepError(
+            f"tracking URI {uri!r} names no database file; give sqlite:///path/to/mlflow.db (an absolute path "
+            "after the third slash: sqlite:////abs/path/mlflow.db)"
+        )
+    if database == ":memory:" or database.startswith(":memory:") or "mode=memory" in database:
+        raise SweepError(
+            f"tracking URI {uri!r} is an in-memory database: every record is lost when the sweep ends; give "
+            "sqlite:///path/to/mlflow.db or leave out --tracking-uri for SQLite in the results folder"
+        )
+    check_writable_dir(Path(database.partition("?")[0]).parent, f"the folder of tracking URI {uri!r}:")
+
+
+def check_file_store_allowed(uri: str) -> None:
+    """MLflow 3 retired its file store (a long 'maintenance mode' exception at first use): say so in one line."""
+    from mlflow import environment_variables
+
+    allowed = getattr(environment_variables, "MLFLOW_ALLOW_FILE_STORE", None)
+    if allowed is not None and not allowed.get():
+        raise SweepError(
+            f"tracking URI {uri!r}: MLflow's file store is retired (maintenance mode); use "
+            "sqlite:///path/mlflow.db, or set MLFLOW_ALLOW_FILE_STORE=true to keep using it"
+        )
+
+
+def check_database_driver(uri: str) -> None:
+    """A database URI needs its Python driver installed: name the one missing and how to install it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        dialect = make_url(uri).get_dialect()
+        dialect.import_dbapi()
+    except (ArgumentError, NoSuchModuleError, ValueError) as err:
+        raise SweepError(f"tracking URI {uri!r} is not a database URI SQLAlchemy understands ({err})") from None
+    except ImportError as err:
+        module = err.name or str(err)
+        how = DRIVER_INSTALL.get(module.partition(".")[0], f"pip install {module.partition('.')[0]}")
+        raise SweepError(
+            f"tracking URI {uri!r} needs the database driver {module!r}, which is not installed: {how}"
+        ) from None
 
 
 def _api_probe(uri: str) -> urllib.request.Request:

@@ -21,7 +21,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater, Searcher
 
-from sweeps.engine import packing, preflight
+from sweeps.engine import packing, preflight, state_signing
+from sweeps.engine.full_disk import StopWhenStorageFull
 from sweeps.engine.options import AUTO_GPUS, SearchOptions, SweepError, SweepOptions
 from sweeps.engine.progress import OverallProgress
 from sweeps.engine.report import trial_outcomes
@@ -64,9 +65,13 @@ def run_experiments(
         path = experiments[group]
         if continuing and tune.Tuner.can_restore(path):
             print(f"resuming {path}")
+            state_signing.verify(path)  # nothing unpickled unless this user's sweep wrote it (issue #15.1)
+            state_signing.protect(path)
             grid = tune.Tuner.restore(path, trainable=trainable).fit()
         else:
             tuner = _tuner(plan, group, trainable, catalog, options, search, parent, path, sweep_tags)
+            state_signing.sign_files(path, ["tuner.pkl"])  # written by Tuner(); the rest is signed as Tune saves it
+            state_signing.protect(path)
             grid = tuner.fit()
         grids.append(grid)
         if any(outcome == "unfinished" for _, outcome in trial_outcomes(grid, grid.experiment_path)):
@@ -139,7 +144,7 @@ def _tuner(
         cycles = [plan.search_group(group).base.cycles + 1] * (plan.points_per_group * plan.seeds)
         searched = plan.search_group(group)
         namer = TrialNamer(searched.stem, tuple(plan.search.axes), numbered=plan.search_mode != "grid")
-    callbacks: list[Any] = [CheckpointRetention()]
+    callbacks: list[Any] = [CheckpointRetention(), StopWhenStorageFull()]  # a full disk stops the sweep, resumably
     if parent is not None:
         callbacks.append(MlflowTrialLogger(parent, catalog, sweep_tags))
     if options.progress:
