@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +52,9 @@ def run_experiments(
 ) -> list[ResultGrid]:
     """Run (or resume) each group's Tune experiment in turn on the Ray `connect` joined; stops after a group that
     Ctrl-C interrupted."""
+    # Tune keeps each checkpoint's whole result in the trial's saved state, one per cycle; with this it keeps the
+    # checkpoint's path only (nothing here reads a checkpoint's metrics: they are in the trial's results).
+    os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
     dataset_refs = {key: ray.put(data) for key, data in datasets.items()}
     datasets.clear()  # the object store holds them now; free the driver's copies
     trainable = tune.with_resources(
