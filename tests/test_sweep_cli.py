@@ -441,11 +441,11 @@ def test_ap_trial_refuses_an_unwritable_output_before_training(
 
     (tmp_path / "afile").write_text("a file, not a folder")
     target = str(tmp_path / "afile" / "out")
-    started = time.monotonic()
     code = cli.main(["--model", "mlp", "--dataset", "digits", "--epochs", "1", "--cycles", "1", flag, target])
-    assert code == 2 and time.monotonic() - started < 5  # before any training
+    assert code == 2
     err = capsys.readouterr()
-    assert err.err.strip().startswith(f"error: {flag}") and target in err.err and "cycle" not in err.out
+    assert err.err.strip().startswith(f"error: {flag}") and target in err.err
+    assert "cycle" not in err.out  # refused before any training (a trial prints a line per cycle)
 
 
 class _MlflowWithLogin(http.server.BaseHTTPRequestHandler):
@@ -483,7 +483,7 @@ def test_torch_compile_without_a_compiler_is_refused_before_anything_starts(
     """Every trial would fail at start on this machine: say so once, before Ray starts or anything is written."""
     import ray
 
-    monkeypatch.setattr("ap_core.trial.shutil.which", lambda _: None)
+    monkeypatch.setattr("ap_core.environment.shutil.which", lambda _: None)
     results = tmp_path / "results"
     argv = ["--results-dir", str(results), "--torch-compile", "default", "--epochs", "1", "--cycles", "1"]
     with pytest.raises(SystemExit) as exit_info:

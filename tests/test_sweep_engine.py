@@ -345,7 +345,7 @@ def test_parent_metric_names_read_as_words() -> None:
 
 
 def test_trial_logger_pauses_within_seconds_when_mlflow_is_gone(capsys: pytest.CaptureFixture[str]) -> None:
-    tracking.bound_client_waits()
+    tracking.configure_client()
     with socket.socket() as sock:  # a port nothing listens on: the server went away
         sock.bind(("127.0.0.1", 0))
         gone = f"http://127.0.0.1:{sock.getsockname()[1]}"

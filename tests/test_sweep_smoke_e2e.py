@@ -33,9 +33,11 @@ def test_smoke_preset_matches_mlflow(mlflow_server: MlflowServer, tmp_path: Path
         "--name", "smoke-e2e", timeout_s=400,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    # The console is the progress bar and the table: no Tune boxes, TensorBoard hints or Ray/MLflow INFO lines.
+    # The console is the progress bar and the table: no Tune boxes, TensorBoard hints, Ray/MLflow INFO lines or
+    # MLflow's per-run 'View run' links.
     console = done.stdout + done.stderr
-    assert not any(noise in console for noise in ("Configuration for experiment", "TensorBoard", "INFO", "Token"))
+    noise = ("Configuration for experiment", "TensorBoard", "INFO", "Token", "View run", "View experiment")
+    assert not any(line in console for line in noise)
     assert len(parse_printed_table(done.stdout)[("mlp", "GP", "AP")]) == 7  # a terminal's width of the 17 levels
     printed = parse_printed_table((tmp_path / "smoke-e2e" / "smoke-e2e.md").read_text())  # every level
 

@@ -176,7 +176,7 @@ def execute_claimed(plan: SweepPlan, args: ParsedArgs, name: str, results_dir: P
         print(f"continuing sweep {name} (same protocol, found {sweep_dir / STATE_FILE}); --overwrite starts it over")
     local_store = f"sqlite:///{results_dir / 'mlflow.db'}"  # MLflow's own default backend, in the results folder
     tracking_uri = tracking.choose_tracking_uri(options, state.tracking_uri if state else None, local_store)
-    tracking.bound_client_waits()
+    tracking.configure_client()
     if tracking_uri:
         tracking.check_tracking_uri(tracking_uri)
     if state is not None and state.parent_run_id:

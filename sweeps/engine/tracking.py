@@ -51,19 +51,22 @@ def choose_tracking_uri(options: SweepOptions, started_on: str | None, local_sto
     return options.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "") or local_store
 
 
-# A server gone away must show within seconds, not after MLflow's default 7 retries of 120 s each: the trial
-# logger runs inside Tune's event loop. Users may still set their own values.
-CLIENT_HTTP_SETTINGS = {
+# The driver's MLflow client, set before it is used (users may still set their own values). A server gone away must
+# show within seconds, not after MLflow's default 7 retries of 120 s each: the trial logger runs inside Tune's loop.
+CLIENT_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    # MLflow prints a "View run ... at: <url>" line for every run it ends on a server: dozens into the progress bar.
+    # The sweep prints one link of its own, to the parent run's report.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks")
 TRACKING_ERRORS = (MlflowException, OSError)  # what an unreachable store raises (requests' errors are OSErrors)
 
 
-def bound_client_waits() -> None:
-    for key, value in CLIENT_HTTP_SETTINGS.items():
+def configure_client() -> None:
+    for key, value in CLIENT_SETTINGS.items():
         os.environ.setdefault(key, value)
 
 

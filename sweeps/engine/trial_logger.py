@@ -6,7 +6,7 @@ run by its name under the parent run, and logs only cycles that are not logged y
 exactly one child run per trial and no duplicate or missing steps.
 
 A tracking server that stops answering must not stall training: the first failed call (bounded by
-`tracking.CLIENT_HTTP_SETTINGS`) prints one warning and pauses logging for the rest of the invocation. Tune keeps
+`tracking.CLIENT_SETTINGS`) prints one warning and pauses logging for the rest of the invocation. Tune keeps
 every result on its storage, so `sync_with_tune` logs whatever MLflow is missing once Tune returns, or on the next
 `--resume` when the server is still away.
 """
