@@ -484,7 +484,12 @@ def check_tune_results(rows: list[dict], worker_ips: dict[str, str], interrupted
         raise ClusterFailure(f"Tune has {len(by_trial)} trials, expected {EXPECTED_TRIALS}: {sorted(by_trial)}")
     for trial, trial_rows in by_trial.items():
         cycles = [r["cycle"] for r in trial_rows]
-        if cycles != list(range(EXPECTED_CYCLES + 1)):
+        # Tune registers a reported checkpoint through a second call to the trial's actor: a worker killed between
+        # the two loses that checkpoint, and the trial repeats that one cycle from the one before (seen once in
+        # five runs). Each cycle still reaches MLflow once (checked there); any other repeat is a fault.
+        repeated = [c for i, c in enumerate(cycles) if c in cycles[:i]]
+        allowed = 1 if trial == interrupted_trial else 0
+        if sorted(set(cycles)) != list(range(EXPECTED_CYCLES + 1)) or len(repeated) > allowed:
             raise ClusterFailure(f"{trial} reported cycles {cycles}: not each cycle 0..{EXPECTED_CYCLES} exactly once")
     per_worker = {service: 0 for service in WORKERS}
     for trial_rows in by_trial.values():
@@ -497,7 +502,7 @@ def check_tune_results(rows: list[dict], worker_ips: dict[str, str], interrupted
     restored = [r for r in resumed if r["iterations_since_restore"] != r["training_iteration"]]
     if nodes[0] != killed or nodes[-1] == killed or not restored:
         raise ClusterFailure(f"{interrupted_trial} did not continue from its checkpoint on another worker: {resumed}")
-    log(f"Tune: {len(by_trial)} trials x cycles 0..{EXPECTED_CYCLES} once each; trials per worker {per_worker}; "
+    log(f"Tune: {len(by_trial)} trials x cycles 0..{EXPECTED_CYCLES}; trials per worker {per_worker}; "
         f"{interrupted_trial} resumed at cycle {restored[0]['cycle']} on {nodes[-1]}")  # fmt: skip
     return per_worker
 
