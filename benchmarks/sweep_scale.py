@@ -105,9 +105,9 @@ def section(table: pd.DataFrame, cpus: int) -> str:
     )
     ratio = last["trials/s"] / first["trials/s"]
     outro = (
-        f"trials/s at {last['trials']} trials / at {first['trials']} trials: {ratio:.2f} (target >= 0.8). "
-        f"Experiment state per trial: {table['state bytes/trial'].max()} bytes at most (target <= 20 KB). Driver "
-        f"peak RSS at {last['trials']} trials: {last['driver peak RSS (MiB)']} MiB."
+        f"trials/s at {int(last['trials'])} trials / at {int(first['trials'])} trials: {ratio:.2f} (target >= 0.8). "
+        f"Experiment state per trial: {int(table['state bytes/trial'].max())} bytes at most (target <= 20 KB). "
+        f"Driver peak RSS at {int(last['trials'])} trials: {int(last['driver peak RSS (MiB)'])} MiB (target <= 2048)."
     )
     return (
         f"{HEADING}\n\n{textwrap.fill(intro, 110)}\n\n{table.to_markdown(index=False)}\n\n{textwrap.fill(outro, 110)}\n"
