@@ -301,6 +301,11 @@ def not_mlflow_server() -> Iterator[str]:
     server.shutdown()
 
 
+# An S3 endpoint on a closed port of this machine: refused at once, and nothing outside 127.0.0.0/8 is asked.
+CLOSED_S3 = "s3://ap-sweeps-no-such-bucket/x?endpoint_override=127.0.0.1:1&scheme=http&region=us-east-1"
+# Credentials of its own, so the S3 client asks no cloud metadata service.
+S3_ENV = {"AWS_ACCESS_KEY_ID": "ap", "AWS_SECRET_ACCESS_KEY": "ap", "AWS_EC2_METADATA_DISABLED": "true"}
+
 # Each refused in one line before Ray starts or anything is written; the value in the message. `{tmp}` is a
 # temporary folder holding a plain file `afile`.
 REFUSED_SETUPS = {
@@ -320,10 +325,7 @@ REFUSED_SETUPS = {
     # #10.11: storage and results folder
     "storage under a file": (["--storage", "{tmp}/afile/sub"], "afile/sub"),
     "storage of an unknown scheme": (["--storage", "foo://"], "foo://"),
-    "unreachable s3 storage": (
-        ["--storage", "s3://ap-sweeps-no-such-bucket-zz/x"],
-        "s3://ap-sweeps-no-such-bucket-zz/x",
-    ),
+    "unreachable s3 storage": (["--storage", CLOSED_S3], CLOSED_S3),
     "unwritable results folder": (["--results-dir", "/proc/nope"], "/proc/nope"),
     "results folder under a file": (["--results-dir", "{tmp}/afile/r"], "afile"),
     # #10.9: a mistyped name must not start a whole new sweep
@@ -333,10 +335,17 @@ REFUSED_SETUPS = {
 
 @pytest.mark.parametrize("argv, named", list(REFUSED_SETUPS.values()), ids=list(REFUSED_SETUPS))
 def test_impossible_setups_are_refused_before_anything_starts(
-    argv: list[str], named: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, not_mlflow_server: str
+    argv: list[str],
+    named: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    not_mlflow_server: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import ray
 
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
     (tmp_path / "afile").write_text("a file, not a folder")
     results = tmp_path / "results"
     http_address = not_mlflow_server.removeprefix("http://")
