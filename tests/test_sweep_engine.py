@@ -33,6 +33,7 @@ from sweeps.engine.spec import expand
 from sweeps.engine.sweep_state import (
     STATE_FILE,
     SweepState,
+    choose_tracking_uri,
     experiment_paths,
     lock_sweep_dir,
     new_stamp,
@@ -134,17 +135,17 @@ def test_a_resumed_sweep_keeps_its_experiment_folders_and_a_new_one_gets_stamped
 def test_tracking_uri_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     local = "sqlite:///results/mlflow.db"
-    assert tracking.choose_tracking_uri(SweepOptions(), None, local) == local
-    assert tracking.choose_tracking_uri(SweepOptions(mlflow=False), None, local) == ""
+    assert choose_tracking_uri(SweepOptions(), None, local) == local
+    assert choose_tracking_uri(SweepOptions(mlflow=False), None, local) == ""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
-    assert tracking.choose_tracking_uri(SweepOptions(), None, local) == "http://127.0.0.1:1"
-    assert tracking.choose_tracking_uri(SweepOptions(tracking_uri="http://a"), None, local) == "http://a"
+    assert choose_tracking_uri(SweepOptions(), None, local) == "http://127.0.0.1:1"
+    assert choose_tracking_uri(SweepOptions(tracking_uri="http://a"), None, local) == "http://a"
     # A resumed sweep logs where it began, whatever the environment says now.
-    assert tracking.choose_tracking_uri(SweepOptions(), "sqlite:///old.db", local) == "sqlite:///old.db"
+    assert choose_tracking_uri(SweepOptions(), "sqlite:///old.db", local) == "sqlite:///old.db"
     with pytest.raises(SweepError, match="started with 'sqlite:///old\\.db'"):
-        tracking.choose_tracking_uri(SweepOptions(tracking_uri="http://b"), "sqlite:///old.db", local)
+        choose_tracking_uri(SweepOptions(tracking_uri="http://b"), "sqlite:///old.db", local)
     with pytest.raises(SweepError, match="MLflow off"):
-        tracking.choose_tracking_uri(SweepOptions(tracking_uri="http://b"), "", local)
+        choose_tracking_uri(SweepOptions(tracking_uri="http://b"), "", local)
 
 
 # ---- Tune set-up --------------------------------------------------------------------------------------------------
@@ -328,6 +329,16 @@ def test_parent_run_holds_the_protocol_headline_metrics_and_the_rendered_table(t
     run = f"http://127.0.0.1:5000/#/experiments/{parent.experiment_id}/runs/{child.info.run_id}"
     link = f"{run}?workflowType=machine_learning"
     assert f'href="{link}"' in page and ">mlp-gp-ap</a>" in page
+
+    # A resumed sweep logs its results again: the table is not appended to the one already there.
+    def table_rows() -> int:
+        return len(
+            json.loads(Path(client.download_artifacts(parent.run_id, "table.json", str(tmp_path))).read_text())["data"]
+        )
+
+    logged = table_rows()
+    log_results(parent, rows, SMOKE, build_table(rows, SMOKE))
+    assert table_rows() == logged > 0
 
 
 def test_parent_metric_names_read_as_words() -> None:

@@ -127,3 +127,22 @@ def test_smoke_preset_matches_mlflow(mlflow_server: MlflowServer, tmp_path: Path
     markdown = Path(client.download_artifacts(parent_id, f"{stem}.md", str(tmp_path / "download")))
     for levels in acc.values():
         assert format_cell(next(iter(levels.values()))) in markdown.read_text()
+
+    # The finished sweep run again to see other levels: the table from its saved rows; no Ray, no Tune, no logging.
+    tune_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").rglob("*")}
+    again = run_cli(
+        "table1", "--results-dir", str(tmp_path), "--tracking-uri", mlflow_server.uri, "--name", "smoke-e2e",
+        "--levels", "10", "51.2", timeout_s=120,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "finished at" in again.stdout and "nothing re-run" in again.stdout
+    assert "--levels 10: showing 10.7" in again.stdout
+    shown = parse_printed_table(again.stdout)
+    assert shown[("mlp", "GP", "AP")] == {level: printed[("mlp", "GP", "AP")][level] for level in ("10.7", "51.2")}
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ray").rglob("*")} == tune_files
+    assert len(client.search_runs([experiment.experiment_id], max_results=1000)) == len(runs)
+    moved = run_cli(
+        "table1", "--results-dir", str(tmp_path), "--name", "smoke-e2e", "--tracking-uri", "sqlite:///elsewhere.db",
+        timeout_s=60,
+    )  # fmt: skip
+    assert moved.returncode == 2 and "another --results-dir or --name" in moved.stderr

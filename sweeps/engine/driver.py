@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from ap_core.config import RUNTIME_FIELDS
@@ -27,9 +28,11 @@ from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import AUTO_GPUS, ParsedArgs, SweepError, flat_options, parse_args
 from sweeps.engine.spec import SweepPlan, SweepSpec, expand
 from sweeps.engine.sweep_state import (
+    CYCLES_FILE,
     STATE_FILE,
     SweepState,
     check_not_moved,
+    choose_tracking_uri,
     claim_sweep_dir,
     experiment_paths,
     new_stamp,
@@ -157,6 +160,15 @@ def execute(plan: SweepPlan, args: ParsedArgs) -> int:
 
 def execute_claimed(plan: SweepPlan, args: ParsedArgs, name: str, results_dir: Path, sweep_dir: Path) -> int:
     options = args.options
+    if args.search and args.search.output:
+        check_writable_file(Path(args.search.output), "--output")
+    state = state_to_continue(sweep_dir, plan, options.resume, options.overwrite)
+    if state is not None:
+        check_not_moved(state, results_dir, sweep_dir / STATE_FILE)
+    local_store = f"sqlite:///{results_dir / 'mlflow.db'}"  # MLflow's own default backend, in the results folder
+    tracking_uri = choose_tracking_uri(options, state.tracking_uri if state else None, local_store)
+    if state is not None and state.finished and (sweep_dir / CYCLES_FILE).exists():
+        return reprint_finished(plan, args, name, sweep_dir, state)
     leftover_ray.end_leftovers(sweep_dir)  # this sweep's last driver was killed: its private Ray's agents linger
     if not options.verbose:
         quiet_libraries()  # before ray is imported: it reads its log level then
@@ -164,18 +176,12 @@ def execute_claimed(plan: SweepPlan, args: ParsedArgs, name: str, results_dir: P
 
     from sweeps.engine import tracking, tune_runner  # Ray and MLflow: only for a sweep that runs
 
-    if args.search and args.search.output:
-        check_writable_file(Path(args.search.output), "--output")
     storage = preflight.resolve_storage(options.storage, results_dir)
-    state = state_to_continue(sweep_dir, plan, options.resume, options.overwrite)
     if state is not None:
-        check_not_moved(state, results_dir, sweep_dir / STATE_FILE)
         for path in state.experiments.values():  # Tune's state on storage: nothing unpickled unless ours
             state_signing.verify(path)
     if state is not None and not options.resume:
         print(f"continuing sweep {name} (same protocol, found {sweep_dir / STATE_FILE}); --overwrite starts it over")
-    local_store = f"sqlite:///{results_dir / 'mlflow.db'}"  # MLflow's own default backend, in the results folder
-    tracking_uri = tracking.choose_tracking_uri(options, state.tracking_uri if state else None, local_store)
     tracking.configure_client()
     if tracking_uri:
         tracking.check_tracking_uri(tracking_uri)
@@ -217,6 +223,19 @@ def execute_claimed(plan: SweepPlan, args: ParsedArgs, name: str, results_dir: P
         ray.shutdown()
         leftover_ray.forget_session(sweep_dir)
         signal.signal(signal.SIGTERM, previous)
+
+
+def reprint_finished(plan: SweepPlan, args: ParsedArgs, name: str, sweep_dir: Path, state: SweepState) -> int:
+    """A finished sweep run again (to see other levels, say): its table from the rows it saved, with nothing run."""
+    import pandas as pd
+
+    from sweeps.engine import report
+
+    print(f"sweep {name} finished at {state.finished}: its results again, nothing re-run (--overwrite runs it again)")
+    output = Path(args.search.output) if args.search and args.search.output else None
+    rows = pd.read_csv(sweep_dir / CYCLES_FILE)
+    report.write_report(rows, plan, sweep_dir, name, output, args.options.levels, args.options.pool_below)
+    return 0
 
 
 def default_name(plan: SweepPlan) -> str:
@@ -270,7 +289,7 @@ def run_on_ray(
         ),
     )
     experiments = experiment_paths(plan, storage, name, new_stamp(), state.experiments if state else {})
-    SweepState(
+    sweep_state = SweepState(
         name,
         fingerprint,
         tracking_uri,
@@ -278,7 +297,8 @@ def run_on_ray(
         parent.run_id if parent else "",
         experiments,
         str(results_dir),
-    ).write(sweep_dir)
+    )
+    sweep_state.write(sweep_dir)
 
     status, artifacts, summary = "FAILED", [], {}
     try:
@@ -312,6 +332,8 @@ def run_on_ray(
             )
             return EXIT_LOGGING_INCOMPLETE
         status = "FINISHED"
+        if not failed:
+            dataclasses.replace(sweep_state, finished=datetime.now().isoformat(timespec="seconds")).write(sweep_dir)
         if failed:
             print(
                 f"{len(failed)} of {plan.trial_count} trial(s) FAILED: {', '.join(failed)} "

@@ -84,7 +84,8 @@ def log_results(parent: ParentRun, rows: pd.DataFrame, plan: SweepPlan, table: S
         # MLflow's table viewer reads a '.' in a column name as a path and shows the column empty: 51.2 -> 51·2
         cells = table.cells.reset_index()
         cells.columns = [str(c).replace(".", "·") for c in cells.columns]
-        client.log_table(parent.run_id, data=cells, artifact_file="table.json")
+        if "table.json" not in {item.path for item in client.list_artifacts(parent.run_id)}:
+            client.log_table(parent.run_id, data=cells, artifact_file="table.json")  # it appends to one logged before
         protocol = report_protocol(client, parent, plan)
         page = render_report(table, protocol, _figures(rows, plan), _children(client, parent), ui_url(parent))
         with tempfile.TemporaryDirectory() as folder:

@@ -15,6 +15,7 @@ from sweeps.engine import plots
 from sweeps.engine.hparams_file import Hparams, write_hparams
 from sweeps.engine.result_table import DEFAULT_POOL_BELOW, PRINTED_LEVELS, SweepTable, build_table
 from sweeps.engine.spec import SweepPlan
+from sweeps.engine.sweep_state import CYCLES_FILE
 from trainables.pruning_trial import TUNE_METRICS, trial_config
 
 Outcome = tuple[Result, str]  # a trial's result and FINISHED, FAILED or unfinished
@@ -104,7 +105,7 @@ def write_report(
     spec = plan.spec
     artifacts: list[Path] = []
     table = None
-    rows_path = sweep_dir / "trial_cycles.csv"
+    rows_path = sweep_dir / CYCLES_FILE
     rows.to_csv(rows_path, index=False)
     artifacts.append(rows_path)
     if plan.search is not None:

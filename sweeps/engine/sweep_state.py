@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ap_core.paths import write_atomic
-from sweeps.engine.options import SweepError
+from sweeps.engine.options import SweepError, SweepOptions
 from sweeps.engine.spec import SweepPlan
 
 STATE_FILE = "sweep.json"
+CYCLES_FILE = "trial_cycles.csv"  # every trial's per-cycle results, as the sweep's table was built from them
 LOCK_FILE = ".lock"  # held by the running driver: two drivers never share a sweep folder
 
 
@@ -36,6 +37,7 @@ class SweepState:
     parent_run_id: str
     experiments: dict[str, str]
     results_dir: str = ""  # where the results folder was when the sweep started (its stores are addressed by it)
+    finished: str = ""  # when every trial had run and been logged: a rerun reprints the table, runs nothing
 
     def write(self, sweep_dir: Path) -> None:
         write_atomic(sweep_dir / STATE_FILE, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -58,6 +60,22 @@ def read_state(sweep_dir: Path) -> SweepState | None:
         raise SweepError(f"cannot resume: {path} is not a sweep state file (no 'experiments' object)")
     fields = {f.name for f in dataclasses.fields(SweepState)}
     return SweepState(**{k: str(raw.get(k, "")) for k in fields if k != "experiments"}, experiments=raw["experiments"])
+
+
+def choose_tracking_uri(options: SweepOptions, started_on: str | None, local_store: str) -> str:
+    """Where to log ("" = nowhere). A resumed sweep (`started_on` not None) keeps logging where it started."""
+    if started_on is not None:
+        asked = options.tracking_uri if options.mlflow else ""
+        if (asked and asked != started_on) or (not options.mlflow and started_on):
+            raise SweepError(
+                f"cannot continue with different MLflow logging: the sweep started with "
+                f"{started_on or 'MLflow off'!r}; leave out --tracking-uri/--mlflow to continue as it began, or run "
+                f"it afresh under another --results-dir or --name to log it {'to ' + repr(asked) if asked else 'so'}"
+            )
+        return started_on
+    if not options.mlflow:
+        return ""
+    return options.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "") or local_store
 
 
 def state_to_continue(sweep_dir: Path, plan: SweepPlan, resume: bool, overwrite: bool) -> SweepState | None:

@@ -30,25 +30,10 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.credentials import read_mlflow_creds
 
 from ap_core.paths import check_writable_dir
-from sweeps.engine.options import SweepError, SweepOptions
+from sweeps.engine.options import SweepError
 
 PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND = "mlflow.experimentKind"
-
-
-def choose_tracking_uri(options: SweepOptions, started_on: str | None, local_store: str) -> str:
-    """Where to log ("" = nowhere). A resumed sweep (`started_on` not None) keeps logging where it started."""
-    if started_on is not None:
-        asked = options.tracking_uri if options.mlflow else ""
-        if (asked and asked != started_on) or (not options.mlflow and started_on):
-            raise SweepError(
-                f"cannot resume with different MLflow logging: the sweep started with "
-                f"{started_on or 'MLflow off'!r}; leave out --tracking-uri/--mlflow to continue as it began"
-            )
-        return started_on
-    if not options.mlflow:
-        return ""
-    return options.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "") or local_store
 
 
 # The driver's MLflow client, set before it is used (users may still set their own values). A server gone away must
