@@ -4,6 +4,7 @@ t-interval, and what a table says when there are too few seeds to conclude anyth
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import pandas as pd
 import pytest
@@ -37,6 +38,16 @@ def test_the_smallest_p_n_seeds_allow_is_two_to_the_one_minus_n() -> None:
         assert sign_flip_p_value([0.7] * n) == pytest.approx(smallest_p(n)) == pytest.approx(2.0 ** (1 - n))
     # Beyond exact enumeration a seeded sample gives a valid p near the exact one.
     assert sign_flip_p_value([0.1] * 21 + [-0.1] * 4) == pytest.approx(0.0009, abs=0.0004)
+
+
+def test_the_sign_flip_test_holds_a_block_of_assignments_at_a_time_however_many_seeds() -> None:
+    """A sweep of 1,280 trials pairs 320 seeds: the test's memory must not grow with them (it took 1 GB)."""
+    for n in (20, 320):  # every assignment enumerated; a sample of them
+        tracemalloc.start()
+        sign_flip_p_value([0.28 * (-1) ** (i // 3) + 0.1 for i in range(n)])
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 64 * 2**20, (n, peak)
 
 
 def test_delta_pairs_runs_by_seed_with_a_t_interval_and_counts_wins_losses_ties() -> None:
