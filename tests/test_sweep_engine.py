@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from ray.train._internal.session import _TrainingResult
 from ray.tune import Checkpoint, Result
 from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
@@ -42,8 +43,9 @@ from sweeps.engine.sweep_state import (
 )
 from sweeps.engine.trial_artifacts import write_trial_artifacts
 from sweeps.engine.trial_logger import MlflowTrialLogger, sync_with_tune
-from sweeps.engine.tune_runner import PlannedTrials, TrialNamer, search_setup, split_settings
-from trainables.pruning_trial import ARTIFACTS_DIR, REPEAT_INDEX, TRIAL_NAME, trial_config
+from sweeps.engine.tune_runner import PlannedTrials, TrialNamer, planned_points, search_setup, split_settings
+from trainables.pruning_trial import ARTIFACTS_DIR
+from trainables.tune_config import REPEAT_INDEX, TRIAL_NAME, trial_config
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = expand(table1.SPEC, "smoke")
@@ -151,11 +153,17 @@ def test_tracking_uri_policy(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---- Tune set-up --------------------------------------------------------------------------------------------------
 
 
-def test_param_space_holds_shared_settings_and_the_searcher_hands_out_the_rest(tmp_path: Path) -> None:
+def test_the_trainable_holds_shared_settings_and_the_searcher_hands_out_the_rest(tmp_path: Path) -> None:
     settings = [t.config.experiment_settings() for t in SMOKE.trials]
     shared, points = split_settings(settings)
     assert {"model", "epochs", "cycles"} <= set(shared) and not {"method", "ap", "seed"} & set(shared)
     assert [{**shared, **p} for p in points] == settings
+    # A trial's Tune config is its name and what differs; the trainable puts the group's shared settings under it.
+    group_shared, configs = planned_points(SMOKE, SMOKE.groups[0])
+    trials = SMOKE.trials_of(SMOKE.groups[0])
+    assert [c[TRIAL_NAME] for c in configs] == [t.name for t in trials] and not set(group_shared) & set(configs[0])
+    assert [trial_config(c, shared=group_shared) for c in configs] == [t.config for t in trials]
+    assert [SMOKE.catalog().trial_of(c) for c in configs] == list(trials)
     searcher = PlannedTrials(points)
     assert [searcher.suggest(f"t{i}") for i in range(2)] == points[:2]
     searcher.save(str(tmp_path / "searcher.json"))
@@ -480,7 +488,12 @@ def test_old_checkpoints_go_only_once_no_saved_snapshot_can_name_them(tmp_path: 
 
     def checkpoint(index: int) -> None:
         (tmp_path / f"checkpoint_{index:06d}").mkdir()
-        retention.on_checkpoint(0, [], trial, Checkpoint.from_directory(str(tmp_path / f"checkpoint_{index:06d}")))
+        saved = Checkpoint.from_directory(str(tmp_path / f"checkpoint_{index:06d}"))
+        retention.on_checkpoint(0, [], trial, saved)
+        manager = trial.run_metadata.checkpoint_manager
+        manager.register_checkpoint(_TrainingResult(saved, {"training_iteration": index}))  # as Tune goes on to do
+        # The trial's saved state names its newest checkpoint only, however many cycles it has run.
+        assert [r.checkpoint.path for r in manager.best_checkpoint_results] == [saved.path]
 
     def left() -> list[int]:
         return sorted(int(p.name.rpartition("_")[2]) for p in tmp_path.iterdir())

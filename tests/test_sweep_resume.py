@@ -19,7 +19,6 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.engine.spec import expand
 from sweeps.table1 import SPEC
-from trainables.pruning_trial import trial_config
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +49,7 @@ def persisted_trials(storage: Path) -> dict[str, tuple[str, int]]:
             return {}
         for trial_state, metadata in state["trial_data"]:
             trial, meta = json.loads(trial_state), json.loads(metadata)
-            name = CATALOG.describe(trial_config(trial["config"])).name
+            name = CATALOG.trial_of(trial["config"]).name
             trials[name] = (trial["status"], meta["last_result"].get("cycle", -1))
     return trials
 

@@ -1,8 +1,9 @@
 """Ray Tune function trainable around `ap_core.run_trial`: one report (with checkpoint) per pruning cycle.
 
-Tune's config is the trial's experiment (the TrialConfig fields that decide its numbers), so Tune's tables,
-result files and `ResultGrid.get_dataframe()` show the real settings. Where it runs (device, threads, data folder)
-comes separately as `runtime`, so a resumed sweep may change it; each dataset travels once per node in `datasets`.
+Tune's config is what sets the trial apart within its group (`trainables.tune_config`), so Tune's tables, result
+files and `ResultGrid.get_dataframe()` show the settings that vary; the group's shared ones come once as `shared`.
+Where it runs (device, threads, data folder) comes separately as `runtime`, so a resumed sweep may change it; each
+dataset travels once per node in `datasets`.
 """
 
 from __future__ import annotations
@@ -18,25 +19,14 @@ import ray
 from ray import tune
 
 from ap_core import ArrayDataset, CycleResult, TrialConfig, run_trial
+from trainables.tune_config import trial_config
 
-# Tune's Repeater numbers the repeats of one searched point 0, 1, ...: they are the point's seeds 1, 2, ...
-REPEAT_INDEX = "__trial_index__"
-# A planned trial's name, handed out with its settings (tune_runner.PlannedTrials): data, not a setting.
-TRIAL_NAME = "trial_name"
-NOT_SETTINGS = (REPEAT_INDEX, TRIAL_NAME)
-# Metrics Tune keeps as its own numbers (the tables, searches and schedulers read them). Tune keeps running
-# statistics of every number a trial reports, in every trial's saved state, so the rest (per-layer DNR, density,
-# dead units, losses, ...) travel packed as one JSON string, `PACKED_METRICS`, unpacked for MLflow.
-TUNE_METRICS = (
-    "cycle",
-    "weights_remaining",
-    "params_remaining",
-    "channels_remaining",
-    "flops_remaining",
-    "test_acc",
-    "val_acc",
-    "dnr",
-)
+# Metrics Tune keeps as its own numbers (the weights-remaining tables, searches and schedulers read them). Tune
+# keeps running statistics of every number a trial reports, in every trial's saved state, so the rest (what remains
+# of channels, parameters and FLOPs, per-layer DNR, density, dead units, losses, ...) travel packed as one JSON
+# string, `PACKED_METRICS`, unpacked for MLflow and for the report's rows (`ROW_METRICS`).
+TUNE_METRICS = ("cycle", "weights_remaining", "test_acc", "val_acc", "dnr")
+ROW_METRICS = (*TUNE_METRICS, "params_remaining", "channels_remaining", "flops_remaining")
 PACKED_METRICS = "more_metrics"
 # Inside every checkpoint: each cycle's metrics so far, and the trial's artifacts as of that cycle.
 HISTORY_FILE = "cycles.json"
@@ -44,14 +34,6 @@ ARTIFACTS_DIR = "artifacts"
 
 # Draws a trial's artifacts (name, every cycle's metrics so far) into a folder; runs where the trial runs.
 ArtifactWriter = Callable[[Path, str, list[dict[str, float]]], None]
-
-
-def trial_config(config: Mapping[str, Any], runtime: Mapping[str, Any] | None = None) -> TrialConfig:
-    """The TrialConfig of a Tune config (plus the sweep's runtime settings)."""
-    values = {k: v for k, v in config.items() if k not in NOT_SETTINGS}
-    if REPEAT_INDEX in config:
-        values["seed"] = int(config[REPEAT_INDEX]) + 1
-    return TrialConfig.from_dict({**values, **(runtime or {})})
 
 
 def dataset_key(config: TrialConfig) -> str:
@@ -64,8 +46,9 @@ def train_trial(
     runtime: Mapping[str, Any] | None = None,
     datasets: Mapping[str, ray.ObjectRef] | None = None,
     write_artifacts: ArtifactWriter | None = None,
+    shared: Mapping[str, Any] | None = None,
 ) -> None:
-    """Run the trial whose experiment settings are `config`, resuming from Tune's checkpoint when there is one.
+    """Run the trial whose experiment settings are `config` over `shared`, resuming from Tune's checkpoint if any.
 
     `datasets` maps `dataset_key`s to object refs of loaded `ArrayDataset`s (a trial whose dataset is not there
     loads it itself). `write_artifacts` draws the trial's artifacts into every checkpoint, here on the worker, so
@@ -73,7 +56,7 @@ def train_trial(
     """
     # Ray Train logs one INFO line per persisted checkpoint: one per cycle per trial, thousands per sweep.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    settings = trial_config(config, runtime)
+    settings = trial_config(config, runtime, shared)
     dataset: ArrayDataset | None = None
     if datasets and dataset_key(settings) in datasets:
         dataset = ray.get(datasets[dataset_key(settings)])

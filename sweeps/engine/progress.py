@@ -9,7 +9,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from tqdm import tqdm
 
-from trainables.pruning_trial import trial_config
+from sweeps.engine.spec import TrialCatalog
 
 REFRESH_SECONDS = 1.0
 
@@ -21,9 +21,10 @@ class OverallProgress(Callback):
     looks at every trial, for those a resumed sweep had already ended.
     """
 
-    def __init__(self, total_cycles: int, description: str) -> None:
+    def __init__(self, total_cycles: int, description: str, catalog: TrialCatalog) -> None:
         self.total_cycles = total_cycles
         self.description = description
+        self.catalog = catalog
         self._bar: tqdm | None = None
         self._last_refresh = 0.0
         self._ended_cycles = 0  # planned cycles of every ended trial
@@ -64,7 +65,7 @@ class OverallProgress(Callback):
         self._last_cycle.pop(trial.trial_id, None)
         if trial.trial_id not in self._ended:
             self._ended.add(trial.trial_id)
-            self._ended_cycles += trial_config(trial.config).cycles + 1
+            self._ended_cycles += self.catalog.trial_of(trial.config, trial.trial_id).config.cycles + 1
             self._failed += trial.status == Trial.ERROR
 
     def _update(self, trials: list[Trial]) -> None:

@@ -16,7 +16,7 @@ from sweeps.engine.hparams_file import Hparams, write_hparams
 from sweeps.engine.result_table import DEFAULT_POOL_BELOW, PRINTED_LEVELS, SweepTable, build_table
 from sweeps.engine.spec import SweepPlan
 from sweeps.engine.sweep_state import CYCLES_FILE
-from trainables.pruning_trial import TUNE_METRICS, trial_config
+from trainables.pruning_trial import PACKED_METRICS, ROW_METRICS
 
 Outcome = tuple[Result, str]  # a trial's result and FINISHED, FAILED or unfinished
 
@@ -34,16 +34,16 @@ def collect(outcomes: list[Outcome], plan: SweepPlan) -> tuple[pd.DataFrame, lis
     for result, outcome in outcomes:
         if result.config is None:  # never started before Ctrl-C
             continue
-        config = trial_config(result.config)
-        trial = catalog.describe(config, str((result.metrics or {}).get("trial_id", "")))
+        trial = catalog.trial_of(result.config, str((result.metrics or {}).get("trial_id", "")))
+        config = trial.config
         if outcome == "FAILED":
             failed.append(trial.name)
             continue
         history = result.metrics_dataframe
         if history is None or history.empty or "cycle" not in history:
             continue
-        cycles = history.drop_duplicates("cycle", keep="last").sort_values("cycle")
-        frame = cycles[[c for c in TUNE_METRICS if c in cycles]].assign(
+        cycles = unpacked(history.drop_duplicates("cycle", keep="last").sort_values("cycle"))
+        frame = cycles[[c for c in ROW_METRICS if c in cycles]].assign(
             trial=trial.name, group=trial.group, **trial.labels, **{k: getattr(config, k) for k in axes}
         )
         frames.append(frame.assign(final_cycle=config.cycles))
@@ -54,6 +54,14 @@ def collect(outcomes: list[Outcome], plan: SweepPlan) -> tuple[pd.DataFrame, lis
     if not rows.empty:
         rows["level"] = rows["weights_remaining"].round(1)
     return rows, sorted(failed), unfinished
+
+
+def unpacked(cycles: pd.DataFrame) -> pd.DataFrame:
+    """A trial's per-cycle rows with the metrics it reported packed (`PACKED_METRICS`) as columns of their own."""
+    if PACKED_METRICS not in cycles:
+        return cycles
+    packed = pd.DataFrame([json.loads(text) for text in cycles[PACKED_METRICS]], index=cycles.index)
+    return cycles.join(packed[[c for c in packed if c not in cycles]])
 
 
 def trial_outcomes(results: Iterable[Result], experiment_path: str) -> list[Outcome]:

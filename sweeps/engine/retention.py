@@ -5,7 +5,7 @@ times it forces a snapshot of the whole experiment's state: a JSON dump of every
 trial grew with its number of trials. Here a checkpoint is deleted only once no saved snapshot can point at it:
 it is older than what the previous snapshot recorded for its trial (the one being written now records newer
 ones), and it is not among the trial's newest `KEEP`. So `--resume` after a crash always finds the checkpoint
-the last snapshot names.
+the last snapshot names. Each trial's saved state names its newest checkpoint only (`forget_older_checkpoints`).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class CheckpointRetention(Callback):
     def on_checkpoint(self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Checkpoint, **info: Any):
         self._filesystem = checkpoint.filesystem
         self._trials.setdefault(trial.trial_id, _TrialCheckpoints()).paths.append(checkpoint.path)
+        forget_older_checkpoints(trial)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._end(trial)
@@ -88,3 +89,16 @@ class CheckpointRetention(Callback):
             if not self._warned:
                 self._warned = True
                 print(f"warning: cannot delete old checkpoint {path} ({err}); others may stay too", file=sys.stderr)
+
+
+def forget_older_checkpoints(trial: Trial) -> None:
+    """Tune is about to register a trial's new checkpoint: drop the ones it listed before from its saved state.
+
+    Tune lists every checkpoint a trial made, for `num_to_keep`'s ranking (unused here: the newest is the one
+    resumed, and Tune holds it apart), in every snapshot: without this a trial's saved state grows by a
+    checkpoint per cycle, and a snapshot with the trials x cycles of the sweep.
+    """
+    manager = trial.run_metadata.checkpoint_manager
+    if manager is not None and manager.latest_checkpoint_result is not None:
+        manager._checkpoint_results.clear()  # Tune's own list; no public way to shorten it without num_to_keep
+        trial.run_metadata.invalidate_cache()

@@ -17,6 +17,7 @@ from typing import Any
 
 from ap_core import TrialConfig
 from ap_core.errors import ConfigError
+from trainables.tune_config import TRIAL_NAME, trial_config
 
 
 def _copy(mapping: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -272,9 +273,15 @@ class TrialCatalog:
         numbered: bool,
     ) -> None:
         self._planned = {_identity(t.config): t for t in trials}
+        self._by_name = {t.name: t for t in trials}
         self._groups = {(g.base.dataset, g.base.model, g.base.method): g for g in groups}
         self._axes = axes
         self._numbered = numbered  # sampled points may repeat: Tune's trial number keeps their names apart
+
+    def trial_of(self, tune_config: Mapping[str, Any], trial_id: str = "") -> PlannedTrial:
+        """The trial a Tune config stands for: a planned trial by the name it carries, or a searched point."""
+        planned = self._by_name.get(str(tune_config.get(TRIAL_NAME, "")))
+        return planned if planned is not None else self.describe(trial_config(tune_config), trial_id)
 
     def describe(self, config: TrialConfig, trial_id: str = "") -> PlannedTrial:
         """The trial `config` belongs to; a sampled search point's name ends with Tune's trial number."""

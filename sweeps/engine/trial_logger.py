@@ -31,7 +31,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from sweeps.engine.report import Outcome
 from sweeps.engine.spec import PlannedTrial, TrialCatalog
 from sweeps.engine.tracking import PARENT_TAG, TRACKING_ERRORS, ParentRun, now_ms, short_error
-from trainables.pruning_trial import ARTIFACTS_DIR, PACKED_METRICS, trial_config
+from trainables.pruning_trial import ARTIFACTS_DIR, PACKED_METRICS
 
 # Bookkeeping Tune adds to every result; the trial's own metrics are everything else that is numeric.
 NOT_METRICS = {*AUTO_RESULT_KEYS, "done", "trial_id", "checkpoint_dir_name", "should_checkpoint"}
@@ -91,7 +91,7 @@ class MlflowTrialLogger(Callback):
 
         Raises what the client raises when MLflow cannot be reached.
         """
-        planned = self.catalog.describe(trial_config(result.config), str((result.metrics or {}).get("trial_id", "")))
+        planned = self.catalog.trial_of(result.config, str((result.metrics or {}).get("trial_id", "")))
         run_id, status = self._find_run(planned.name)
         if run_id is None:
             run_id, status = self._create_run(planned, str((result.metrics or {}).get("trial_id", ""))), "RUNNING"
@@ -150,7 +150,7 @@ class MlflowTrialLogger(Callback):
     # ---- helpers ----------------------------------------------------------------------------------------------
 
     def _planned(self, trial: Trial) -> PlannedTrial:
-        return self.catalog.describe(trial_config(trial.config), trial.trial_id)
+        return self.catalog.trial_of(trial.config, trial.trial_id)
 
     def _run(self, trial: Trial) -> tuple[str, int]:
         """The trial's child run (created on first sight, found again after a resume) and its last step."""

@@ -32,7 +32,8 @@ from sweeps.engine.spec import SweepPlan, TrialCatalog, searched_trial_name
 from sweeps.engine.tracking import ParentRun
 from sweeps.engine.trial_artifacts import write_trial_artifacts
 from sweeps.engine.trial_logger import MlflowTrialLogger
-from trainables.pruning_trial import TRIAL_NAME, train_trial, trial_config
+from trainables.pruning_trial import train_trial
+from trainables.tune_config import TRIAL_NAME, trial_config
 from trainables.worker_setup import SETUP_HOOK
 
 # Searches are judged on the held-out validation split (the hparam_grid presets set val_fraction).
@@ -57,16 +58,21 @@ def run_experiments(
     os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
     dataset_refs = {key: ray.put(data) for key, data in datasets.items()}
     datasets.clear()  # the object store holds them now; free the driver's copies
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            train_trial, runtime=dict(runtime), datasets=dataset_refs, write_artifacts=write_trial_artifacts
-        ),
-        {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
-    )
     catalog = plan.catalog()
     grids = []
     for group in plan.groups:
         path = experiments[group]
+        shared = planned_points(plan, group)[0] if plan.search is None else {}
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                train_trial,
+                runtime=dict(runtime),
+                shared=shared,
+                datasets=dataset_refs,
+                write_artifacts=write_trial_artifacts,
+            ),
+            {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
+        )
         if continuing and tune.Tuner.can_restore(path):
             print(f"resuming {path}")
             state_signing.verify(path)  # nothing unpickled unless this user's sweep wrote it (issue #15.1)
@@ -131,15 +137,13 @@ def _tuner(
 ) -> tune.Tuner:
     if plan.search is None:
         trials = plan.trials_of(group)
-        constants, points = split_settings([t.config.experiment_settings() for t in trials])
-        # The name travels as data on the trial (Tune stores its namer with every trial: it must stay small).
-        points = [{**point, TRIAL_NAME: t.name} for point, t in zip(points, trials, strict=True)]
+        points = planned_points(plan, group)[1]
         # Tune creates as many trials as its searcher's ConcurrencyLimiter allows: enough to fill every free slot
         # and queue as many again, so a slot that frees up is refilled at once, while the rest of the plan waits
         # in the searcher as plain data instead of as thousands of Tune trials.
         limit = options.max_concurrent or 2 * trials_at_once(options.cpus_per_trial, options.gpus_per_trial)
         search_alg = ConcurrencyLimiter(PlannedTrials(points), max_concurrent=limit)
-        param_space, num_samples = constants, len(points)
+        param_space, num_samples = {}, len(points)  # the group's shared settings come with the trainable
         cycles = [t.config.cycles + 1 for t in trials]
         namer = TrialNamer()
     else:
@@ -152,7 +156,7 @@ def _tuner(
     if parent is not None:
         callbacks.append(MlflowTrialLogger(parent, catalog, sweep_tags))
     if options.progress:
-        callbacks.append(OverallProgress(sum(cycles), group or path.rpartition("/")[2]))
+        callbacks.append(OverallProgress(sum(cycles), group or path.rpartition("/")[2], catalog))
     storage_path, _, name = path.rpartition("/")
     searching = plan.search is not None and search is not None
     return tune.Tuner(
@@ -183,6 +187,17 @@ def _tuner(
     )
 
 
+def planned_points(plan: SweepPlan, group: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A planned group's shared settings, and per trial its Tune config: its name and the settings that differ.
+
+    The name travels as data on the trial (Tune stores its namer with every trial: it must stay small), and the
+    shared settings once, with the trainable: Tune copies a trial's config into its saved state five times over.
+    """
+    trials = plan.trials_of(group)
+    shared, points = split_settings([t.config.experiment_settings() for t in trials])
+    return shared, [{**point, TRIAL_NAME: t.name} for point, t in zip(points, trials, strict=True)]
+
+
 def split_settings(settings: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The settings every trial shares (Tune's constants) and, per trial, the ones that differ."""
     shared = {k: v for k, v in settings[0].items() if all(s[k] == v for s in settings[1:])}
@@ -201,7 +216,7 @@ def search_setup(plan: SweepPlan, group: str, search: SearchOptions) -> tuple[di
         # random: one draw per sample, kept the same across the seed grid, so every point runs on every seed
         generator = BasicVariantGenerator(constant_grid_search=True, random_state=search.search_seed)
         return space, generator, 1 if plan.search_mode == "grid" else points
-    del space["seed"]  # the Repeater's index is the seed (trainables.pruning_trial.trial_config)
+    del space["seed"]  # the Repeater's index is the seed (trainables.tune_config.trial_config)
     searcher = _searcher(plan.search_mode, search.search_seed)
     return space, Repeater(searcher, repeat=plan.seeds, set_index=True), points * plan.seeds
 
