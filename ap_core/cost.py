@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from ap_core.array_dataset import ArrayDataset
 from ap_core.config import TrialConfig
-from ap_core.data import ArrayDataset
 from ap_core.trial import Trial
 
 MIB = 2**20

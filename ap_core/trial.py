@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ap_core.array_dataset import ArrayDataset
 from ap_core.checkpoint import CHECKPOINT_FILE, check_same_experiment, read_checkpoint, write_checkpoint
 from ap_core.config import TrialConfig
-from ap_core.data import ArrayDataset
 from ap_core.dnr import DeadNeuronCounter, count_dead_units, fired_units
 from ap_core.environment import check_compile_toolchain, prepare_environment
 from ap_core.errors import ConfigError, NonFiniteLossError
