@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from ap_core.array_dataset import ArrayDataset
+from ap_core.channel_graph import channel_layout
+from ap_core.channel_removal import ChannelRemoval
 from ap_core.checkpoint import CHECKPOINT_FILE, check_same_experiment, read_checkpoint, write_checkpoint
 from ap_core.config import TrialConfig
 from ap_core.dnr import DeadNeuronCounter, count_dead_units, fired_units
@@ -35,7 +37,7 @@ from ap_core.errors import ConfigError, NonFiniteLossError
 from ap_core.hooks import CycleContext, TrainingHook
 from ap_core.masks import Mask
 from ap_core.models import build_model
-from ap_core.network import ChannelRemoval, PrunableNet, Reference, channel_layout
+from ap_core.network import PrunableNet, Reference
 from ap_core.pruning import METHODS, PruneRequest, prune_step, target_alive
 from ap_core.recorder import EpochFigures
 from ap_core.results import CycleResult

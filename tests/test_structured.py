@@ -9,10 +9,11 @@ from conftest import comparable, resumed_from_checkpoint_where, run_killed_after
 from torch import nn
 
 from ap_core import ConfigError, TrialConfig, build_model, load_dataset, run_trial
+from ap_core.channel_graph import find_channel_groups
 from ap_core.dnr import fired_units
 from ap_core.hooks import CycleContext
 from ap_core.masks import Mask
-from ap_core.network import PrunableNet, find_channel_groups
+from ap_core.network import PrunableNet
 from ap_core.pruning import METHODS
 from ap_core.pruning.channels import lowest_channels
 from ap_core.pruning.demp import DemonHook, DempHparams, dead_channels, schedule_factor
