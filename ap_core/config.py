@@ -199,7 +199,7 @@ class TrialConfig:
         return cls(**values)
 
 
-# Where a trial runs and how fast: a resumed trial may change them (ap_core.trial checks the device type).
+# Where a trial runs and how fast: a resumed trial may change them (ap_core.checkpoint checks the device type).
 # On a CPU, results are bit-identical only for the same cpu_threads (reduction order follows the threads).
 RUNTIME_FIELDS = frozenset(f.name for f in dataclasses.fields(TrialConfig) if f.metadata.get("runtime"))
 

@@ -10,6 +10,7 @@ the removal itself and the kept indices from `ap_core.channel_removal`.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -124,6 +125,10 @@ class PrunableNet:
             channels=100.0 * self.channels() / self.dense.channels if self.dense.channels else 100.0,
             flops=100.0 * self.flops() / self.dense.flops if self.dense.flops else 100.0,
         )
+
+    def snapshot(self, key: Reference) -> None:
+        """Keep the model's whole state as reference `key` (INIT, REWIND), a copy that later training leaves alone."""
+        self.references[key] = copy.deepcopy(self.model.state_dict())
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The prunable weights (detached), keyed like the mask."""
