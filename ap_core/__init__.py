@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 # public name -> the module that defines it
 _EXPORTS = {
     "TrialConfig": "ap_core.config",
-    "DATASETS": "ap_core.data",
-    "ArrayDataset": "ap_core.data",
-    "load_dataset": "ap_core.data",
+    "DATASETS": "ap_core.datasets",
+    "ArrayDataset": "ap_core.array_dataset",
+    "load_dataset": "ap_core.datasets",
     "DeadRate": "ap_core.dnr",
     "DeadUnits": "ap_core.dnr",
     "count_dead_units": "ap_core.dnr",
@@ -63,8 +63,9 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from ap_core.array_dataset import ArrayDataset
     from ap_core.config import TrialConfig
-    from ap_core.data import DATASETS, ArrayDataset, load_dataset
+    from ap_core.datasets import DATASETS, load_dataset
     from ap_core.dnr import DeadRate, DeadUnits, count_dead_units, measure_dnr
     from ap_core.errors import ConfigError, DatasetUnavailableError, NonFiniteLossError
     from ap_core.masks import Mask

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ap_core.data import DATASETS
+from ap_core.datasets import DATASETS
 from ap_core.errors import ConfigError
 from ap_core.models import MODELS
 from ap_core.pruning import METHODS

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from ap_core.config import TrialConfig, add_dataclass_arguments, dataclass_overrides
+from ap_core.config import TrialConfig
+from ap_core.dataclass_flags import add_dataclass_arguments, dataclass_overrides
 from ap_core.errors import ConfigError, NonFiniteLossError
 from ap_core.paths import check_writable_dir, check_writable_file
 from ap_core.results import CycleResult

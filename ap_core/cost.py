@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from ap_core.array_dataset import ArrayDataset
 from ap_core.config import TrialConfig
-from ap_core.data import ArrayDataset
 from ap_core.trial import Trial
 
 MIB = 2**20
@@ -58,15 +58,16 @@ def peak_host_mib() -> float:
 def epoch_timer(config: TrialConfig, dataset: ArrayDataset | None = None) -> tuple[Trial, Callable[[], float]]:
     """A trial at the start of its dense cycle and a function that trains its next epoch and returns the seconds.
 
-    The epoch is the trial's own (`Trial.train_epoch`): batches, masking, DNR counting, the loss read back and
-    the test set evaluated; it ends with values read back to the host, so the device has finished.
+    The epoch is the trial's own (`CycleRunner.train_epoch`): batches, masking, DNR counting, the loss read back
+    and the test set evaluated; it ends with values read back to the host, so the device has finished.
     """
     trial = Trial(config, dataset)
-    trial.begin_cycle()
+    dense_cycle = trial.current_cycle
+    dense_cycle.begin()
 
     def next_epoch() -> float:
         started = time.perf_counter()
-        trial.train_epoch()
+        dense_cycle.train_epoch()
         return time.perf_counter() - started
 
     return trial, next_epoch

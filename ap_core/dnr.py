@@ -45,7 +45,8 @@ class DeadNeuronCounter:
         self.layers = activation_layers(model)
         self.enabled = False
         device = next(model.parameters()).device
-        self._alive = [torch.zeros((), dtype=torch.float64, device=device) for _ in self.layers]
+        # Per activation layer, the alive outputs since the last reset: a float64 scalar on the model's device.
+        self.alive_counts = [torch.zeros((), dtype=torch.float64, device=device) for _ in self.layers]
         self._seen_traced = [torch.zeros((), dtype=torch.float64, device=device) for _ in self.layers]
         self._seen = [0] * len(self.layers)
         self._handles = [
@@ -60,7 +61,7 @@ class DeadNeuronCounter:
             # Detached, counting stays out of autograd: otherwise every batch's graph is chained into the counter.
             values = output.detach()
             positive = values if nonnegative else values.clamp(min=0)
-            self._alive[index].add_(positive.sign().sum(dtype=torch.float32))
+            self.alive_counts[index].add_(positive.sign().sum(dtype=torch.float32))
             if torch.compiler.is_compiling():
                 self._seen_traced[index].add_(values.numel())
             else:
@@ -70,13 +71,13 @@ class DeadNeuronCounter:
 
     def reset(self) -> None:
         if self.layers:
-            torch._foreach_zero_(self._alive + self._seen_traced)
+            torch._foreach_zero_(self.alive_counts + self._seen_traced)
         self._seen = [0] * len(self.layers)
 
     def read(self) -> DeadRate:
         """Dead rates since the last reset (one device->host copy)."""
         n = len(self.layers)
-        counts = torch.stack(self._alive + self._seen_traced).tolist() if n else []
+        counts = torch.stack(self.alive_counts + self._seen_traced).tolist() if n else []
         alive = [round(a) for a in counts[:n]]
         seen = [eager + round(traced) for eager, traced in zip(self._seen, counts[n:], strict=True)]
         dead = [s - a for s, a in zip(seen, alive, strict=True)]

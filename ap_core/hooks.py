@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from ap_core.network import ChannelRemoval, PrunableNet
+    from ap_core.channel_removal import ChannelRemoval
+    from ap_core.network import PrunableNet
 
 
 class TrainingHook:

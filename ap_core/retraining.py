@@ -1,13 +1,15 @@
 """Retraining schemes: what a pruned network restarts from, and at which learning rate it trains.
 
 One class per scheme behind a registry; the trial calls `rewind` once when a pruning cycle begins and
-`learning_rate` every step, so adding a scheme touches nothing else.
+`learning_rate` every step, so adding a scheme touches nothing else. A scheme that `needs_rewind_point` gets a
+`RewindPoint` hook in cycle 0.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ap_core.hooks import TrainingHook
 from ap_core.network import Reference
 from ap_core.registry import Registry
 from ap_core.settings import RetrainingSettings
@@ -53,6 +55,17 @@ class RewindToIteration(Retraining):
     def rewind(self, net: PrunableNet, settings: RetrainingSettings) -> int:
         net.model.load_state_dict(net.references[Reference.REWIND])
         return settings.rewind_step
+
+
+class RewindPoint(TrainingHook):
+    """During cycle 0, snapshot the weights just before optimizer step k (late rewinding's restart point)."""
+
+    def __init__(self, net: PrunableNet, step: int) -> None:
+        self.net, self.step = net, step
+
+    def before_step(self, step: int) -> None:
+        if step == self.step:
+            self.net.snapshot(Reference.REWIND)
 
 
 @RETRAINING.register("lr_rewind")

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 
 import torch
 
+from ap_core.array_dataset import ArrayDataset
+from ap_core.batches import eval_batches, train_batches
 from ap_core.config import TrialConfig
-from ap_core.data import ArrayDataset, eval_batches, load_dataset, train_batches
+from ap_core.datasets import load_dataset
 from ap_core.errors import ConfigError
 
 EVAL_BATCH_SIZE = 1000

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 import torch
 
 from ap_core import ArrayDataset, Mask, build_model, prune
-from ap_core.data import CIFAR10_MEAN, CIFAR10_STD, cifar_like, train_batches
+from ap_core.batches import train_batches
+from ap_core.datasets import CIFAR10_MEAN, CIFAR10_STD, cifar_like
 from ap_core.dnr import DeadNeuronCounter
 from ap_core.network import PrunableNet
 from ap_core.settings import OptimizerSettings

@@ -30,7 +30,8 @@ from harness import synchronize
 from torch import nn
 
 from ap_core import build_model
-from ap_core.network import find_channel_groups, remove_channels
+from ap_core.channel_graph import find_channel_groups
+from ap_core.channel_removal import remove_channels
 from ap_core.pruning.channels import lowest_channels
 from ap_core.training import resolve_device
 

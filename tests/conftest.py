@@ -191,7 +191,8 @@ def resumed_from_checkpoint_where(config, dataset, folder: Path, monkeypatch, wa
     """Run a trial writing checkpoints, keep the first one whose `meta` satisfies `wanted`, and resume a fresh trial
     from it; returns the resumed trial's results."""
     from ap_core import run_trial
-    from ap_core.trial import CHECKPOINT_FILE, Trial, read_checkpoint
+    from ap_core.checkpoint import CHECKPOINT_FILE, read_checkpoint
+    from ap_core.trial import Trial
 
     kept = folder / "resume" / CHECKPOINT_FILE
     original_save = Trial.save

@@ -6,9 +6,10 @@ from conftest import comparable, run_killed_after_cycle
 from torch import nn
 
 from ap_core import ConfigError, TrialConfig, build_model, load_dataset, run_trial
+from ap_core.channel_graph import channel_layout
 from ap_core.dnr import fired_units
 from ap_core.masks import Mask
-from ap_core.network import PrunableNet, channel_layout
+from ap_core.network import PrunableNet
 from ap_core.pruning.demp import dead_channels
 from ap_core.settings import OptimizerSettings
 from ap_core.training import build_optimizer

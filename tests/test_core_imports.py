@@ -81,3 +81,33 @@ def test_config_is_plain_data_at_the_bottom_of_the_graph():
     assert graph["ap_core.settings"] <= {"ap_core.errors"}
     for module in ("ap_core.training", "ap_core.network", "ap_core.retraining", "ap_core.pruning.base"):
         assert "ap_core.config" not in graph[module], module
+
+
+MAX_MODULE_LINES = 250
+
+
+def test_every_ap_core_module_stays_under_250_lines():
+    """A module that outgrows this holds more than one idea: split it along its seams (issue 17)."""
+    too_long = {
+        str(path.relative_to(CORE.parent)): n
+        for path in sorted(CORE.rglob("*.py"))
+        if (n := len(path.read_text().splitlines())) >= MAX_MODULE_LINES
+    }
+    assert not too_long, f"modules of {MAX_MODULE_LINES} lines or more: {too_long}"
+
+
+def test_no_module_imports_another_modules_private_names():
+    """`from ap_core.x import _name` anywhere in the project: make the name public or move the code that needs it."""
+    root = CORE.parent
+    offenders = [
+        f"{path.relative_to(root)}:{node.lineno} imports {node.module}.{alias.name}"
+        for folder in ("ap_core", "trainables", "sweeps", "benchmarks", "tests")
+        for path in sorted((root / folder).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom)
+        and node.module
+        and node.module.split(".")[0] in ("ap_core", "sweeps", "trainables")
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
+    assert not offenders, "\n".join(offenders)

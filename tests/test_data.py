@@ -17,14 +17,9 @@ import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import calculate_md5
 
-from ap_core.data import (
-    DATASETS,
-    ArrayDataset,
-    augment_batch,
-    eval_batches,
-    load_dataset,
-    train_batches,
-)
+from ap_core.array_dataset import ArrayDataset
+from ap_core.batches import augment_batch, eval_batches, train_batches
+from ap_core.datasets import DATASETS, load_dataset
 from ap_core.errors import ConfigError, DatasetUnavailableError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)

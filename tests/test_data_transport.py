@@ -17,7 +17,7 @@ import ray
 import torch
 
 from ap_core import ArrayDataset, TrialConfig, load_dataset, run_trial
-from ap_core.data import train_batches
+from ap_core.batches import train_batches
 
 pytestmark = pytest.mark.integration
 

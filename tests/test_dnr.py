@@ -81,6 +81,6 @@ def test_counting_stays_out_of_autograd():
     counter.enabled = True
     for _ in range(3):
         net(torch.randn(4, 2, requires_grad=True)).sum().backward()
-    counts = [c for c in counter._alive if c is not None]
+    counts = [c for c in counter.alive_counts if c is not None]
     assert len(counts) == 2
     assert not any(c.requires_grad or c.grad_fn is not None for c in counts)

@@ -9,16 +9,17 @@ from conftest import comparable, resumed_from_checkpoint_where, run_killed_after
 from torch import nn
 
 from ap_core import ConfigError, TrialConfig, build_model, load_dataset, run_trial
+from ap_core.channel_graph import find_channel_groups
+from ap_core.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from ap_core.dnr import fired_units
 from ap_core.hooks import CycleContext
 from ap_core.masks import Mask
-from ap_core.network import PrunableNet, find_channel_groups
+from ap_core.network import PrunableNet
 from ap_core.pruning import METHODS
 from ap_core.pruning.channels import lowest_channels
 from ap_core.pruning.demp import DemonHook, DempHparams, dead_channels, schedule_factor
 from ap_core.pruning.rni import BoundedBatchNorm2d, receding_penalty
 from ap_core.training import build_optimizer
-from ap_core.trial import CHECKPOINT_FILE, read_checkpoint
 
 DIGITS_IMAGE = torch.zeros(1, 1, 8, 8)
 QUICK = {"dataset": "digits", "epochs": 2, "cycles": 2, "cpu_threads": 1, "max_train_samples": 256}

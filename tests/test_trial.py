@@ -12,11 +12,12 @@ import torch
 from conftest import comparable, fixed_seed_recording, resumed_from_checkpoint_where, run_killed_after_cycle
 
 from ap_core import MODELS, ConfigError, DatasetUnavailableError, TrialConfig, build_model, load_dataset, run_trial
+from ap_core.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from ap_core.dnr import activation_layers
 from ap_core.pruning import weight_methods
 from ap_core.retraining import RETRAINING
 from ap_core.training import lr_factor
-from ap_core.trial import CHECKPOINT_FILE, Trial, read_checkpoint
+from ap_core.trial import Trial
 
 QUICK = {"model": "mlp", "dataset": "digits", "epochs": 2, "cycles": 3, "cpu_threads": 1}
 

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ap_core.channel_graph import NORM_TYPES, ChannelGroup
 from ap_core.dnr import NONNEGATIVE_ACTIVATIONS
 from ap_core.errors import ConfigError
-from ap_core.network import NORM_TYPES, ChannelGroup, PrunableNet
+from ap_core.network import PrunableNet
 from ap_core.pruning.base import PruningMethod, Removal
 
 

@@ -189,8 +189,8 @@ def execute_claimed(plan: SweepPlan, args: ParsedArgs, name: str, results_dir: P
         tracking.check_parent_run(tracking_uri, state.parent_run_id, sweep_dir / STATE_FILE)
     runtime = runtime_settings(plan)
     if not options.address:  # trials run on this machine: what they would refuse at start is refused now
+        from ap_core.environment import check_compile_toolchain
         from ap_core.training import resolve_device
-        from ap_core.trial import check_compile_toolchain
 
         check_compile_toolchain(str(runtime["torch_compile"]), resolve_device(str(runtime["device"])))
     datasets = load_datasets(plan)  # missing data fails here, before anything starts

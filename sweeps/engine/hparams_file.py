@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ap_core.config import TrialConfig, coerce_setting
+from ap_core.config import TrialConfig
 from ap_core.errors import ConfigError
+from ap_core.settings import coerce_setting
 from sweeps.engine.options import AXIS_FIELDS
 
 Hparams = dict[str, dict[str, dict[str, Any]]]

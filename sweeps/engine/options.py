@@ -9,7 +9,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ap_core.config import TrialConfig, add_dataclass_arguments, dataclass_overrides
+from ap_core.config import TrialConfig
+from ap_core.dataclass_flags import add_dataclass_arguments, dataclass_overrides
 from ap_core.errors import ConfigError
 from sweeps.engine.spec import SweepSpec
 
