@@ -45,7 +45,7 @@ def test_report_shows_the_delta_and_pooled_rows_in_mlflows_artifact_view(
     if browser is None:
         pytest.skip("no chromium on the PATH (Debian: apt-get install chromium)")
     plan = expand(SPEC, "smoke", overrides={"device": "cpu"})
-    parent = tracking.start_parent_run(mlflow_server.uri, "report-browser", None, "parent", {}, {})
+    parent = tracking.TrackingStore(mlflow_server.uri).start_parent_run("report-browser", None, "parent", {}, {})
     client = MlflowClient(mlflow_server.uri)
     client.create_run(parent.experiment_id, tags={"mlflow.parentRunId": parent.run_id}, run_name="mlp-gp-ap-seed1")
     rows = sweep_rows(plan)

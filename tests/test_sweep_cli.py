@@ -23,7 +23,7 @@ from sweeps import hparam_grid, table1
 from sweeps.cli import SWEEPS
 from sweeps.engine.driver import main
 from sweeps.engine.options import SweepError
-from sweeps.engine.tracking import check_tracking_uri
+from sweeps.engine.tracking_checks import check_tracking_uri
 
 # The paper's protocol (paper-protocol.md): ResNet-20 and VGG-19 on CIFAR-10, AP on/off, 5 seeds, 16 cycles of
 # 160 epochs (+ the dense cycle); the hyperparameter grid 5 batch sizes x 50 learning rates x 22 epoch counts.

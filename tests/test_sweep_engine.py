@@ -262,7 +262,9 @@ def test_best_point_is_chosen_by_its_mean_validation_accuracy_over_seeds_among_c
 
 def test_trial_logger_writes_one_child_run_per_trial_and_skips_steps_it_has(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    parent = tracking.start_parent_run(uri, "unit", None, "unit parent", {"sweep": "unit"}, {"preset": "smoke"})
+    parent = tracking.TrackingStore(uri).start_parent_run(
+        "unit", None, "unit parent", {"sweep": "unit"}, {"preset": "smoke"}
+    )
     trial = SMOKE.by_name()["mlp-gp-ap-seed1"]
     tune_trial = Trial("train_trial", config=trial.config.experiment_settings(), trial_id="abc12_00000", stub=True)
     result = {
@@ -277,8 +279,9 @@ def test_trial_logger_writes_one_child_run_per_trial_and_skips_steps_it_has(tmp_
     logger = MlflowTrialLogger(parent, SMOKE.catalog(), {"sweep": "unit"})
     logger.on_trial_start(0, [], tune_trial)
     logger.on_trial_result(0, [], tune_trial, result)
-    # A resumed driver (a fresh logger) finds the same child run and does not log cycle 0 again.
-    again = MlflowTrialLogger(parent, SMOKE.catalog(), {"sweep": "unit"})
+    # A resumed driver (the logger as Tune unpickles it: no client, no cached runs) finds the same child run and does
+    # not log cycle 0 again.
+    again = pickle.loads(pickle.dumps(logger))
     again.on_trial_result(0, [], tune_trial, result)
     again.on_trial_result(0, [], tune_trial, {**result, "cycle": 1, "test_acc": 60.0, "weights_remaining": 80.0})
     again.on_trial_complete(0, [], tune_trial)
@@ -315,7 +318,7 @@ def test_parent_run_holds_the_protocol_headline_metrics_and_the_rendered_table(t
     assert metrics[("delta/mlp/GP/AP", 0)] == 1.5 and ("delta/mlp/GP/no AP", 0) not in metrics
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    parent = tracking.start_parent_run(uri, "view", None, "view parent", {}, params)
+    parent = tracking.TrackingStore(uri).start_parent_run("view", None, "view parent", {}, params)
     rows = rows.assign(level=rows["weights_remaining"].round(1), trial="t", dnr=0.5)  # as report.collect gives them
     client = MlflowClient(uri)
     child = client.create_run(parent.experiment_id, tags={"mlflow.parentRunId": parent.run_id}, run_name="mlp-gp-ap")
@@ -368,7 +371,7 @@ def test_trial_logger_pauses_within_seconds_when_mlflow_is_gone(capsys: pytest.C
     with socket.socket() as sock:  # a port nothing listens on: the server went away
         sock.bind(("127.0.0.1", 0))
         gone = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    parent = tracking.ParentRun(gone, "1", "parentid")
+    parent = tracking.ParentRun(tracking.TrackingStore(gone), "1", "parentid")
     trial = SMOKE.by_name()["mlp-gp-ap-seed1"]
     tune_trial = Trial("train_trial", config=trial.config.experiment_settings(), trial_id="abc12_00000", stub=True)
     logger = MlflowTrialLogger(parent, SMOKE.catalog(), {"sweep": "unit"})
@@ -383,7 +386,9 @@ def test_trial_logger_pauses_within_seconds_when_mlflow_is_gone(capsys: pytest.C
 
 def test_sync_with_tune_logs_exactly_the_missing_cycles_and_closes_the_run(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    parent = tracking.start_parent_run(uri, "unit", None, "unit parent", {"sweep": "unit"}, {"preset": "smoke"})
+    parent = tracking.TrackingStore(uri).start_parent_run(
+        "unit", None, "unit parent", {"sweep": "unit"}, {"preset": "smoke"}
+    )
     trial = SMOKE.by_name()["mlp-gp-ap-seed1"]
     settings = trial.config.experiment_settings()
     tune_trial = Trial("train_trial", config=settings, trial_id="abc12_00000", stub=True)
@@ -437,7 +442,7 @@ def test_two_sweeps_creating_one_sqlite_store_at_once_both_succeed(tmp_path: Pat
         "import sys, time; from pathlib import Path; from sweeps.engine import tracking\n"
         "print('ready', flush=True)\n"
         "while not Path(sys.argv[3]).exists(): time.sleep(0.01)\n"
-        "tracking.open_parent_run(sys.argv[1], '', '', sys.argv[2], {}, {}, None)"
+        "tracking.TrackingStore(sys.argv[1]).open_parent_run('', '', sys.argv[2], {}, {}, None)"
     )
     sweeps = [
         subprocess.Popen(

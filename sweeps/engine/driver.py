@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ap_core.config import RUNTIME_FIELDS
 from ap_core.errors import ConfigError
@@ -38,6 +39,9 @@ from sweeps.engine.sweep_state import (
     new_stamp,
     state_to_continue,
 )
+
+if TYPE_CHECKING:
+    from sweeps.engine.tracking import TrackingStore
 
 EXIT_INPUT_ERROR = 2
 EXIT_TRIALS_FAILED = 1
@@ -174,7 +178,7 @@ def execute_claimed(plan: SweepPlan, args: ParsedArgs, name: str, results_dir: P
         quiet_libraries()  # before ray is imported: it reads its log level then
     import ray
 
-    from sweeps.engine import tracking, tune_runner  # Ray and MLflow: only for a sweep that runs
+    from sweeps.engine import tracking, tracking_checks, tune_runner  # Ray and MLflow: only for a sweep that runs
 
     storage = preflight.resolve_storage(options.storage, results_dir)
     if state is not None:
@@ -183,10 +187,12 @@ def execute_claimed(plan: SweepPlan, args: ParsedArgs, name: str, results_dir: P
     if state is not None and not options.resume:
         print(f"continuing sweep {name} (same protocol, found {sweep_dir / STATE_FILE}); --overwrite starts it over")
     tracking.configure_client()
+    store = None  # not logging
     if tracking_uri:
-        tracking.check_tracking_uri(tracking_uri)
-    if state is not None and state.parent_run_id:
-        tracking.check_parent_run(tracking_uri, state.parent_run_id, sweep_dir / STATE_FILE)
+        tracking_checks.check_tracking_uri(tracking_uri)
+        store = tracking.TrackingStore(tracking_uri)  # this invocation's one MLflow client, built on first use
+        if state is not None and state.parent_run_id:
+            store.check_parent_run(state.parent_run_id, sweep_dir / STATE_FILE)
     runtime = runtime_settings(plan)
     if not options.address:  # trials run on this machine: what they would refuse at start is refused now
         from ap_core.environment import check_compile_toolchain
@@ -216,9 +222,7 @@ def execute_claimed(plan: SweepPlan, args: ParsedArgs, name: str, results_dir: P
         if not options.address:
             leftover_ray.record_session(sweep_dir)
         with console_log.tracebacks_to_log(sweep_dir):  # one line per failed trial on screen
-            return run_on_ray(
-                plan, args, name, sweep_dir, storage, tracking_uri, local_store, state, datasets, runtime, results_dir
-            )
+            return run_on_ray(plan, args, name, sweep_dir, storage, store, state, datasets, runtime, results_dir)
     finally:
         ray.shutdown()
         leftover_ray.forget_session(sweep_dir)
@@ -249,8 +253,7 @@ def run_on_ray(
     name: str,
     sweep_dir: Path,
     storage: str,
-    tracking_uri: str,
-    local_store: str,
+    store: TrackingStore | None,
     state: SweepState | None,
     datasets: dict[str, object],
     runtime: dict[str, object],
@@ -261,6 +264,7 @@ def run_on_ray(
     from sweeps.engine.trial_logger import sync_with_tune
 
     options = args.options
+    tracking_uri = store.uri if store is not None else ""
     fingerprint = plan.fingerprint()
     sweep_tags = {
         "sweep": name,
@@ -270,24 +274,25 @@ def run_on_ray(
         **tracking.code_version(),
     }
     description = plan.spec.presets[plan.preset_name].description
-    parent = tracking.open_parent_run(
-        tracking_uri,
-        state.experiment_id if state else "",
-        state.parent_run_id if state else "",
-        name,
-        tags={
-            **sweep_tags,
-            "sweep.role": "parent",
-            "sweep.flags": json.dumps(flat_options(args)),  # how it was run; the params say what it computes
-            "mlflow.note.content": f"{plan.spec.title}: {description}",
-        },
-        params={**parent_view.protocol_params(plan), "trials": str(plan.trial_count), "preset": plan.preset_name},
-        # A SQLite store (ours or the user's) keeps artifacts in the results folder, not in ./mlruns wherever the
-        # sweep was started; a server decides for itself.
-        artifact_location=(
-            (results_dir / "mlartifacts" / name).as_uri() if tracking_uri.startswith("sqlite:") else None
-        ),
-    )
+    parent = None  # not logging
+    if store is not None:
+        parent = store.open_parent_run(
+            state.experiment_id if state else "",
+            state.parent_run_id if state else "",
+            name,
+            tags={
+                **sweep_tags,
+                "sweep.role": "parent",
+                "sweep.flags": json.dumps(flat_options(args)),  # how it was run; the params say what it computes
+                "mlflow.note.content": f"{plan.spec.title}: {description}",
+            },
+            params={**parent_view.protocol_params(plan), "trials": str(plan.trial_count), "preset": plan.preset_name},
+            # A SQLite store (ours or the user's) keeps artifacts in the results folder, not in ./mlruns wherever the
+            # sweep was started; a server decides for itself.
+            artifact_location=(
+                (results_dir / "mlartifacts" / name).as_uri() if tracking_uri.startswith("sqlite:") else None
+            ),
+        )
     experiments = experiment_paths(plan, storage, name, new_stamp(), state.experiments if state else {})
     sweep_state = SweepState(
         name,
@@ -346,7 +351,7 @@ def run_on_ray(
         raise
     finally:
         if parent is not None:
-            tracking.finish_parent_run(parent, status, artifacts, summary)
+            parent.store.finish_parent_run(parent, status, artifacts, summary)
 
 
 def runtime_settings(plan: SweepPlan) -> dict[str, object]:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
 
 from sweeps.engine import plots
 from sweeps.engine.html_report import TRAINING_VIEW, ChildRun, render_report
@@ -22,8 +21,6 @@ from sweeps.engine.result_table import SweepTable
 from sweeps.engine.spec import SweepPlan
 from sweeps.engine.tracking import ParentRun, now_ms
 from sweeps.engine.tune_runner import split_settings
-
-BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
 
 
 def protocol_params(plan: SweepPlan) -> dict[str, str]:
@@ -73,25 +70,21 @@ def headline_metrics(rows: pd.DataFrame, plan: SweepPlan) -> list[Metric]:
 
 def log_results(parent: ParentRun, rows: pd.DataFrame, plan: SweepPlan, table: SweepTable | None) -> None:
     """Headline metrics, the rendered table and the HTML report on the parent run."""
-    client = MlflowClient(parent.tracking_uri)
-    metrics = headline_metrics(rows, plan)
-    for start in range(0, len(metrics), BATCH_LIMIT):
-        client.log_batch(parent.run_id, metrics=metrics[start : start + BATCH_LIMIT])
+    store = parent.store
+    store.log_metrics(parent.run_id, headline_metrics(rows, plan))
     if table is not None:
-        pooled = pooled_metrics(table)
-        if pooled:
-            client.log_batch(parent.run_id, metrics=pooled)
+        store.log_metrics(parent.run_id, pooled_metrics(table))
         # MLflow's table viewer reads a '.' in a column name as a path and shows the column empty: 51.2 -> 51·2
         cells = table.cells.reset_index()
         cells.columns = [str(c).replace(".", "·") for c in cells.columns]
-        if "table.json" not in {item.path for item in client.list_artifacts(parent.run_id)}:
-            client.log_table(parent.run_id, data=cells, artifact_file="table.json")  # it appends to one logged before
-        protocol = report_protocol(client, parent, plan)
-        page = render_report(table, protocol, _figures(rows, plan), _children(client, parent), ui_url(parent))
+        if "table.json" not in store.artifact_paths(parent.run_id):
+            store.log_table(parent.run_id, cells, "table.json")  # it appends to one logged before
+        protocol = report_protocol(parent, plan)
+        page = render_report(table, protocol, _figures(rows, plan), _children(parent), ui_url(parent))
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / REPORT_FILE
             path.write_text(page, encoding="utf-8")
-            client.log_artifact(parent.run_id, str(path))
+            store.log_file(parent.run_id, path)
         print(f"report: {report_url(parent)}")
 
 
@@ -124,7 +117,7 @@ LOCAL_UI = "http://127.0.0.1:5000"
 
 def ui_url(parent: ParentRun) -> str:
     """The MLflow UI of the parent's store: the tracking server itself, or `mlflow ui` for a local store."""
-    uri = parent.tracking_uri
+    uri = parent.store.uri
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
 
 
@@ -132,14 +125,14 @@ def report_url(parent: ParentRun) -> str:
     """Where the report opens in the MLflow UI (for a local store, once `mlflow ui` serves it)."""
     run = f"{ui_url(parent)}/#/experiments/{parent.experiment_id}/runs/{parent.run_id}"
     url = f"{run}/artifacts/{REPORT_FILE}{TRAINING_VIEW}"
-    if parent.tracking_uri.startswith(("http://", "https://")):
+    if parent.store.uri.startswith(("http://", "https://")):
         return url
-    return f"{url} (after: mlflow ui --backend-store-uri {parent.tracking_uri} --port 5000)"
+    return f"{url} (after: mlflow ui --backend-store-uri {parent.store.uri} --port 5000)"
 
 
-def report_protocol(client: MlflowClient, parent: ParentRun, plan: SweepPlan) -> dict[str, str]:
+def report_protocol(parent: ParentRun, plan: SweepPlan) -> dict[str, str]:
     """The report's protocol section: the code version, the seeds and every shared setting and axis."""
-    tags = client.get_run(parent.run_id).data.tags
+    tags = parent.store.run_tags(parent.run_id)
     versions = {k: tags[k] for k in ("code_version", "protocol") if k in tags}
     return {**versions, "sweep": plan.spec.name, "preset": plan.preset_name, **protocol_params(plan)}
 
@@ -151,8 +144,8 @@ def _figures(rows: pd.DataFrame, plan: SweepPlan) -> list[tuple[str, bytes]]:
     return [("Comparison (the figure of comparison.png)", plots.png_bytes(figure))]
 
 
-def _children(client: MlflowClient, parent: ParentRun) -> list[ChildRun]:
-    runs = client.search_runs([parent.experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}'", max_results=10000)
+def _children(parent: ParentRun) -> list[ChildRun]:
+    runs = parent.store.child_runs(parent)
     return sorted(
         (ChildRun(r.info.run_name or r.info.run_id, r.info.experiment_id, r.info.run_id, r.info.status) for r in runs),
         key=lambda child: child.name,

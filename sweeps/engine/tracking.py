@@ -1,39 +1,39 @@
-"""Where a sweep logs: the tracking-URI policy, the server check, the parent run and the sweep's tags.
+"""Where a sweep logs: one `TrackingStore` per invocation, whose one MLflow client makes every call of the sweep.
 
-The parent run is one per sweep (reopened on `--resume`); trials become its child runs (sweeps/engine/trial_logger.py).
+The driver opens (or, on `--resume`, reopens) the sweep's parent run through it; the parent view logs the results
+there and the trial logger (sweeps/engine/trial_logger.py) makes each trial a child run of it. The store holds the
+client, so `CLIENT_SETTINGS` bound every call alike and an unpickled copy (Tune pickles its callbacks) rebuilds it.
 """
 
 from __future__ import annotations
 
-import base64
 import fcntl
-import http.client
-import json
 import os
 import re
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.credentials import read_mlflow_creds
 
-from ap_core.paths import check_writable_dir
 from sweeps.engine.options import SweepError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_KIND = "mlflow.experimentKind"
+BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
+SEARCH_PAGE = 10_000  # runs per page when reading a parent's child runs (MLflow allows up to 50,000)
 
 
 # The driver's MLflow client, set before it is used (users may still set their own values). A server gone away must
@@ -46,7 +46,6 @@ CLIENT_SETTINGS = {
     # The sweep prints one link of its own, to the parent run's report.
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
-TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks")
 TRACKING_ERRORS = (MlflowException, OSError)  # what an unreachable store raises (requests' errors are OSErrors)
 
 
@@ -55,224 +54,184 @@ def configure_client() -> None:
         os.environ.setdefault(key, value)
 
 
-def check_tracking_uri(uri: str) -> None:
-    """Refuse, in one line and before anything is written, a tracking URI MLflow could not log to."""
-    scheme = uri.partition(":")[0].partition("+")[0] if ":" in uri else ""
-    if scheme not in TRACKING_SCHEMES:
-        raise SweepError(
-            f"tracking URI {uri!r} has an unknown scheme; use http(s)://host:port, sqlite:///path/mlflow.db, "
-            "a database URI (postgresql://...) or leave out --tracking-uri for SQLite in the results folder"
-        )
-    if scheme == "sqlite":
-        check_sqlite_uri(uri)
-        return
-    if scheme == "file":
-        folder = urllib.parse.urlparse(uri).path
-        if not folder:
-            raise SweepError(f"tracking URI {uri!r} names no folder; give file:///absolute/path/mlruns")
-        check_writable_dir(Path(urllib.parse.unquote(folder)), f"the folder of tracking URI {uri!r}:")
-        check_file_store_allowed(uri)
-        return
-    if scheme in DATABASE_SCHEMES:
-        check_database_driver(uri)
-        return
-    if scheme not in ("http", "https"):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
-            response.read()
-        with urllib.request.urlopen(_api_probe(uri), timeout=10) as response:
-            answer = json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
-        if isinstance(err, urllib.error.HTTPError) and err.code in (401, 403):
-            raise SweepError(
-                f"MLflow at {uri!r} refused the login ({err.code}): set MLFLOW_TRACKING_USERNAME and "
-                "MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials) to an account of its basic-auth app"
-            ) from None
-        if isinstance(err, urllib.error.HTTPError | json.JSONDecodeError):
-            raise SweepError(
-                f"{uri!r} answers but is not an MLflow tracking server ({err}); check the host and port"
-            ) from None
-        reason = getattr(err, "reason", err)
-        raise SweepError(
-            f"cannot reach MLflow tracking server {uri!r} ({reason}); start it (mlflow server ...) "
-            "or leave out --tracking-uri to use the local SQLite store"
-        ) from None
-    if not isinstance(answer, dict):
-        raise SweepError(f"{uri!r} answers but is not an MLflow tracking server; check the host and port")
-
-
-DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
-# The Python driver SQLAlchemy loads for each database scheme, and how to install it.
-DRIVER_INSTALL = {
-    "psycopg": "pip install 'ap-sweeps[postgres]' (psycopg 3, SQLAlchemy's PostgreSQL driver)",
-    "psycopg2": "pip install psycopg2-binary",
-    "pymysql": "pip install pymysql",
-    "MySQLdb": "pip install mysqlclient",
-    "pyodbc": "pip install pyodbc",
-}
-
-
-def check_sqlite_uri(uri: str) -> None:
-    """A SQLite URI must name a database file in a writable folder: `sqlite:///` names none, and `:memory:` keeps
-    nothing once the sweep ends (nor does any other process see it)."""
-    database = uri.partition("://")[2].removeprefix("/")
-    if not database or database.endswith("/"):
-        raise SweepError(
-            f"tracking URI {uri!r} names no database file; give sqlite:///path/to/mlflow.db (an absolute path "
-            "after the third slash: sqlite:////abs/path/mlflow.db)"
-        )
-    if database == ":memory:" or database.startswith(":memory:") or "mode=memory" in database:
-        raise SweepError(
-            f"tracking URI {uri!r} is an in-memory database: every record is lost when the sweep ends; give "
-            "sqlite:///path/to/mlflow.db or leave out --tracking-uri for SQLite in the results folder"
-        )
-    check_writable_dir(Path(database.partition("?")[0]).parent, f"the folder of tracking URI {uri!r}:")
-
-
-def check_file_store_allowed(uri: str) -> None:
-    """MLflow 3 retired its file store (a long 'maintenance mode' exception at first use): say so in one line."""
-    from mlflow import environment_variables
-
-    allowed = getattr(environment_variables, "MLFLOW_ALLOW_FILE_STORE", None)
-    if allowed is not None and not allowed.get():
-        raise SweepError(
-            f"tracking URI {uri!r}: MLflow's file store is retired (maintenance mode); use "
-            "sqlite:///path/mlflow.db, or set MLFLOW_ALLOW_FILE_STORE=true to keep using it"
-        )
-
-
-def check_database_driver(uri: str) -> None:
-    """A database URI needs its Python driver installed: name the one missing and how to install it."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    try:
-        dialect = make_url(uri).get_dialect()
-        dialect.import_dbapi()
-    except (ArgumentError, NoSuchModuleError, ValueError) as err:
-        raise SweepError(f"tracking URI {uri!r} is not a database URI SQLAlchemy understands ({err})") from None
-    except ImportError as err:
-        module = err.name or str(err)
-        how = DRIVER_INSTALL.get(module.partition(".")[0], f"pip install {module.partition('.')[0]}")
-        raise SweepError(
-            f"tracking URI {uri!r} needs the database driver {module!r}, which is not installed: {how}"
-        ) from None
-
-
-def _api_probe(uri: str) -> urllib.request.Request:
-    """A cheap MLflow API call, with the basic-auth login MLflow's own client would send (env or credentials file)."""
-    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
-    login = read_mlflow_creds()
-    if login.username and login.password:
-        token = base64.b64encode(f"{login.username}:{login.password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    return request
-
-
 @dataclass(frozen=True)
 class ParentRun:
-    """The MLflow parent run of a sweep: tracking URI, experiment and run id."""
+    """The MLflow parent run of a sweep: the store it lives in, its experiment and run id."""
 
-    tracking_uri: str
+    store: TrackingStore
     experiment_id: str
     run_id: str
 
 
-def start_parent_run(
-    tracking_uri: str,
-    experiment_name: str,
-    artifact_location: str | None,
-    run_name: str,
-    tags: dict[str, str],
-    params: dict[str, str],
-) -> ParentRun:
-    """Create the experiment if needed and a parent run for this sweep invocation."""
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment is not None
-        # MLflow 3's UI opens a training experiment (runs, charts) rather than its GenAI overview for this kind.
-        else client.create_experiment(
-            experiment_name, artifact_location=artifact_location, tags={EXPERIMENT_KIND: "custom_model_development"}
+class TrackingStore:
+    """The MLflow store at one tracking URI and the one client that reads and writes it.
+
+    The client is built on first use, not here: a new SQLite store must be created under `_schema_lock`, and a
+    pickled copy leaves it out.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._client: MlflowClient | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def _mlflow(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    # ---- the parent run ----------------------------------------------------------------------------------------
+
+    def open_parent_run(
+        self,
+        experiment_id: str,
+        run_id: str,
+        experiment_name: str,
+        tags: dict[str, str],
+        params: dict[str, str],
+        artifact_location: str | None,
+    ) -> ParentRun:
+        """The sweep's parent run: reopened when resuming (`run_id` given), else a new one."""
+        if run_id:
+            self.reopen_run(run_id)
+            return ParentRun(self, experiment_id, run_id)
+        stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        with self._schema_lock():
+            return self.start_parent_run(experiment_name, artifact_location, f"{experiment_name} {stamp}", tags, params)
+
+    def start_parent_run(
+        self,
+        experiment_name: str,
+        artifact_location: str | None,
+        run_name: str,
+        tags: dict[str, str],
+        params: dict[str, str],
+    ) -> ParentRun:
+        """Create the experiment if needed and a parent run for this sweep invocation."""
+        experiment = self._mlflow.get_experiment_by_name(experiment_name)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            # MLflow 3's UI opens a training experiment (runs, charts) rather than its GenAI overview for this kind.
+            else self._mlflow.create_experiment(
+                experiment_name, artifact_location=artifact_location, tags={EXPERIMENT_KIND: "custom_model_development"}
+            )
         )
-    )
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
-    return ParentRun(tracking_uri, experiment_id, run.info.run_id)
+        return ParentRun(self, experiment_id, self.create_run(experiment_id, run_name, tags, params))
 
-
-def open_parent_run(
-    tracking_uri: str,
-    experiment_id: str,
-    run_id: str,
-    experiment_name: str,
-    tags: dict[str, str],
-    params: dict[str, str],
-    artifact_location: str | None,
-) -> ParentRun | None:
-    """The sweep's parent run: reopened when resuming (`run_id` given), else a new one; None when not logging."""
-    if not tracking_uri:
-        return None
-    if run_id:
-        parent = ParentRun(tracking_uri, experiment_id, run_id)
-        MlflowClient(tracking_uri).update_run(run_id, status="RUNNING")
-        return parent
-    stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    with store_creation_lock(tracking_uri):
-        return start_parent_run(
-            tracking_uri, experiment_name, artifact_location, f"{experiment_name} {stamp}", tags, params
-        )
-
-
-def check_parent_run(tracking_uri: str, run_id: str, state_file: Path) -> None:
-    """Refuse to continue a sweep whose parent run was deleted from MLflow (its child runs would be orphans)."""
-    try:
-        run = MlflowClient(tracking_uri).get_run(run_id)
-    except MlflowException as err:
-        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise SweepError(
-                f"cannot read the sweep's parent run {run_id} from {tracking_uri!r}: {err.message}"
-            ) from None
-        run = None
-    if run is None or run.info.lifecycle_stage == "deleted":
-        raise SweepError(
-            f"the parent run {run_id} named in {state_file} no longer exists in MLflow at {tracking_uri!r}; "
-            "rerun with --overwrite to start the sweep over"
-        )
-
-
-@contextmanager
-def store_creation_lock(tracking_uri: str) -> Iterator[None]:
-    """Serialise the first use of a shared SQLite store: two sweeps creating its schema at once corrupt it."""
-    if not tracking_uri.startswith("sqlite:///"):
-        yield
-        return
-    database = Path(tracking_uri.removeprefix("sqlite:///"))
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with database.with_name(database.name + ".lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    def check_parent_run(self, run_id: str, state_file: Path) -> None:
+        """Refuse to continue a sweep whose parent run was deleted from MLflow (its child runs would be orphans)."""
         try:
-            MlflowClient(tracking_uri).search_experiments(max_results=1)  # creates or upgrades the schema
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-    yield
+            run = self._mlflow.get_run(run_id)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise SweepError(
+                    f"cannot read the sweep's parent run {run_id} from {self.uri!r}: {err.message}"
+                ) from None
+            run = None
+        if run is None or run.info.lifecycle_stage == "deleted":
+            raise SweepError(
+                f"the parent run {run_id} named in {state_file} no longer exists in MLflow at {self.uri!r}; "
+                "rerun with --overwrite to start the sweep over"
+            )
 
+    def finish_parent_run(
+        self, parent: ParentRun, status: str, artifacts: list[Path], metrics: dict[str, float]
+    ) -> bool:
+        """Log the table and close the parent run; False (with a one-line warning) when MLflow cannot be reached."""
+        now = now_ms()
+        try:
+            self.log_metrics(parent.run_id, [Metric(k, float(v), now, 0) for k, v in metrics.items()])
+            for path in artifacts:
+                self.log_file(parent.run_id, path)
+            self.end_run(parent.run_id, status)
+        except TRACKING_ERRORS as err:
+            print(f"warning: could not close the parent run in MLflow ({short_error(err)})", file=sys.stderr)
+            return False
+        return True
 
-def finish_parent_run(parent: ParentRun, status: str, artifacts: list[Path], metrics: dict[str, float]) -> bool:
-    """Log the table and close the parent run; False (with a one-line warning) when MLflow cannot be reached."""
-    client = MlflowClient(parent.tracking_uri)
-    now = now_ms()
-    try:
-        client.log_batch(parent.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-        for path in artifacts:
-            client.log_artifact(parent.run_id, str(path))
-        client.set_terminated(parent.run_id, status)
-    except TRACKING_ERRORS as err:
-        print(f"warning: could not close the parent run in MLflow ({short_error(err)})", file=sys.stderr)
-        return False
-    return True
+    @contextmanager
+    def _schema_lock(self) -> Iterator[None]:
+        """Serialise the first use of a shared SQLite store: two sweeps creating its schema at once corrupt it.
+
+        The client's first call creates (or upgrades) the schema, so it must come inside the lock.
+        """
+        if not self.uri.startswith("sqlite:///"):
+            yield
+            return
+        database = Path(self.uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with database.with_name(database.name + ".lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self._mlflow.search_experiments(max_results=1)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
+
+    # ---- runs --------------------------------------------------------------------------------------------------
+
+    def create_run(self, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, str]) -> str:
+        """A new run with its tags and params; its id."""
+        run = self._mlflow.create_run(experiment_id, run_name=name, tags=tags)
+        self._mlflow.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        return run.info.run_id
+
+    def child_runs(self, parent: ParentRun) -> list[Run]:
+        """Every child run of `parent`, page by page."""
+        runs: list[Run] = []
+        token = None
+        while True:
+            page = self._mlflow.search_runs(
+                [parent.experiment_id],
+                filter_string=f"tags.`{PARENT_TAG}` = '{parent.run_id}'",
+                max_results=SEARCH_PAGE,
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return self._mlflow.get_run(run_id).data.tags
+
+    def logged_steps(self, run_id: str, key: str) -> list[int]:
+        """The steps at which metric `key` is logged: what a resumed logger must not log again."""
+        return [m.step for m in self._mlflow.get_metric_history(run_id, key)]
+
+    def reopen_run(self, run_id: str) -> None:
+        self._mlflow.update_run(run_id, status="RUNNING")
+
+    def end_run(self, run_id: str, status: str) -> None:
+        self._mlflow.set_terminated(run_id, status)
+
+    def log_metrics(self, run_id: str, metrics: Sequence[Metric], tags: Sequence[RunTag] = ()) -> None:
+        """Metrics in batches MLflow accepts, the tags with the first (nothing at all when there are no metrics)."""
+        for start in range(0, len(metrics), BATCH_LIMIT):
+            batch = list(metrics[start : start + BATCH_LIMIT])
+            self._mlflow.log_batch(run_id, metrics=batch, tags=list(tags) if start == 0 else [])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self._mlflow.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def log_file(self, run_id: str, path: Path) -> None:
+        self._mlflow.log_artifact(run_id, str(path))
+
+    def log_folder(self, run_id: str, folder: Path) -> None:
+        """Every file under `folder`, at the top of the run's artifacts."""
+        self._mlflow.log_artifacts(run_id, str(folder))
+
+    def artifact_paths(self, run_id: str) -> set[str]:
+        """The run's top-level artifacts."""
+        return {item.path for item in self._mlflow.list_artifacts(run_id)}
+
+    def log_table(self, run_id: str, data: pd.DataFrame, artifact_file: str) -> None:
+        """A table MLflow's artifact view renders (appended to one logged before under the same name)."""
+        self._mlflow.log_table(run_id, data=data, artifact_file=artifact_file)
 
 
 def short_error(err: BaseException) -> str:

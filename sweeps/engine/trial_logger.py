@@ -22,48 +22,43 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+from mlflow.entities import Metric, RunTag
 from ray.tune import Callback, Checkpoint, Result
 from ray.tune.experiment import Trial
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from sweeps.engine.report import Outcome
 from sweeps.engine.spec import PlannedTrial, TrialCatalog
-from sweeps.engine.tracking import PARENT_TAG, TRACKING_ERRORS, ParentRun, now_ms, short_error
+from sweeps.engine.tracking import PARENT_TAG, TRACKING_ERRORS, ParentRun, TrackingStore, now_ms, short_error
 from trainables.pruning_trial import ARTIFACTS_DIR, PACKED_METRICS
 
 # Bookkeeping Tune adds to every result; the trial's own metrics are everything else that is numeric.
 NOT_METRICS = {*AUTO_RESULT_KEYS, "done", "trial_id", "checkpoint_dir_name", "should_checkpoint"}
-BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
-SEARCH_PAGE = 10_000  # runs per page when reading a parent's child runs (MLflow allows up to 50,000)
 
 
 class MlflowTrialLogger(Callback):
     """One child run per planned trial: params, tags, per-cycle metrics (step = cycle), artifacts, status.
 
-    Picklable (Tune stores it with the experiment): the client and run cache are rebuilt lazily. It keeps no
-    state of its own: a trial's artifacts (per-cycle CSV, mask summary, plots) are drawn on its worker into
-    every checkpoint, and uploaded from the last one when the trial ends.
+    A thin Tune callback over the parent run's `TrackingStore`, which makes every MLflow call. Picklable (Tune
+    stores it with the experiment): the store's client and the run cache are rebuilt lazily. It keeps no state of
+    its own: a trial's artifacts (per-cycle CSV, mask summary, plots) are drawn on its worker into every
+    checkpoint, and uploaded from the last one when the trial ends.
     """
 
     def __init__(self, parent: ParentRun, catalog: TrialCatalog, sweep_tags: dict[str, str]) -> None:
         self.parent = parent
         self.catalog = catalog
         self.sweep_tags = sweep_tags
-        self._client: MlflowClient | None = None
         self._runs: dict[str, tuple[str, int]] = {}  # trial name -> (run id, last logged step)
         self._children: dict[str, tuple[str, str]] | None = None  # trial name -> (run id, status), read once
         self._paused = False  # MLflow stopped answering during this invocation
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_runs": {}, "_children": None, "_paused": False}
+        return {**self.__dict__, "_runs": {}, "_children": None, "_paused": False}
 
     @property
-    def client(self) -> MlflowClient:
-        if self._client is None:
-            self._client = MlflowClient(self.parent.tracking_uri)
-        return self._client
+    def store(self) -> TrackingStore:
+        return self.parent.store
 
     # ---- Tune events ------------------------------------------------------------------------------------------
 
@@ -95,7 +90,7 @@ class MlflowTrialLogger(Callback):
         run_id, status = self._find_run(planned.name)
         if run_id is None:
             run_id, status = self._create_run(planned, str((result.metrics or {}).get("trial_id", ""))), "RUNNING"
-        logged = {m.step for m in self.client.get_metric_history(run_id, "test_acc")}
+        logged = set(self.store.logged_steps(run_id, "test_acc"))
         history = result.metrics_dataframe
         last_cycle = -1
         if history is not None and not history.empty and "cycle" in history:
@@ -103,10 +98,10 @@ class MlflowTrialLogger(Callback):
                 record = _metrics({k: v for k, v in row.items() if _present(v)})
                 last_cycle = int(record["cycle"])
                 if last_cycle not in logged:
-                    self._log_batch(run_id, _step_entries(record, row.get("removal_events"), now_ms()), [])
+                    self.store.log_metrics(run_id, _step_entries(record, row.get("removal_events"), now_ms()))
         if outcome == "unfinished":
             if status == "RUNNING":
-                self.client.set_terminated(run_id, "KILLED")  # --resume sets it running again
+                self.store.end_run(run_id, "KILLED")  # --resume sets it running again
         elif status != outcome:
             error = str(result.error) if result.error is not None else None
             self._close(run_id, planned, outcome, last_cycle, result.checkpoint, error)
@@ -122,7 +117,7 @@ class MlflowTrialLogger(Callback):
         except TRACKING_ERRORS as err:
             self._paused = True
             print(
-                f"warning: MLflow at {self.parent.tracking_uri} stopped answering ({short_error(err)}); training goes "
+                f"warning: MLflow at {self.store.uri} stopped answering ({short_error(err)}); training goes "
                 "on and what is not logged is logged from Tune's records when the sweep ends",
                 file=sys.stderr,
                 flush=True,
@@ -135,17 +130,12 @@ class MlflowTrialLogger(Callback):
         if step <= last_step:
             return  # re-reported after a resume: MLflow has it already
         tags = [RunTag("node_ip", str(result.get("node_ip", ""))), RunTag("node_id", str(result.get("node_id", "")))]
-        self._log_batch(run_id, _step_entries(metrics, result.get("removal_events"), now_ms()), tags)
+        self.store.log_metrics(run_id, _step_entries(metrics, result.get("removal_events"), now_ms()), tags)
         self._runs[name] = (run_id, step)
-
-    def _log_batch(self, run_id: str, entries: list[Metric], tags: list[RunTag]) -> None:
-        for start in range(0, len(entries), BATCH_LIMIT):
-            self.client.log_batch(run_id, metrics=entries[start : start + BATCH_LIMIT], tags=tags if start == 0 else [])
 
     def _log_recovery(self, trial: Trial) -> None:
         run_id, _ = self._run(trial)
-        self.client.set_tag(run_id, "attempts", str(trial.num_failures + 1))
-        self.client.set_tag(run_id, "last_error", _error_summary(trial))
+        self.store.set_tags(run_id, {"attempts": str(trial.num_failures + 1), "last_error": _error_summary(trial)})
 
     # ---- helpers ----------------------------------------------------------------------------------------------
 
@@ -160,9 +150,8 @@ class MlflowTrialLogger(Callback):
             return self._runs[name]
         run_id, _ = self._find_run(name)
         if run_id is not None:
-            history = self.client.get_metric_history(run_id, "test_acc")
-            last_step = max((m.step for m in history), default=-1)
-            self.client.update_run(run_id, status="RUNNING")
+            last_step = max(self.store.logged_steps(run_id, "test_acc"), default=-1)
+            self.store.reopen_run(run_id)
             self._known_runs()[name] = (run_id, "RUNNING")
         else:
             run_id = self._create_run(planned, trial.trial_id)
@@ -178,19 +167,8 @@ class MlflowTrialLogger(Callback):
         """The parent's child runs by trial name, read once: a search per trial would scan the experiment's runs,
         a cost per trial that grows with the number of trials."""
         if self._children is None:
-            self._children = {}
-            token = None
-            while True:
-                page = self.client.search_runs(
-                    [self.parent.experiment_id],
-                    filter_string=f"tags.`{PARENT_TAG}` = '{self.parent.run_id}'",
-                    max_results=SEARCH_PAGE,
-                    page_token=token,
-                )
-                self._children.update({r.data.tags.get("trial", ""): (r.info.run_id, r.info.status) for r in page})
-                token = page.token
-                if not token:
-                    break
+            runs = self.store.child_runs(self.parent)
+            self._children = {r.data.tags.get("trial", ""): (r.info.run_id, r.info.status) for r in runs}
         return self._children
 
     def _create_run(self, plan: PlannedTrial, trial_id: str) -> str:
@@ -210,10 +188,9 @@ class MlflowTrialLogger(Callback):
             "seed": str(config.seed),
             "attempts": "1",
         }
-        run = self.client.create_run(self.parent.experiment_id, run_name=plan.name, tags=tags)
-        self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in plan.params().items()])
-        self._known_runs()[plan.name] = (run.info.run_id, "RUNNING")
-        return run.info.run_id
+        run_id = self.store.create_run(self.parent.experiment_id, plan.name, tags, plan.params())
+        self._known_runs()[plan.name] = (run_id, "RUNNING")
+        return run_id
 
     def _finish(self, trial: Trial, status: str, error: str | None) -> None:
         planned = self._planned(trial)
@@ -236,15 +213,15 @@ class MlflowTrialLogger(Callback):
             tags["early_stopped"] = "true"  # a scheduler (ASHA) ended it before its last cycle
         if error is not None:
             tags["error"] = _one_line(error)
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.store.set_tags(run_id, tags)
         with tempfile.TemporaryDirectory() as folder:
             if checkpoint is not None:
                 _copy_artifacts(checkpoint, Path(folder))
             if error is not None:
                 (Path(folder) / "error.txt").write_text(error)
             if any(Path(folder).iterdir()):
-                self.client.log_artifacts(run_id, folder)
-        self.client.set_terminated(run_id, status)
+                self.store.log_folder(run_id, Path(folder))
+        self.store.end_run(run_id, status)
         self._known_runs()[planned.name] = (run_id, status)
 
 
