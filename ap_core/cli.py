@@ -62,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     from ap_core import DATASETS, MODELS, run_trial
     from ap_core.retraining import RETRAINING
 
-    if args.list:
-        for title, registry in (("models", MODELS), ("datasets", DATASETS), ("retraining", RETRAINING)):
-            print(f"{title}: {', '.join(registry.names())}")
-        print("methods (options for --method-options):")
-        for line in method_help():
-            print(f"  {line}")
-        return 0
     try:
+        if args.list:  # inside: a plugin that fails to load is one line too
+            for title, registry in (("models", MODELS), ("datasets", DATASETS), ("retraining", RETRAINING)):
+                print(f"{title}: {', '.join(registry.names())}")
+            print("methods (options for --method-options):")
+            for line in method_help():
+                print(f"  {line}")
+            return 0
         config = TrialConfig(**dataclass_overrides(args, TrialConfig))
         if args.resume and not args.checkpoint_dir:
             raise ConfigError("--resume needs --checkpoint-dir")

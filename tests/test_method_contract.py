@@ -1,8 +1,13 @@
-"""One contract for every method: a method defined here, with its own option, runs in a trial with and without AP."""
+"""One contract for every method: a method defined here, with its own option, runs with and without AP in a trial,
+through `ap-trial` and through a sweep, this file being the plugin (`AP_SWEEPS_PLUGINS=<this file>:register`)."""
 
+import json
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,10 +46,19 @@ class NoisyMagnitude(PruningMethod):
         return Removal(weights=select_lowest(scores, alive_on(request.mask, request.weights), request.count))
 
 
-@pytest.fixture
-def noisy() -> Iterator[NoisyMagnitude]:
+def register() -> NoisyMagnitude:
+    """What `AP_SWEEPS_PLUGINS` calls: nothing else in the repository knows this method."""
     method = NoisyMagnitude()
     METHODS.register("noisy_magnitude")(method)
+    return method
+
+
+PLUGIN = f"{__file__}:register"
+
+
+@pytest.fixture
+def noisy() -> Iterator[NoisyMagnitude]:
+    method = register()
     try:
         yield method
     finally:
@@ -71,3 +85,71 @@ def test_the_new_method_option_is_checked_like_a_built_in_one(noisy):
         TrialConfig(method="noisy_magnitude", method_options={"noise": -1.0})
     with pytest.raises(ConfigError, match=r"unknown option 'nose' for method noisy_magnitude; valid: noise"):
         TrialConfig(method="noisy_magnitude", method_options={"nose": 1})
+
+
+def ap_trial(*args: str, plugins: str = PLUGIN, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    from conftest import sweep_env  # here, not on top: this file is also imported as a plugin, outside pytest
+
+    command = [sys.executable, "-m", "ap_core", *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=120, cwd=cwd, env=sweep_env(AP_SWEEPS_PLUGINS=plugins)
+    )
+
+
+def test_a_plugin_method_runs_through_ap_trial_with_and_without_ap(tmp_path: Path) -> None:
+    listed = ap_trial("--list")
+    assert listed.returncode == 0, listed.stderr
+    assert "noisy_magnitude [weights]: noise=0.01 (std of the noise added to |w| before ranking)" in listed.stdout
+    refused = ap_trial("--method", "noisy_magnitude", "--method-options", "noise=-1")
+    assert (refused.returncode, refused.stderr) == (2, "error: noise -1.0 must be a number >= 0\n")  # its own check
+    densities = {}
+    for ap in ("false", "true"):
+        out = tmp_path / f"ap_{ap}.json"
+        args = ("--model", "mlp", "--dataset", "digits", "--epochs", "1", "--cycles", "2", "--cpu-threads", "1")
+        done = ap_trial(
+            *args, "--method", "noisy_magnitude", "--method-options", "noise=0.5", "--ap", ap, "--json", str(out)
+        )
+        assert done.returncode == 0, done.stderr
+        results = json.loads(out.read_text())
+        assert [round(r["weights_remaining"], 1) for r in results] == [100.0, 80.0, 64.0]
+        densities[ap] = results[-1]["layer_density"]
+    assert densities["false"] != densities["true"]  # AP took its share of what the plugin proposed
+
+
+@pytest.mark.parametrize(
+    ("plugin", "named"),
+    [
+        ("/nowhere/methods.py", "FileNotFoundError: no file '/nowhere/methods.py'"),
+        ("no_such_module", "ModuleNotFoundError"),
+    ],
+)
+def test_a_plugin_that_cannot_load_is_one_line_naming_it(plugin: str, named: str) -> None:
+    done = ap_trial("--list", plugins=plugin)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"error: cannot load plugin {plugin!r}") and named in done.stderr
+    assert done.stderr.count("\n") == 1  # no traceback
+
+
+@pytest.mark.integration
+def test_a_plugin_method_runs_through_a_sweep_with_and_without_ap(mlflow_server, tmp_path: Path) -> None:
+    from conftest import run_cli
+    from mlflow.tracking import MlflowClient
+
+    done = run_cli(
+        "table1", "--methods", "noisy_magnitude", "--method-options", "noise=0.5", "--seeds", "1", "--epochs", "1",
+        "--cycles", "2", "--num-cpus", "2", "--results-dir", str(tmp_path), "--tracking-uri", mlflow_server.uri,
+        "--name", "plugin-sweep", "--progress", "false", AP_SWEEPS_PLUGINS=PLUGIN,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "noisy_magnitude" in done.stdout  # the method's own rows in the printed table
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("plugin-sweep")
+    children = [
+        run for run in client.search_runs([experiment.experiment_id]) if run.data.tags.get("sweep.role") != "parent"
+    ]
+    assert sorted(run.data.params["ap"] for run in children) == ["False", "True"]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["method"] == "noisy_magnitude" and run.data.params["method_options.noise"] == "0.5"
+        steps = client.get_metric_history(run.info.run_id, "weights_remaining")
+        assert sorted(round(m.value, 1) for m in steps) == [64.0, 80.0, 100.0]

@@ -34,3 +34,5 @@ def test_readme_snippets_run_as_written_after_a_sweep(tmp_path: Path) -> None:
         )
         assert ran.returncode == 0, f"{snippet}\n{ran.stderr[-2000:]}"
         assert "test_acc" in ran.stdout  # a frame with the runs' accuracies, not an empty one
+        if "ExperimentAnalysis" in snippet:
+            assert "config/trial_name" in ran.stdout  # Tune's frame names each trial

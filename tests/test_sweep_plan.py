@@ -211,3 +211,13 @@ def test_the_printed_columns_always_include_the_papers_headline_level() -> None:
     shown = table.columns_to_show(limit=7)
     assert len(shown) == 7 and "10.7" in shown and shown[0] == "100.0" and shown[-1] == "2.8"
     assert "8.6" in table.columns_to_show(limit=7, headline=8.6)
+
+
+def test_a_sweep_of_weight_methods_takes_any_registered_weight_method_and_refuses_a_channel_method() -> None:
+    plan = expand(table1.SPEC, "smoke", methods=("random",), seeds=1)
+    assert {t.config.method for t in plan.trials} == {"random"}
+    assert {t.labels["method"] for t in plan.trials} == {"random"}
+    with pytest.raises(
+        ConfigError, match=r"^unknown method 'rni' for sweep table1; valid: GP, LP or any registered weight method"
+    ):
+        expand(table1.SPEC, "smoke", methods=("rni",))

@@ -63,7 +63,9 @@ class SweepOptions:
     )
     networks: tuple[str, ...] = _opt((), "networks to sweep; none: the preset's")
     datasets: tuple[str, ...] = _opt((), "datasets to sweep; none: the preset's")
-    methods: tuple[str, ...] = _opt((), "methods of this table to sweep, by label; none: all")
+    methods: tuple[str, ...] = _opt(
+        (), "methods to sweep: this table's labels, or any registered method of their kind (plugins too); none: all"
+    )
     seeds: int = _opt(0, "number of seeds 1..N (0 = the preset's)")
     hparams: str = _opt("", "JSON file of tuned settings per network and method (from sweeps/hparam_grid.py)")
     results_dir: str = _opt("results", "folder for tables, plots, sweep state and the default MLflow store")

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,12 +141,40 @@ class SweepSpec:
         by_name = {m.label.lower(): m for m in self.methods} | {m.tag.lower(): m for m in self.methods}
         chosen: dict[str, AxisValue] = {}
         for label in labels:
-            if label.lower() not in by_name:
+            method = by_name.get(label.lower()) or registered_method(label, self.methods)
+            if method is None:
                 valid = ", ".join(m.label for m in self.methods)
+                if _method_axis_only(self.methods):
+                    valid += f" or any registered {_kind(self.methods)} method (ap-trial --list)"
                 raise ConfigError(f"unknown method {label!r} for sweep {self.name}; valid: {valid}")
-            method = by_name[label.lower()]
             chosen[method.label] = method
         return tuple(chosen.values())
+
+
+def registered_method(name: str, methods: tuple[AxisValue, ...]) -> AxisValue | None:
+    """A registered method (a plugin's too) on a sweep whose methods differ only by name, if it is of their kind
+    (weights or channels); None otherwise."""
+    if not _method_axis_only(methods):
+        return None
+    from ap_core.pruning import METHODS  # the registry imports torch: only once a sweep names a method of its own
+
+    if name not in METHODS:
+        return None
+    if {_kind(methods)} != {_kind((AxisValue(name, name, {"method": name}),))}:
+        return None
+    return AxisValue(name, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "method", {"method": name})
+
+
+def _method_axis_only(methods: tuple[AxisValue, ...]) -> bool:
+    return all(set(m.overrides) == {"method"} for m in methods)
+
+
+def _kind(methods: tuple[AxisValue, ...]) -> str:
+    """What the methods remove: "weight", "channel" or "weight and channel"."""
+    from ap_core.pruning import METHODS
+
+    kinds = {"channel" if METHODS.get(m.overrides["method"]).removes_channels else "weight" for m in methods}
+    return " and ".join(sorted(kinds, reverse=True))
 
 
 @dataclass(frozen=True)

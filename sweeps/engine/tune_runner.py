@@ -22,6 +22,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater, Searcher
 
+from ap_core.plugins import PLUGINS_VARIABLE
 from sweeps.engine import packing, preflight, state_signing
 from sweeps.engine.full_disk import StopWhenStorageFull
 from sweeps.engine.options import AUTO_GPUS, SearchOptions, SweepError, SweepOptions
@@ -89,8 +90,11 @@ def run_experiments(
     return grids
 
 
-# Every worker of the sweep's job runs this first: no SystemExit tracebacks from Ray's own SIGTERM at shutdown.
-WORKERS = {"worker_process_setup_hook": SETUP_HOOK}
+def worker_runtime_env() -> dict[str, Any]:
+    """Every worker of the sweep's job runs SETUP_HOOK first (no SystemExit tracebacks from Ray's own SIGTERM at
+    shutdown) and loads the driver's plugins, also on nodes started without them."""
+    plugins = os.environ.get(PLUGINS_VARIABLE)
+    return {"worker_process_setup_hook": SETUP_HOOK} | ({"env_vars": {PLUGINS_VARIABLE: plugins}} if plugins else {})
 
 
 def connect(options: SweepOptions, plan: SweepPlan, datasets: Mapping[str, Any]) -> float:
@@ -106,11 +110,16 @@ def connect(options: SweepOptions, plan: SweepPlan, datasets: Mapping[str, Any])
             preflight.local_resources(options.num_cpus), options.cpus_per_trial, gpus_per_trial, "the local Ray"
         )
         # "local": a fresh instance even when `ray start` left a cluster address on this machine
-        ray.init(address="local", num_cpus=options.num_cpus or None, include_dashboard=False, runtime_env=WORKERS)
+        ray.init(
+            address="local",
+            num_cpus=options.num_cpus or None,
+            include_dashboard=False,
+            runtime_env=worker_runtime_env(),
+        )
         return gpus_per_trial
     preflight.check_ray_address(options.address)
     try:
-        ray.init(address=options.address, runtime_env=WORKERS)
+        ray.init(address=options.address, runtime_env=worker_runtime_env())
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise SweepError(f"cannot join the Ray cluster at --address {options.address!r}: {_first_line(err)}") from None
     gpus_per_trial = packing.resolve_on_cluster(plan, options, datasets) if auto else options.gpus_per_trial
