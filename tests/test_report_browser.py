@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.engine import tracking
 from sweeps.engine.parent_view import log_results
+from sweeps.engine.report import draw_comparison
 from sweeps.engine.result_table import build_table
 from sweeps.engine.spec import expand
 from sweeps.table1 import SPEC
@@ -49,7 +50,7 @@ def test_report_shows_the_delta_and_pooled_rows_in_mlflows_artifact_view(
     client = MlflowClient(mlflow_server.uri)
     client.create_run(parent.experiment_id, tags={"mlflow.parentRunId": parent.run_id}, run_name="mlp-gp-ap-seed1")
     rows = sweep_rows(plan)
-    log_results(parent, rows, plan, build_table(rows, plan))
+    log_results(parent, rows, plan, build_table(rows, plan), draw_comparison(rows, plan, tmp_path)[0])
 
     try:
         chromium = Chromium(browser, tmp_path / "profile")

@@ -27,7 +27,7 @@ from sweeps.engine import tracking
 from sweeps.engine.driver import default_name
 from sweeps.engine.options import SearchOptions, SweepError, SweepOptions
 from sweeps.engine.parent_view import headline_metrics, log_results, protocol_params
-from sweeps.engine.report import best_points, trial_outcomes
+from sweeps.engine.report import best_points, draw_comparison, trial_outcomes
 from sweeps.engine.result_table import build_table
 from sweeps.engine.retention import CheckpointRetention
 from sweeps.engine.spec import expand
@@ -322,7 +322,7 @@ def test_parent_run_holds_the_protocol_headline_metrics_and_the_rendered_table(t
     rows = rows.assign(level=rows["weights_remaining"].round(1), trial="t", dnr=0.5)  # as report.collect gives them
     client = MlflowClient(uri)
     child = client.create_run(parent.experiment_id, tags={"mlflow.parentRunId": parent.run_id}, run_name="mlp-gp-ap")
-    log_results(parent, rows, SMOKE, build_table(rows, SMOKE))
+    log_results(parent, rows, SMOKE, build_table(rows, SMOKE), draw_comparison(rows, SMOKE, tmp_path)[0])
     assert client.get_experiment(parent.experiment_id).tags[tracking.EXPERIMENT_KIND] == "custom_model_development"
     assert [m.step for m in client.get_metric_history(parent.run_id, "delta/mlp/GP/AP")] == [0, 1]
     assert {"table.json", "report.html"} <= {a.path for a in client.list_artifacts(parent.run_id)}
@@ -348,7 +348,7 @@ def test_parent_run_holds_the_protocol_headline_metrics_and_the_rendered_table(t
         )
 
     logged = table_rows()
-    log_results(parent, rows, SMOKE, build_table(rows, SMOKE))
+    log_results(parent, rows, SMOKE, build_table(rows, SMOKE), draw_comparison(rows, SMOKE, tmp_path)[0])
     assert table_rows() == logged > 0
 
 

@@ -318,7 +318,8 @@ def run_on_ray(
             rows, plan, sweep_dir, name, output, options.levels, options.pool_below
         )
         if parent is not None and not unfinished and not not_logged:
-            parent_view.log_results(parent, rows, plan, table)  # once, when the sweep's results are whole
+            figure = next((path for path in artifacts if path.name == report.COMPARISON_FILE), None)
+            parent_view.log_results(parent, rows, plan, table, figure)  # once, when the sweep's results are whole
         if unfinished and state_signing.FULL:  # Tune's state could not be saved: stopped, resumable
             status = "KILLED"
             needs = checkpoint_needs(storage, plan.trial_count) if "://" not in storage else ""

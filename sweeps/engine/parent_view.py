@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 from mlflow.entities import Metric
 
-from sweeps.engine import plots
 from sweeps.engine.html_report import TRAINING_VIEW, ChildRun, render_report
 from sweeps.engine.result_table import SweepTable
 from sweeps.engine.spec import SweepPlan
@@ -68,8 +67,11 @@ def headline_metrics(rows: pd.DataFrame, plan: SweepPlan) -> list[Metric]:
     return metrics
 
 
-def log_results(parent: ParentRun, rows: pd.DataFrame, plan: SweepPlan, table: SweepTable | None) -> None:
-    """Headline metrics, the rendered table and the HTML report on the parent run."""
+def log_results(
+    parent: ParentRun, rows: pd.DataFrame, plan: SweepPlan, table: SweepTable | None, figure: Path | None
+) -> None:
+    """Headline metrics, the rendered table and the HTML report (embedding `figure`, the PNG drawn for the results
+    folder) on the parent run."""
     store = parent.store
     store.log_metrics(parent.run_id, headline_metrics(rows, plan))
     if table is not None:
@@ -80,7 +82,7 @@ def log_results(parent: ParentRun, rows: pd.DataFrame, plan: SweepPlan, table: S
         if "table.json" not in store.artifact_paths(parent.run_id):
             store.log_table(parent.run_id, cells, "table.json")  # it appends to one logged before
         protocol = report_protocol(parent, plan)
-        page = render_report(table, protocol, _figures(rows, plan), _children(parent), ui_url(parent))
+        page = render_report(table, protocol, _embedded(figure), _children(parent), ui_url(parent))
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / REPORT_FILE
             path.write_text(page, encoding="utf-8")
@@ -137,11 +139,8 @@ def report_protocol(parent: ParentRun, plan: SweepPlan) -> dict[str, str]:
     return {**versions, "sweep": plan.spec.name, "preset": plan.preset_name, **protocol_params(plan)}
 
 
-def _figures(rows: pd.DataFrame, plan: SweepPlan) -> list[tuple[str, bytes]]:
-    if rows.empty:
-        return []
-    figure = (plan.spec.figure or plots.comparison_figure)(rows, plan.spec.title)
-    return [("Comparison (the figure of comparison.png)", plots.png_bytes(figure))]
+def _embedded(figure: Path | None) -> list[tuple[str, bytes]]:
+    return [(f"Comparison (the figure of {figure.name})", figure.read_bytes())] if figure else []
 
 
 def _children(parent: ParentRun) -> list[ChildRun]:

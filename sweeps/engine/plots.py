@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import textwrap
 from pathlib import Path
 
@@ -167,14 +166,6 @@ def accuracy_vs_params_figure(finals: pd.DataFrame, title: str) -> Figure:
     fig.suptitle(f"{textwrap.fill(title, 90)}\n{spread_label(seeds, 'error bars')}")
     fig.tight_layout(rect=(0, 0.8 / (4.2 * len(panels) + 0.8), 1, 1))
     return fig
-
-
-def png_bytes(fig: Figure) -> bytes:
-    """The figure as PNG bytes (for embedding in the HTML report), closed after."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def save(fig: Figure, path: str, vector: bool = False) -> list[str]:

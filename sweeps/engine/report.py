@@ -99,6 +99,9 @@ def saved_trial_statuses(experiment_path: str) -> dict[str, str]:
         return {}
 
 
+COMPARISON_FILE = "comparison.png"
+
+
 def write_report(
     rows: pd.DataFrame,
     plan: SweepPlan,
@@ -129,12 +132,18 @@ def write_report(
         pooled = f"\nPooled high-sparsity rows (the paper's claim)\n\n{pooled}\n" if pooled else ""
         print(f"\n{table.title}\n\n{table.to_markdown(shown)}\n{note}{more}\n{pooled}")
         artifacts += table.write(sweep_dir, name, shown)
-    if not rows.empty:
-        figure = (spec.figure or plots.comparison_figure)(rows, spec.title)
-        artifacts += [Path(p) for p in plots.save(figure, str(sweep_dir / "comparison.png"), vector=True)]
+    artifacts += draw_comparison(rows, plan, sweep_dir)
     print(f"results in {sweep_dir}")
     finished = rows["trial"].nunique() if not rows.empty else 0
     return artifacts, {"trials": plan.trial_count, "trials_finished": finished}, table
+
+
+def draw_comparison(rows: pd.DataFrame, plan: SweepPlan, folder: Path) -> list[Path]:
+    """The sweep's figure as `comparison.png` (the report embeds it) and `.pdf` (for papers); none without rows."""
+    if rows.empty:
+        return []
+    figure = (plan.spec.figure or plots.comparison_figure)(rows, plan.spec.title)
+    return [Path(p) for p in plots.save(figure, str(folder / COMPARISON_FILE), vector=True)]
 
 
 def best_points(rows: pd.DataFrame, plan: SweepPlan) -> pd.DataFrame:
