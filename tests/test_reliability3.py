@@ -6,6 +6,7 @@ Every refusal here is one line `error: ...` naming the value, exit 2, and nothin
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -191,6 +192,38 @@ def test_resuming_a_moved_results_folder_says_it_moved_and_writes_nothing(
     err = refused(["--resume", "--name", "s", "--results-dir", str(new), *TINY], capsys)
     assert "moved" in err and str(old) in err and f"ln -s {new} {old}" in err
     assert tree(tmp_path) == before and not old.exists()  # no empty store at the old path
+
+
+def test_a_sweep_whose_state_another_version_wrote_is_refused_before_its_tune_state_is_read(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Tune restores its pickled callbacks on resume: state from a version whose callbacks had other attributes
+    ended in an AttributeError traceback mid-resume (a sweep interrupted under the previous release)."""
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.engine.spec import expand
+    from sweeps.engine.sweep_state import STATE_FILE, SweepState
+
+    results = tmp_path / "results"
+    (results / "s").mkdir(parents=True)
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.create_experiment("s")
+    run = client.create_run(experiment)
+    plan = expand(table1.SPEC, "smoke", methods=("GP",), seeds=1, overrides={"epochs": 1, "cycles": 1})
+    state = SweepState(
+        "s", plan.fingerprint(), f"sqlite:///{results / 'mlflow.db'}", experiment, run.info.run_id,
+        {"": str(results / "ray" / "s-1")}, str(results),
+    )  # fmt: skip
+    state.write(results / "s")
+    written = json.loads((results / "s" / STATE_FILE).read_text())
+    del written["state_format"]  # as the previous release wrote it
+    (results / "s" / STATE_FILE).write_text(json.dumps(written))
+    before = tree(tmp_path)
+    capsys.readouterr()
+    err = refused(["--resume", "--name", "s", "--results-dir", str(results), *TINY], capsys)
+    assert "another version of ap-sweeps (state format 1, this version resumes format 2)" in err
+    assert "code_version" in err and "--overwrite" in err
+    assert tree(tmp_path) == before
 
 
 # ---- 6. a remote storage that never answers ----

@@ -33,6 +33,7 @@ from sweeps.engine.sweep_state import (
     STATE_FILE,
     SweepState,
     check_not_moved,
+    check_state_format,
     choose_tracking_uri,
     claim_sweep_dir,
     experiment_paths,
@@ -173,6 +174,8 @@ def execute_claimed(plan: SweepPlan, args: ParsedArgs, name: str, results_dir: P
     tracking_uri = choose_tracking_uri(options, state.tracking_uri if state else None, local_store)
     if state is not None and state.finished and (sweep_dir / CYCLES_FILE).exists():
         return reprint_finished(plan, args, name, sweep_dir, state)
+    if state is not None:
+        check_state_format(state, sweep_dir / STATE_FILE)
     leftover_ray.end_leftovers(sweep_dir)  # this sweep's last driver was killed: its private Ray's agents linger
     if not options.verbose:
         quiet_libraries()  # before ray is imported: it reads its log level then

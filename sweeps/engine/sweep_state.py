@@ -24,6 +24,9 @@ from sweeps.engine.spec import SweepPlan
 STATE_FILE = "sweep.json"
 CYCLES_FILE = "trial_cycles.csv"  # every trial's per-cycle results, as the sweep's table was built from them
 LOCK_FILE = ".lock"  # held by the running driver: two drivers never share a sweep folder
+# What Tune restores on resume (its pickled callbacks, the trainable's parameters, the trial configs) has this shape;
+# bump it when that changes: an older sweep's Tune state would resume into code that no longer matches it.
+STATE_FORMAT = "2"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class SweepState:
     experiments: dict[str, str]
     results_dir: str = ""  # where the results folder was when the sweep started (its stores are addressed by it)
     finished: str = ""  # when every trial had run and been logged: a rerun reprints the table, runs nothing
+    state_format: str = STATE_FORMAT  # "" in a state written before the format was recorded (format 1)
 
     def write(self, sweep_dir: Path) -> None:
         write_atomic(sweep_dir / STATE_FILE, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
@@ -109,6 +113,17 @@ def state_to_continue(sweep_dir: Path, plan: SweepPlan, resume: bool, overwrite:
             "of its own, or pass --overwrite to replace it"
         )
     return None
+
+
+def check_state_format(state: SweepState, state_file: Path) -> None:
+    """Refuse to resume Tune state that another version of ap-sweeps wrote, before anything of it is read."""
+    if state.state_format != STATE_FORMAT:
+        raise SweepError(
+            f"cannot continue sweep {state.sweep!r}: {state_file} was written by another version of ap-sweeps "
+            f"(state format {state.state_format or '1'}, this version resumes format {STATE_FORMAT}); finish it with "
+            "the version that started it (its MLflow runs' code_version tag), or start it afresh with --overwrite "
+            "or under another --name"
+        )
 
 
 def experiment_paths(plan: SweepPlan, storage: str, name: str, stamp: str, previous: dict[str, str]) -> dict[str, str]:
