@@ -41,9 +41,10 @@ SERVICES_IMAGE = "ap-sweeps-services:cluster-test"
 COMPOSE_FILES = [REPO / "docker" / "compose.yaml", REPO / "tests" / "cluster" / "compose.test.yaml"]
 WORKERS = ("ray-worker-1", "ray-worker-2")
 SWEEP_NAME = "cluster-smoke"
-# 4 trials (GP/LP x AP/no AP, one seed): dense training (cycle 0) and 3 pruning cycles of ~8 s each on one CPU,
-# so a worker can be killed while a trial is between checkpoints.
-SWEEP_ARGS = ["--preset", "smoke", "--seeds", "1", "--cycles", "3", "--epochs", "100", "--max-failures", "3"]
+# 4 trials (GP/LP x AP/no AP, one seed): dense training (cycle 0) and 3 pruning cycles of ~12 s each on one CPU,
+# so a worker can be killed while a trial is between checkpoints (at 100 epochs, ~8 s, a loaded host's kill once
+# landed after the chosen trial had finished).
+SWEEP_ARGS = ["--preset", "smoke", "--seeds", "1", "--cycles", "3", "--epochs", "150", "--max-failures", "3"]
 EXPECTED_TRIALS = 4
 EXPECTED_CYCLES = 3  # cycles 0..3 are reported, each with a checkpoint
 
@@ -453,7 +454,8 @@ def run_sweep_losing_a_worker(cluster: Cluster, timeout_s: float = 1200) -> tupl
                     cycles: dict[str, list[dict]] = {}
                     for row in rows:
                         cycles.setdefault(row["trial"], []).append(row)
-                    for trial, trial_rows in cycles.items():
+                    # the trial with the most cycles left: the widest window for the kill to land before it ends
+                    for trial, trial_rows in sorted(cycles.items(), key=lambda item: item[1][-1]["cycle"]):
                         last = trial_rows[-1]
                         if 1 <= last["cycle"] < EXPECTED_CYCLES and last["node_ip"] in worker_ips:
                             killed_service, interrupted_trial = worker_ips[last["node_ip"]], trial
