@@ -20,7 +20,7 @@ import torch
 
 from ap_core.array_dataset import ArrayDataset
 from ap_core.config import TrialConfig
-from ap_core.trial import Trial
+from ap_core.trial import TrialRunner
 
 MIB = 2**20
 
@@ -55,13 +55,13 @@ def peak_host_mib() -> float:
     return peak / MIB if sys.platform == "darwin" else peak / 1024
 
 
-def epoch_timer(config: TrialConfig, dataset: ArrayDataset | None = None) -> tuple[Trial, Callable[[], float]]:
+def epoch_timer(config: TrialConfig, dataset: ArrayDataset | None = None) -> tuple[TrialRunner, Callable[[], float]]:
     """A trial at the start of its dense cycle and a function that trains its next epoch and returns the seconds.
 
     The epoch is the trial's own (`CycleRunner.train_epoch`): batches, masking, DNR counting, the loss read back
     and the test set evaluated; it ends with values read back to the host, so the device has finished.
     """
-    trial = Trial(config, dataset)
+    trial = TrialRunner(config, dataset)
     dense_cycle = trial.current_cycle
     dense_cycle.begin()
 

@@ -1,6 +1,6 @@
 """One complete pruning experiment: dense training (cycle 0), then `cycles` rounds of prune -> rewind -> retrain.
 
-`Trial` only orchestrates: the environment (`ap_core.environment`), the data and its batches
+`TrialRunner` only orchestrates: the environment (`ap_core.environment`), the data and its batches
 (`ap_core.trial_data`), each cycle's pruning step, epochs and result (`ap_core.cycle_runner`, which calls the
 pruning step with AP, the training loop with its hooks and the recorder of figures and removal events) and the
 checkpoint file (`ap_core.checkpoint`) are collaborators it calls.
@@ -48,13 +48,13 @@ def run_trial(
     called, so a tracker can attach the checkpoint to the result it reports. A resumed trial calls `on_cycle`
     only for cycles it runs itself.
     """
-    trial = Trial(config, dataset)
+    trial = TrialRunner(config, dataset)
     if resume_from is not None:
         trial.restore(Path(resume_from) / CHECKPOINT_FILE)
     return trial.run(on_cycle, Path(checkpoint_dir) if checkpoint_dir is not None else None)
 
 
-class Trial:
+class TrialRunner:
     """One trial's parts, its results so far and the cycle in progress; `run` advances it cycle by cycle."""
 
     def __init__(self, config: TrialConfig, dataset: ArrayDataset | None = None) -> None:

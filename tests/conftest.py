@@ -192,10 +192,10 @@ def resumed_from_checkpoint_where(config, dataset, folder: Path, monkeypatch, wa
     from it; returns the resumed trial's results."""
     from ap_core import run_trial
     from ap_core.checkpoint import CHECKPOINT_FILE, read_checkpoint
-    from ap_core.trial import Trial
+    from ap_core.trial import TrialRunner
 
     kept = folder / "resume" / CHECKPOINT_FILE
-    original_save = Trial.save
+    original_save = TrialRunner.save
 
     def save_and_keep_a_copy(self, directory):
         original_save(self, directory)
@@ -203,7 +203,7 @@ def resumed_from_checkpoint_where(config, dataset, folder: Path, monkeypatch, wa
             kept.parent.mkdir(parents=True)
             shutil.copy(directory / CHECKPOINT_FILE, kept)
 
-    monkeypatch.setattr(Trial, "save", save_and_keep_a_copy)
+    monkeypatch.setattr(TrialRunner, "save", save_and_keep_a_copy)
     run_trial(config, checkpoint_dir=folder / "run", dataset=dataset)
     monkeypatch.undo()
     assert kept.exists(), "no checkpoint matched"

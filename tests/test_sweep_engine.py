@@ -43,7 +43,7 @@ from sweeps.engine.sweep_state import (
 )
 from sweeps.engine.trial_artifacts import write_trial_artifacts
 from sweeps.engine.trial_logger import MlflowTrialLogger, sync_with_tune
-from sweeps.engine.tune_runner import PlannedTrials, TrialNamer, planned_points, search_setup, split_settings
+from sweeps.engine.tune_runner import PlanSearcher, TrialNamer, planned_points, search_setup, split_settings
 from trainables.pruning_trial import ARTIFACTS_DIR
 from trainables.tune_config import REPEAT_INDEX, TRIAL_NAME, trial_config
 
@@ -164,10 +164,10 @@ def test_the_trainable_holds_shared_settings_and_the_searcher_hands_out_the_rest
     assert [c[TRIAL_NAME] for c in configs] == [t.name for t in trials] and not set(group_shared) & set(configs[0])
     assert [trial_config(c, shared=group_shared) for c in configs] == [t.config for t in trials]
     assert [SMOKE.catalog().trial_of(c) for c in configs] == list(trials)
-    searcher = PlannedTrials(points)
+    searcher = PlanSearcher(points)
     assert [searcher.suggest(f"t{i}") for i in range(2)] == points[:2]
     searcher.save(str(tmp_path / "searcher.json"))
-    restored = PlannedTrials(points)
+    restored = PlanSearcher(points)
     restored.restore(str(tmp_path / "searcher.json"))
     rest = [restored.suggest(f"t{i}") for i in range(len(points) - 2)]
     assert rest == points[2:] and restored.suggest("last") == Searcher.FINISHED

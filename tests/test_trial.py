@@ -17,7 +17,7 @@ from ap_core.dnr import activation_layers
 from ap_core.pruning import weight_methods
 from ap_core.retraining import RETRAINING
 from ap_core.training import lr_factor
-from ap_core.trial import Trial
+from ap_core.trial import TrialRunner
 
 QUICK = {"model": "mlp", "dataset": "digits", "epochs": 2, "cycles": 3, "cpu_threads": 1}
 
@@ -192,17 +192,17 @@ def test_bad_configs_raise_one_clear_error(changes, named):
 )
 def test_settings_a_trial_cannot_honour_on_its_data_or_machine_are_refused_before_training(changes, named, digits):
     with pytest.raises(ConfigError) as err:
-        Trial(quick(**changes), digits)
+        TrialRunner(quick(**changes), digits)
     assert named in str(err.value) and "\n" not in str(err.value)
 
 
 def test_a_validation_split_is_held_out_of_training_the_same_for_every_seed(digits):
-    split = [Trial(quick(val_fraction=0.1, seed=seed), digits) for seed in (1, 2)]
+    split = [TrialRunner(quick(val_fraction=0.1, seed=seed), digits) for seed in (1, 2)]
     assert all(len(t.data.dataset.y_train) == 1437 - 144 and len(t.data.validation[1]) == 144 for t in split)
     assert torch.equal(split[0].data.validation[0], split[1].data.validation[0])  # one split for every seed
     train_rows = {tuple(row.tolist()) for row in split[0].data.dataset.x_train.flatten(1)}
     assert not any(tuple(row.tolist()) in train_rows for row in split[0].data.validation[0].flatten(1)[:20])
-    assert torch.equal(Trial(quick(), digits).data.dataset.x_train, digits.x_train)  # no split unless asked
+    assert torch.equal(TrialRunner(quick(), digits).data.dataset.x_train, digits.x_train)  # no split unless asked
 
     results = run_trial(quick(val_fraction=0.1, cycles=1, epochs=1), dataset=digits)
     assert all(0 <= r.val_acc <= 100 and r.metrics()["val_acc"] == r.val_acc for r in results)
@@ -221,13 +221,13 @@ def test_torch_compile_keeps_the_numbers_within_noise(digits):
 def test_torch_compile_on_a_cpu_without_a_compiler_is_refused(digits, monkeypatch):
     monkeypatch.setattr("ap_core.environment.shutil.which", lambda _: None)
     with pytest.raises(ConfigError, match="torch_compile 'default' on a CPU needs a C\\+\\+ compiler"):
-        Trial(quick(torch_compile="default"), digits)
+        TrialRunner(quick(torch_compile="default"), digits)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_on_a_machine_without_it_is_refused(digits):
     with pytest.raises(ConfigError, match="no CUDA GPU"):
-        Trial(quick(device="cuda"), digits)
+        TrialRunner(quick(device="cuda"), digits)
 
 
 def test_missing_dataset_offline_is_a_one_line_error(tmp_path):
@@ -326,8 +326,8 @@ def test_config_takes_numeric_values_in_the_forms_tune_and_numpy_produce():
 def test_rewind_step_must_fall_inside_a_cycle(retraining, digits):
     steps = 2 * math.ceil(1437 / 64)
     with pytest.raises(ConfigError, match=f"rewind_step {steps} must be below"):
-        Trial(quick(retraining=retraining, rewind_step=steps), digits)
-    Trial(quick(retraining=retraining, rewind_step=steps - 1), digits).run(None, None)
+        TrialRunner(quick(retraining=retraining, rewind_step=steps), digits)
+    TrialRunner(quick(retraining=retraining, rewind_step=steps - 1), digits).run(None, None)
 
 
 def test_diverging_training_is_reported_as_non_finite(digits):
@@ -410,9 +410,9 @@ def test_fixed_seed_trials_keep_the_numbers_of_the_code_before_the_core_reshape(
 
 def test_small_models_train_on_one_cpu_thread_unless_told(digits):
     torch.set_num_threads(2)
-    Trial(quick(cpu_threads=0), digits)
+    TrialRunner(quick(cpu_threads=0), digits)
     assert torch.get_num_threads() == 1  # the MLP is far below a million parameters
-    Trial(quick(cpu_threads=2), digits)
+    TrialRunner(quick(cpu_threads=2), digits)
     assert torch.get_num_threads() == 2
 
 

@@ -14,7 +14,7 @@ from ap_core.config import TrialConfig
 
 # Tune's Repeater numbers the repeats of one searched point 0, 1, ...: they are the point's seeds 1, 2, ...
 REPEAT_INDEX = "__trial_index__"
-# A planned trial's name, handed out with its settings (tune_runner.PlannedTrials): data, not a setting.
+# A planned trial's name, handed out with its settings (tune_runner.PlanSearcher): data, not a setting.
 TRIAL_NAME = "trial_name"
 NOT_SETTINGS = (REPEAT_INDEX, TRIAL_NAME)
 

@@ -1,6 +1,6 @@
 """What every trial would refuse at its start, refused once by the sweep before anything is written.
 
-A trial checks its settings against its data and its machine when it starts (`ap_core.trial.Trial`): a batch
+A trial checks its settings against its data and its machine when it starts (`ap_core.trial.TrialRunner`): a batch
 larger than the training set, cycles that would prune every weight, a rewind step past the cycle, more CPU threads
 than the machine has, CUDA where there is none. Left to the trials, a sweep would start, every trial would FAIL with
 a traceback, and the MLflow store would hold a parent run of failures. Here the trial's own start-up checks run on
@@ -29,7 +29,7 @@ def check_planned_trials(
     a GPU share was given, and the resource check says better than the trial what is missing.
     """
     from ap_core import TrialConfig
-    from ap_core.trial import Trial
+    from ap_core.trial import TrialRunner
     from trainables.pruning_trial import dataset_key
 
     if here:
@@ -44,7 +44,7 @@ def check_planned_trials(
         seen.add(key)
         with _torch_state_kept():
             try:
-                Trial(checked, datasets.get(dataset_key(config)))
+                TrialRunner(checked, datasets.get(dataset_key(config)))
             except ConfigError as err:
                 raise ConfigError(f"{err} (trial {name}: every such trial would refuse to start)") from None
 

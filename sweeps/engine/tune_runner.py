@@ -1,7 +1,7 @@
 """Ray and Tune for a sweep: join or start Ray, one Tuner per group (restored on `--resume`), nothing else.
 
 Tune's param space is the trials' experiment settings. A table sweep's trials are fixed in advance: the settings
-they share are the param space's constants and `PlannedTrials` (a Tune `Searcher`) hands out what differs, in plan
+they share are the param space's constants and `PlanSearcher` (a Tune `Searcher`) hands out what differs, in plan
 order. A search gives Tune the axes as its own primitives: `tune.grid_search` for the grid, `tune.choice` for
 random draws and for Optuna / HyperOpt, whose every point is repeated once per seed (Tune's `Repeater`, which
 reports the mean over seeds back to the searcher).
@@ -151,7 +151,7 @@ def _tuner(
         # and queue as many again, so a slot that frees up is refilled at once, while the rest of the plan waits
         # in the searcher as plain data instead of as thousands of Tune trials.
         limit = options.max_concurrent or 2 * trials_at_once(options.cpus_per_trial, options.gpus_per_trial)
-        search_alg = ConcurrencyLimiter(PlannedTrials(points), max_concurrent=limit)
+        search_alg = ConcurrencyLimiter(PlanSearcher(points), max_concurrent=limit)
         param_space, num_samples = {}, len(points)  # the group's shared settings come with the trainable
         cycles = [t.config.cycles + 1 for t in trials]
         namer = TrialNamer()
@@ -251,7 +251,7 @@ def _scheduler(search: SearchOptions | None, max_t: int) -> ASHAScheduler | None
     )
 
 
-class PlannedTrials(Searcher):
+class PlanSearcher(Searcher):
     """Hands Tune a table sweep's planned trials, in plan order; its state (the next index) is JSON."""
 
     def __init__(self, points: list[dict[str, Any]]) -> None:
