@@ -56,10 +56,28 @@ def plugin_entries() -> list[str]:
     return [entry.strip() for entry in os.environ.get(PLUGINS_VARIABLE, "").split(",") if entry.strip()]
 
 
-def _load(entry: str) -> None:
+def absolute_entries() -> str:
+    """`AP_SWEEPS_PLUGINS` with every file's path made absolute: for processes that start elsewhere (Tune runs each
+    trial in its own folder)."""
+    entries = []
+    for entry in plugin_entries():
+        target, function = _split(entry)
+        if target.endswith(".py"):
+            target = str(Path(target).expanduser().absolute())
+        entries.append(f"{target}:{function}" if function else target)
+    return ",".join(entries)
+
+
+def _split(entry: str) -> tuple[str, str]:
+    """(module or file, function to call or "")."""
     target, _, function = entry.rpartition(":")
-    if not (function.isidentifier() and len(target) > 1):  # no function named (or a Windows drive letter)
-        target, function = entry, ""
+    if function.isidentifier() and len(target) > 1:  # else no function named (or a Windows drive letter)
+        return target, function
+    return entry, ""
+
+
+def _load(entry: str) -> None:
+    target, function = _split(entry)
     module = _import_file(Path(target).expanduser()) if target.endswith(".py") else importlib.import_module(target)
     if function:
         getattr(module, function)()

@@ -127,3 +127,15 @@ def test_a_plugin_that_cannot_load_is_one_line_naming_it(plugin: str, named: str
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith(f"error: cannot load plugin {plugin!r}") and named in done.stderr
     assert done.stderr.count("\n") == 1  # no traceback
+
+
+def test_workers_get_the_plugins_by_absolute_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tune runs each trial in a folder of its own: `noisy.py` relative to where the sweep started failed there."""
+    from sweeps.engine.tune_runner import worker_runtime_env
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AP_SWEEPS_PLUGINS", "lab/noisy.py:register, lab_methods ,~/more.py")
+    expected = f"{tmp_path}/lab/noisy.py:register,lab_methods,{Path.home()}/more.py"
+    assert worker_runtime_env()["env_vars"] == {"AP_SWEEPS_PLUGINS": expected}
+    monkeypatch.delenv("AP_SWEEPS_PLUGINS")
+    assert "env_vars" not in worker_runtime_env()  # no plugins: the job's environment is left alone

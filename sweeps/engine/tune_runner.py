@@ -22,7 +22,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater, Searcher
 
-from ap_core.plugins import PLUGINS_VARIABLE
+from ap_core.plugins import PLUGINS_VARIABLE, absolute_entries
 from sweeps.engine import packing, preflight, state_signing
 from sweeps.engine.full_disk import StopWhenStorageFull
 from sweeps.engine.options import AUTO_GPUS, SearchOptions, SweepError, SweepOptions
@@ -92,8 +92,8 @@ def run_experiments(
 
 def worker_runtime_env() -> dict[str, Any]:
     """Every worker of the sweep's job runs SETUP_HOOK first (no SystemExit tracebacks from Ray's own SIGTERM at
-    shutdown) and loads the driver's plugins, also on nodes started without them."""
-    plugins = os.environ.get(PLUGINS_VARIABLE)
+    shutdown) and loads the driver's plugins, also on nodes started without them and from the trial's folder."""
+    plugins = absolute_entries()
     return {"worker_process_setup_hook": SETUP_HOOK} | ({"env_vars": {PLUGINS_VARIABLE: plugins}} if plugins else {})
 
 
