@@ -145,7 +145,8 @@ class SweepSpec:
             if method is None:
                 valid = ", ".join(m.label for m in self.methods)
                 if _method_axis_only(self.methods):
-                    valid += f" or any registered {_kind(self.methods)} method (ap-trial --list)"
+                    kind = _kind(*(m.overrides["method"] for m in self.methods))
+                    valid += f" or any registered {kind} method (ap-trial --list)"
                 raise ConfigError(f"unknown method {label!r} for sweep {self.name}; valid: {valid}")
             chosen[method.label] = method
         return tuple(chosen.values())
@@ -160,7 +161,7 @@ def registered_method(name: str, methods: tuple[AxisValue, ...]) -> AxisValue | 
 
     if name not in METHODS:
         return None
-    if {_kind(methods)} != {_kind((AxisValue(name, name, {"method": name}),))}:
+    if _kind(name) != _kind(*(m.overrides["method"] for m in methods)):
         return None
     return AxisValue(name, re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "method", {"method": name})
 
@@ -169,11 +170,11 @@ def _method_axis_only(methods: tuple[AxisValue, ...]) -> bool:
     return all(set(m.overrides) == {"method"} for m in methods)
 
 
-def _kind(methods: tuple[AxisValue, ...]) -> str:
-    """What the methods remove: "weight", "channel" or "weight and channel"."""
+def _kind(*methods: str) -> str:
+    """What the registered methods named remove: "weight", "channel" or "weight and channel"."""
     from ap_core.pruning import METHODS
 
-    kinds = {"channel" if METHODS.get(m.overrides["method"]).removes_channels else "weight" for m in methods}
+    kinds = {"channel" if METHODS.get(name).removes_channels else "weight" for name in methods}
     return " and ".join(sorted(kinds, reverse=True))
 
 

@@ -63,7 +63,7 @@ def run_experiments(
     grids = []
     for group in plan.groups:
         path = experiments[group]
-        shared = planned_points(plan, group)[0] if plan.search is None else {}
+        shared, points = planned_points(plan, group) if plan.search is None else ({}, [])
         trainable = tune.with_resources(
             tune.with_parameters(
                 train_trial,
@@ -80,7 +80,7 @@ def run_experiments(
             state_signing.protect(path)
             grid = tune.Tuner.restore(path, trainable=trainable).fit()
         else:
-            tuner = _tuner(plan, group, trainable, catalog, options, search, parent, path, sweep_tags)
+            tuner = _tuner(plan, group, points, trainable, catalog, options, search, parent, path, sweep_tags)
             state_signing.sign_files(path, ["tuner.pkl"])  # written by Tuner(); the rest is signed as Tune saves it
             state_signing.protect(path)
             grid = tuner.fit()
@@ -136,6 +136,7 @@ def _first_line(err: Exception) -> str:
 def _tuner(
     plan: SweepPlan,
     group: str,
+    points: list[dict[str, Any]],
     trainable: Any,
     catalog: TrialCatalog,
     options: SweepOptions,
@@ -146,7 +147,6 @@ def _tuner(
 ) -> tune.Tuner:
     if plan.search is None:
         trials = plan.trials_of(group)
-        points = planned_points(plan, group)[1]
         # Tune creates as many trials as its searcher's ConcurrencyLimiter allows: enough to fill every free slot
         # and queue as many again, so a slot that frees up is refilled at once, while the rest of the plan waits
         # in the searcher as plain data instead of as thousands of Tune trials.
