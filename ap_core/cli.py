@@ -60,6 +60,7 @@ def method_help() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ap_core import DATASETS, MODELS, run_trial
+    from ap_core.checks import checked_config
     from ap_core.retraining import RETRAINING
 
     try:
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in method_help():
                 print(f"  {line}")
             return 0
-        config = TrialConfig(**dataclass_overrides(args, TrialConfig))
+        config = checked_config(dataclass_overrides(args, TrialConfig))
         if args.resume and not args.checkpoint_dir:
             raise ConfigError("--resume needs --checkpoint-dir")
         # Checked now, not after hours of training

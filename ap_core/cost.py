@@ -75,7 +75,7 @@ def epoch_timer(config: TrialConfig, dataset: ArrayDataset | None = None) -> tup
 
 def probe_config(config: TrialConfig, num_train: int, images: int) -> TrialConfig:
     """`config` cut to a probe: one cycle, no validation split, `images` training images (at least two batches)."""
-    subset = min(num_train, max(images, 2 * config.batch_size))
+    subset = min(num_train, max(images, 2 * config.training.batch_size))
     return config.replace(max_train_samples=subset, val_fraction=0.0, cycles=1)
 
 
@@ -83,7 +83,7 @@ def measure_epochs(config: TrialConfig, dataset: ArrayDataset | None = None, epo
     """Train `epochs` epochs of `config`'s dense cycle (loading its dataset unless `dataset` is given)."""
     if epochs < 1:
         raise ValueError(f"epochs {epochs} must be >= 1")
-    trial, next_epoch = epoch_timer(config.replace(epochs=max(config.epochs, epochs)), dataset)
+    trial, next_epoch = epoch_timer(config.replace(epochs=max(config.training.epochs, epochs)), dataset)
     device = trial.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

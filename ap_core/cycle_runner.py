@@ -57,7 +57,7 @@ class TrialParts:
 
     @property
     def cycle_steps(self) -> int:
-        return self.config.epochs * self.data.steps_per_epoch
+        return self.config.training.epochs * self.data.steps_per_epoch
 
 
 class CycleRunner:
@@ -88,7 +88,7 @@ class CycleRunner:
         mask = net.mask
         if self.cycle > 0:
             mask = self._prune()
-            self.step = parts.retraining.rewind(net, parts.config.retraining_settings)
+            self.step = parts.retraining.rewind(net, parts.config.retraining)
             net.new_optimizer()
         net.set_mask(mask)
         net.references[Reference.START] = {name: w.clone() for name, w in net.weights().items()}
@@ -98,7 +98,7 @@ class CycleRunner:
         """This cycle's removal (the method's proposal, then AP's share); returns the new mask."""
         config, net = self.parts.config, self.parts.net
         generator = torch.Generator().manual_seed(derived_seed(PRUNING_STREAM, config.seed, self.cycle))
-        count = max(0, net.mask.alive() - target_alive(net.mask.total(), config.prune_rate, self.cycle))
+        count = max(0, net.mask.alive() - target_alive(net.mask.total(), config.pruning.prune_rate, self.cycle))
         request = PruneRequest(
             net.weights(),
             net.references[Reference.START],
@@ -115,7 +115,7 @@ class CycleRunner:
                 request, weights=net.weights(), start=net.references[Reference.START], mask=net.mask
             )
 
-        return prune_step(self.parts.method, request, config.ap_settings, apply_channels)
+        return prune_step(self.parts.method, request, config.ap, apply_channels)
 
     def _context(self) -> CycleContext:
         return CycleContext(
@@ -132,7 +132,7 @@ class CycleRunner:
         if self._hooks is None:
             self._hooks = self.parts.method.hooks(self._context())
             if self.cycle == 0 and self.parts.retraining.needs_rewind_point:
-                self._hooks.append(RewindPoint(self.parts.net, self.parts.config.rewind_step))
+                self._hooks.append(RewindPoint(self.parts.net, self.parts.config.retraining.rewind_step))
         return self._hooks
 
     @contextlib.contextmanager
@@ -190,14 +190,15 @@ class CycleRunner:
             config = self.parts.config
             raise NonFiniteLossError(
                 f"{what} became {value} in cycle {self.cycle}, epoch {epoch}{why} "
-                f"(lr {config.lr}, model {config.model}); lower the learning rate"
+                f"(lr {config.optimizer.lr}, model {config.model}); lower the learning rate"
             )
 
     def _learning_rates(self, first_step: int) -> Iterator[float]:
         config, retraining = self.parts.config, self.parts.retraining
         for step in itertools.count(first_step):
-            scheduled = config.lr * lr_factor(config.schedule_settings, step, self.parts.data.steps_per_epoch)
-            yield retraining.learning_rate(config.retraining_settings, scheduled) if self.cycle > 0 else scheduled
+            factor = lr_factor(config.schedule, config.training.epochs, step, self.parts.data.steps_per_epoch)
+            scheduled = config.optimizer.lr * factor
+            yield retraining.learning_rate(config.retraining, scheduled) if self.cycle > 0 else scheduled
 
     def finish(self, seconds: float) -> CycleResult:
         """The cycle's result: its last epoch's figures, the dead units on the window and the validation accuracy."""

@@ -1,7 +1,8 @@
 """Command-line flags from dataclass fields: one `--field-name` option per field, typed and documented by the field.
 
 `ap-trial` and `ap-sweeps` build their flags from `TrialConfig` (and the sweep's own option records) this way, so a
-new field is a new flag without touching either parser.
+new field is a new flag without touching either parser. A field that is itself a dataclass (a settings group)
+contributes its own fields, each named by its metadata `flag`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 
@@ -37,15 +38,14 @@ def add_dataclass_arguments(
     `parse` and value-to-text function as `show`.
     """
     shown_defaults = shown_defaults or {}
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
+    for name, hint, f in flag_fields(cls):
+        if name in skip:
             continue
-        hint = hints[f.name]
-        flag = "--" + f.name.replace("_", "-")
+        flag = "--" + name.replace("_", "-")
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help texts
-        shown = shown_defaults.get(f.name, f.metadata.get("show", str)(f.default))
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": f"{help_text} (default: {shown})"}
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        shown = shown_defaults.get(name, f.metadata.get("show", str)(default))
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": f"{help_text} (default: {shown})"}
         if f.metadata.get("switch"):
             kwargs.update(action="store_const", const=True, help=help_text)
         elif "parse" in f.metadata:
@@ -63,6 +63,18 @@ def add_dataclass_arguments(
         parser.add_argument(flag, **kwargs)
 
 
+def flag_fields(cls: type) -> Iterator[tuple[str, Any, dataclasses.Field]]:
+    """(flag name, type, field) of every flag `cls` gives, a group's fields in place of the group."""
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            group_hints = get_type_hints(hints[f.name])
+            for inner in dataclasses.fields(hints[f.name]):
+                yield inner.metadata.get("flag", inner.name), group_hints[inner.name], inner
+        else:
+            yield f.name, hints[f.name], f
+
+
 def _parse_key_value(text: str) -> tuple[str, Any]:
     """`alpha=1e-3` -> ("alpha", 0.001): numbers, true/false and JSON literals are typed, the rest stays text."""
     key, sep, raw = text.partition("=")
@@ -76,10 +88,9 @@ def _parse_key_value(text: str) -> tuple[str, Any]:
 
 
 def dataclass_overrides(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The fields the user actually set on the command line."""
-    hints = get_type_hints(cls)
+    """The flags the user actually set on the command line, by flag name."""
     return {
-        f.name: dict(value) if get_origin(hints[f.name]) is dict else value
-        for f in dataclasses.fields(cls)
-        if (value := getattr(namespace, f.name, None)) is not None
+        name: dict(value) if get_origin(hint) is dict else value
+        for name, hint, _ in flag_fields(cls)
+        if (value := getattr(namespace, name, None)) is not None
     }

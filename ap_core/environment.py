@@ -43,15 +43,15 @@ def check_compile_toolchain(torch_compile: str, device: torch.device) -> None:
 
 def prepare_environment(config: TrialConfig) -> Environment:
     """Resolve `config`'s device and threads on this machine; a ConfigError for what it cannot honour."""
-    device = resolve_device(config.device)
+    device = resolve_device(config.runtime.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {config.device!r}: this machine has no CUDA GPU; use --device cpu or auto")
-    if config.cpu_threads > (os.cpu_count() or 1):
-        raise ConfigError(f"cpu_threads {config.cpu_threads} is more than this machine's {os.cpu_count()} CPUs")
-    check_compile_toolchain(config.torch_compile, device)
-    if config.cpu_threads:
+        raise ConfigError(f"device {config.runtime.device!r}: this machine has no CUDA GPU; use --device cpu or auto")
+    if config.runtime.cpu_threads > (os.cpu_count() or 1):
+        raise ConfigError(f"cpu_threads {config.runtime.cpu_threads} is more than this machine's {os.cpu_count()} CPUs")
+    check_compile_toolchain(config.runtime.torch_compile, device)
+    if config.runtime.cpu_threads:
         # Tiny models on a shared CPU slow down sharply when several trials each spin up all cores.
-        torch.set_num_threads(config.cpu_threads)
+        torch.set_num_threads(config.runtime.cpu_threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return Environment(device, config.amp and device.type == "cuda", config.cpu_threads)
+    return Environment(device, config.training.amp and device.type == "cuda", config.runtime.cpu_threads)

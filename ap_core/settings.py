@@ -1,103 +1,219 @@
-"""Plain typed settings at the bottom of the import graph: the groups the training primitives take, and the
-coercion of loose values (Tune's 64.0, numpy's int64, JSON's lists) to a dataclass field's type.
+"""A trial's settings as plain typed groups, one per concern, at the bottom of the import graph.
 
-`TrialConfig` (ap_core.config) keeps one flat field per CLI flag, Tune key and MLflow param; the groups here are
-views of those fields, so a primitive asks for what it uses rather than for a whole experiment.
+Each field names the flat setting it stands for (`setting(flag, ...)`): the `--flag` of `ap-trial`, the key of Tune's
+param space and the MLflow param, which keep the names users' scripts know. `ap_core.config.TrialConfig` holds one
+group of each kind; a group checks its own values when built, naming the flat setting that is wrong.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping
-from dataclasses import dataclass
-from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
-
-import numpy as np
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
 
 from ap_core.errors import ConfigError
+from ap_core.typed_values import coerce_setting
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 AP_SCORES = ("change", "magnitude")
 AP_CANDIDATES = ("negative", "all")
 AP_SCOPES = ("global", "layer")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
+def setting(flag: str, default: Any, help: str) -> Any:
+    """A group field that is the flat setting `flag`."""
+    return field(default=default, metadata={"flag": flag, "help": help})
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag", f.name)
+
+
+class SettingsGroup:
+    """A typed settings group: its fields are coerced to their types, then `check` runs (both name the flag)."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = coerce_setting(type(self), f.name, getattr(self, f.name), flag_name(f))
+            object.__setattr__(self, f.name, value)
+        self.check()
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first value that is wrong on its own."""
+
+    def flat(self) -> dict[str, Any]:
+        """The group's values under their flat setting names."""
+        return {flag_name(f): getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
-class OptimizerSettings:
+class PruningSettings(SettingsGroup):
+    """Which method prunes, with its own options, and how much: `prune_rate` per cycle for `cycles` cycles."""
+
+    method: str = setting("method", "global_magnitude", "pruning method X (see --list)")
+    method_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "flag": "method_options",
+            "help": "the method's own options as KEY=VALUE (see --list), e.g. channel_ratio=0.5",
+        },
+    )
+    prune_rate: float = setting("prune_rate", 0.2, "fraction p of the alive weights pruned per cycle")
+    cycles: int = setting("cycles", 10, "pruning cycles after the dense cycle 0")
+    keep_first_dense: bool = setting("keep_first_dense", False, "never prune the first conv/linear layer")
+    keep_classifier_dense: bool = setting("keep_classifier_dense", False, "never prune the classifier")
+
+    def check(self) -> None:
+        _open_unit("prune_rate", self.prune_rate)
+        _at_least("cycles", self.cycles, 1)
+
+
+@dataclass(frozen=True)
+class APSettings(SettingsGroup):
+    """Activate-While-Pruning beside a method: whether it runs, its share of the alive weights, ranking, candidates
+    and scope."""
+
+    enabled: bool = setting("ap", False, "add Activate-While-Pruning to method X")
+    rate: float = setting("ap_rate", 0.02, "AP's share p_ap of the alive weights pruned per cycle (< prune_rate)")
+    score: str = setting("ap_score", "change", f"AP ranking score: {'/'.join(AP_SCORES)}")
+    candidates: str = setting("ap_candidates", "negative", f"AP candidate weights: {'/'.join(AP_CANDIDATES)}")
+    scope: str = setting(
+        "ap_scope",
+        "global",
+        "where AP picks its share: global (across layers, as the official code) or layer (inside the per-layer "
+        "allocation method X alone would make)",
+    )
+
+    def check(self) -> None:
+        _open_unit("ap_rate", self.rate)
+        _choice("ap_score", self.score, AP_SCORES)
+        _choice("ap_candidates", self.candidates, AP_CANDIDATES)
+        _choice("ap_scope", self.scope, AP_SCOPES)
+
+
+@dataclass(frozen=True)
+class RetrainingSettings(SettingsGroup):
+    """How a pruned net is retrained: the scheme, its rewind step k and its fine-tuning learning rate."""
+
+    scheme: str = setting("retraining", "rewind_init", "retraining between cycles (see --list)")
+    rewind_step: int = setting("rewind_step", 0, "optimizer step k for rewind_iteration / lr_rewind")
+    finetune_lr: float = setting("finetune_lr", 0.001, "constant learning rate for the finetune scheme")
+
+    def check(self) -> None:
+        _at_least("rewind_step", self.rewind_step, 0)
+        _positive("finetune_lr", self.finetune_lr)
+
+
+@dataclass(frozen=True)
+class TrainingSettings(SettingsGroup):
+    """What one cycle trains on and for how long, and how its dead units are counted."""
+
+    epochs: int = setting("epochs", 10, "training epochs per cycle")
+    batch_size: int = setting("batch_size", 64, "training batch size")
+    augment: bool = setting("augment", True, "random crop (pad 4) + horizontal flip on image datasets")
+    max_train_samples: int = setting("max_train_samples", 0, "use only the first N training samples (0 = all)")
+    val_fraction: float = setting(
+        "val_fraction",
+        0.0,
+        "share of the training set held out for validation (same split for every seed); 0 = train on all",
+    )
+    dead_unit_window: int = setting("dead_unit_window", 1500, "training images used to count dead units per cycle")
+    amp: bool = setting("amp", True, "bf16 autocast and channels-last on CUDA (ignored on CPU)")
+
+    def check(self) -> None:
+        _at_least("epochs", self.epochs, 1)
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("max_train_samples", self.max_train_samples, 0)
+        _at_least("dead_unit_window", self.dead_unit_window, 1)
+        if not 0 <= self.val_fraction < 0.5:  # written so that nan fails too
+            raise ConfigError(f"val_fraction {self.val_fraction} must be in [0, 0.5)")
+        if self.max_train_samples == 1:
+            raise ConfigError("max_train_samples 1 leaves no training batch (BatchNorm needs 2); use 0 (all) or >= 2")
+
+
+@dataclass(frozen=True)
+class OptimizerSettings(SettingsGroup):
     """Which optimizer updates the weights, and with what peak learning rate and regularisation."""
 
-    name: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    nesterov: bool = False
+    name: str = setting("optimizer", "sgd", f"optimizer: {'/'.join(OPTIMIZERS)}")
+    lr: float = setting("lr", 0.05, "peak learning rate")
+    momentum: float = setting("momentum", 0.9, "SGD momentum (AdamW beta1)")
+    weight_decay: float = setting("weight_decay", 1e-4, "weight decay")
+    nesterov: bool = setting("nesterov", False, "Nesterov momentum for SGD")
+
+    def check(self) -> None:
+        _choice("optimizer", self.name, OPTIMIZERS)
+        _positive("lr", self.lr)
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum {self.momentum} must be in [0, 1)")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay {self.weight_decay} must be a number >= 0")
 
 
 @dataclass(frozen=True)
-class ScheduleSettings:
+class ScheduleSettings(SettingsGroup):
     """The learning-rate schedule of one cycle, as a factor of the peak LR."""
 
-    epochs: int = 10
-    schedule: str = "multistep"
-    milestones: tuple[float, ...] = (0.5, 0.75)
-    lr_gamma: float = 0.1
-    warmup_epochs: float = 0.0
+    name: str = setting("schedule", "multistep", f"LR schedule: {'/'.join(SCHEDULES)}")
+    milestones: tuple[float, ...] = setting("milestones", (0.5, 0.75), "multistep LR drops, as fractions of the epochs")
+    lr_gamma: float = setting("lr_gamma", 0.1, "multistep LR factor per milestone")
+    warmup_epochs: float = setting("warmup_epochs", 0.0, "linear LR warm-up length in epochs")
+
+    def check(self) -> None:
+        _choice("schedule", self.name, SCHEDULES)
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise ConfigError(f"milestones {self.milestones} must be fractions of the epochs in (0, 1)")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"lr_gamma {self.lr_gamma} must be in (0, 1]")
 
 
 @dataclass(frozen=True)
-class APSettings:
-    """Activate-While-Pruning beside a method: its share of the alive weights, ranking, candidates and scope."""
+class RuntimeSettings(SettingsGroup):
+    """Where a trial runs and how fast, outside the experiment: a resumed trial may change them (on a CPU, results
+    are bit-identical only for the same cpu_threads: reduction order follows the threads)."""
 
-    rate: float = 0.02
-    score: str = "change"
-    candidates: str = "negative"
-    scope: str = "global"
+    device: str = setting("device", "auto", "auto, cpu, cuda or cuda:N")
+    cpu_threads: int = setting(
+        "cpu_threads", 0, "torch intra-op threads on a CPU; 0 = auto: 1 for models under 1M parameters, else torch's"
+    )
+    torch_compile: str = setting(
+        "torch_compile",
+        "off",
+        f"torch.compile the model for training and evaluation: {'/'.join(COMPILE_MODES)} (reduce-overhead adds "
+        "CUDA graphs); results match eager within noise, not bit for bit; a CPU needs a C++ compiler",
+    )
+    data_dir: str = setting("data_dir", "data", "folder for torchvision datasets")
+    download: bool = setting("download", False, "download torchvision datasets when missing")
+    checkpoint_every_epoch: bool = setting(
+        "checkpoint_every_epoch", False, "also checkpoint between epochs, not only between cycles"
+    )
 
-
-@dataclass(frozen=True)
-class RetrainingSettings:
-    """What the retraining schemes read: the rewind step k and the fine-tuning learning rate."""
-
-    rewind_step: int = 0
-    finetune_lr: float = 0.001
-
-
-@functools.cache
-def _field_types(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
-def coerce_setting(cls: type, name: str, value: Any) -> Any:
-    """`value` as the type of field `name` of dataclass `cls`, or a ConfigError naming it.
-
-    Tune and numpy hand over 64.0 or np.int64 where an int is meant; JSON gives lists for tuples.
-    """
-    hint = _field_types(cls)[name]
-    if get_origin(hint) in (Union, UnionType) and type(None) in get_args(hint):
-        if value is None:
-            return None
-        hint = next(arg for arg in get_args(hint) if arg is not type(None))
-    if get_origin(hint) is dict:
-        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"{name} {value!r} must be a mapping of option names to values")
-        return dict(sorted(value.items()))
-    if get_origin(hint) is tuple:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        return tuple(_coerce(f"{name} item", item, get_args(hint)[0]) for item in items)
-    return _coerce(name, value, hint)
+    def check(self) -> None:
+        _choice("torch_compile", self.torch_compile, COMPILE_MODES)
+        _at_least("cpu_threads", self.cpu_threads, 0)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device {self.device!r} must be auto, cpu, cuda or cuda:N")
 
 
-def _coerce(name: str, value: Any, kind: type) -> Any:
-    is_bool = isinstance(value, (bool, np.bool_))
-    is_number = isinstance(value, (int, float, np.integer, np.floating)) and not is_bool
-    if kind is bool and is_bool:
-        return bool(value)
-    if kind is int and is_number and float(value).is_integer():
-        return int(value)
-    if kind is float and is_number:
-        return float(value)
-    if kind is str and isinstance(value, str):
-        return value
-    raise ConfigError(f"{name} {value!r} must be a{'n' if kind is int else ''} {kind.__name__}")
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
+
+def _open_unit(name: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise ConfigError(f"{name} {value} must be in the open interval (0, 1)")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{name} {value} must be >= {low}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} {value} must be a positive number")

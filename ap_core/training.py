@@ -50,18 +50,18 @@ def build_optimizer(
     )
 
 
-def lr_factor(schedule: ScheduleSettings, step: int, steps_per_epoch: int) -> float:
-    """Multiplier of the peak LR at optimizer step `step` of a cycle.
+def lr_factor(schedule: ScheduleSettings, epochs: int, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the peak LR at optimizer step `step` of a cycle of `epochs` epochs.
 
     A pure function of the step, so learning-rate rewinding and resumed trials replay the schedule from any step.
     """
-    total = schedule.epochs * steps_per_epoch
+    total = epochs * steps_per_epoch
     progress = min(step / total, 1.0)
-    if schedule.schedule == "multistep":
+    if schedule.name == "multistep":
         factor = schedule.lr_gamma ** sum(progress >= m for m in schedule.milestones)
-    elif schedule.schedule == "cosine":
+    elif schedule.name == "cosine":
         factor = 0.5 * (1.0 + math.cos(math.pi * progress))
-    elif schedule.schedule == "onecycle":
+    elif schedule.name == "onecycle":
         factor = one_cycle(progress)
     else:
         factor = 1.0

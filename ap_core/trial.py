@@ -19,6 +19,7 @@ import torch
 from ap_core.array_dataset import ArrayDataset
 from ap_core.channel_graph import channel_layout
 from ap_core.checkpoint import CHECKPOINT_FILE, check_same_experiment, read_checkpoint, write_checkpoint
+from ap_core.checks import check_names
 from ap_core.config import TrialConfig
 from ap_core.cycle_runner import CycleRunner, TrialParts
 from ap_core.dnr import DeadNeuronCounter
@@ -58,29 +59,30 @@ class TrialRunner:
     """One trial's parts, its results so far and the cycle in progress; `run` advances it cycle by cycle."""
 
     def __init__(self, config: TrialConfig, dataset: ArrayDataset | None = None) -> None:
-        self.config = config  # validated when constructed (frozen)
+        check_names(config)  # its settings were each checked when it was built (frozen)
+        self.config = config
         environment = prepare_environment(config)
         self.device = environment.device
         self.data = TrialData(config, dataset, self.device)
         channels_last = environment.use_amp and self.data.images
-        method = METHODS.get(config.method)
-        hparams = method.hparams(config.method_options, config.method)
-        retraining = RETRAINING.get(config.retraining)()
-        cycle_steps = config.epochs * self.data.steps_per_epoch
-        if retraining.uses_rewind_step and config.rewind_step >= cycle_steps:
+        method = METHODS.get(config.pruning.method)
+        hparams = method.hparams(config.pruning.method_options, config.pruning.method)
+        retraining = RETRAINING.get(config.retraining.scheme)()
+        cycle_steps = config.training.epochs * self.data.steps_per_epoch
+        if retraining.uses_rewind_step and config.retraining.rewind_step >= cycle_steps:
             raise ConfigError(
-                f"rewind_step {config.rewind_step} must be below the {cycle_steps} steps of a cycle "
-                f"({config.epochs} epochs x {self.data.steps_per_epoch} steps)"
+                f"rewind_step {config.retraining.rewind_step} must be below the {cycle_steps} steps of a cycle "
+                f"({config.training.epochs} epochs x {self.data.steps_per_epoch} steps)"
             )
         torch.manual_seed(config.seed)
         self.net = build_net(config, method, hparams, self.data, self.device, channels_last)
         environment.settle_threads(self.net.dense.params)
         dense = self.net.dense.weights
-        if not method.removes_channels and target_alive(dense, config.prune_rate, config.cycles) < 1:
-            most = max(k for k in range(config.cycles) if target_alive(dense, config.prune_rate, k))
+        if not method.removes_channels and target_alive(dense, config.pruning.prune_rate, config.pruning.cycles) < 1:
+            most = max(k for k in range(config.pruning.cycles) if target_alive(dense, config.pruning.prune_rate, k))
             raise ConfigError(
-                f"cycles {config.cycles} would prune all {dense} weights of {config.model} at "
-                f"prune_rate {config.prune_rate}; at most {most}"
+                f"cycles {config.pruning.cycles} would prune all {dense} weights of {config.model} at "
+                f"prune_rate {config.pruning.prune_rate}; at most {most}"
             )
         counter = DeadNeuronCounter(self.net.model)
         self.parts = TrialParts(
@@ -90,7 +92,7 @@ class TrialRunner:
         self.current_cycle = CycleRunner(self.parts, cycle=0)
 
     def run(self, on_cycle: Callable[[CycleResult], None] | None, checkpoint_dir: Path | None) -> list[CycleResult]:
-        while self.current_cycle.cycle <= self.config.cycles:
+        while self.current_cycle.cycle <= self.config.pruning.cycles:
             current = self.current_cycle
             if not current.begun:
                 current.begin()
@@ -98,7 +100,7 @@ class TrialRunner:
             while not current.trained:
                 current.train_epoch()
                 current.figures.seconds = time.perf_counter() - started
-                if self.config.checkpoint_every_epoch and not current.trained and checkpoint_dir:
+                if self.config.runtime.checkpoint_every_epoch and not current.trained and checkpoint_dir:
                     self.save(checkpoint_dir)
             result = current.finish(time.perf_counter() - started)
             self.results.append(result)
@@ -164,12 +166,12 @@ def build_net(
         model = model.to(memory_format=torch.channels_last)
     example = data.example()
     groups = channel_layout(model, example).groups if method.removes_channels else []
-    mask = Mask.ones(model, config.keep_first_dense, config.keep_classifier_dense)
+    mask = Mask.ones(model, config.pruning.keep_first_dense, config.pruning.keep_classifier_dense)
 
     def make_optimizer(module: torch.nn.Module) -> torch.optim.Optimizer:
-        return build_optimizer(config.optimizer_settings, module, method.param_groups(module, hparams))
+        return build_optimizer(config.optimizer, module, method.param_groups(module, hparams))
 
-    net = PrunableNet(model, mask, example, make_optimizer, groups, channels_last, config.torch_compile)
-    method.check_network(net, config.method)
+    net = PrunableNet(model, mask, example, make_optimizer, groups, channels_last, config.runtime.torch_compile)
+    method.check_network(net, config.pruning.method)
     net.snapshot(Reference.INIT)
     return net

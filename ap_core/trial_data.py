@@ -42,22 +42,29 @@ class TrialData:
     def __init__(self, config: TrialConfig, dataset: ArrayDataset | None, device: torch.device) -> None:
         if dataset is None:
             dataset = load_dataset(
-                config.dataset, config.data_dir, download=config.download, max_train_samples=config.max_train_samples
+                config.dataset,
+                config.runtime.data_dir,
+                download=config.runtime.download,
+                max_train_samples=config.training.max_train_samples,
             )
-        elif config.max_train_samples:
-            dataset = dataset.limit_train(config.max_train_samples)
+        elif config.training.max_train_samples:
+            dataset = dataset.limit_train(config.training.max_train_samples)
         # The only copy of a shared (read-only) dataset a trial makes: to its GPU, still in its stored form (uint8).
         self.dataset = dataset.to(device)
         self.standardise = self.dataset.standardiser(device)
         self.validation: tuple[torch.Tensor, torch.Tensor] | None = None
-        if config.val_fraction:
-            self.dataset, self.validation = hold_out(self.dataset, config.val_fraction)
+        if config.training.val_fraction:
+            self.dataset, self.validation = hold_out(self.dataset, config.training.val_fraction)
         n_train = len(self.dataset.y_train)
-        if config.batch_size > n_train:
-            raise ConfigError(f"batch_size {config.batch_size} is larger than the {n_train} training samples")
-        self.batch_size, self.augment, self.window_size = config.batch_size, config.augment, config.dead_unit_window
+        if config.training.batch_size > n_train:
+            raise ConfigError(f"batch_size {config.training.batch_size} is larger than the {n_train} training samples")
+        self.batch_size, self.augment, self.window_size = (
+            config.training.batch_size,
+            config.training.augment,
+            config.training.dead_unit_window,
+        )
         # A last batch of a single sample would break BatchNorm in training mode: drop it.
-        self.drop_last = n_train % config.batch_size == 1
+        self.drop_last = n_train % config.training.batch_size == 1
         self.steps_per_epoch = n_train // self.batch_size if self.drop_last else math.ceil(n_train / self.batch_size)
 
     @property

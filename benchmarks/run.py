@@ -45,6 +45,7 @@ from sweep_scale import measure as measure_sweep_scale
 from sweep_scale import targets as sweep_scale_targets
 
 from ap_core import ArrayDataset, TrialConfig, build_model, load_dataset
+from ap_core.checks import checked_config
 from ap_core.cost import MIB, EpochCost, epoch_timer, measure_epochs_in_subprocess, peak_host_mib
 from ap_core.training import resolve_device
 
@@ -197,7 +198,7 @@ def trial_config(device: torch.device, threads: int, **changes: Any) -> TrialCon
         "cpu_threads": threads if device.type == "cpu" else 0,
         "dead_unit_window": 100,
     }
-    return TrialConfig(**{**settings, **changes})
+    return checked_config({**settings, **changes})
 
 
 def naive_row(device: torch.device, threads: int, sizes: Sizes, repeats: int) -> Target:

@@ -13,7 +13,8 @@ from types import ModuleType
 import pytest
 import torch
 
-from ap_core import TrialConfig, build_model, load_dataset
+from ap_core import build_model, load_dataset
+from ap_core.checks import checked_config
 from ap_core.cost import measure_epochs
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -83,7 +84,7 @@ def test_interleaved_alternates_the_order_of_variants(benchmarks) -> None:
 
 def test_measure_epochs_trains_the_trials_own_epochs_and_reports_its_memory() -> None:
     digits = load_dataset("digits", max_train_samples=256)
-    config = TrialConfig(model="mlp", dataset="digits", epochs=1, cycles=1, cpu_threads=1, device="cpu")
+    config = checked_config(dict(model="mlp", dataset="digits", epochs=1, cycles=1, cpu_threads=1, device="cpu"))
     cost = measure_epochs(config, digits, epochs=3)
     assert len(cost.epoch_seconds) == 3 and all(s > 0 for s in cost.epoch_seconds)
     assert cost.steady_epoch_seconds in cost.epoch_seconds[1:]

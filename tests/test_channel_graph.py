@@ -5,8 +5,9 @@ import torch
 from conftest import comparable, run_killed_after_cycle
 from torch import nn
 
-from ap_core import ConfigError, TrialConfig, build_model, load_dataset, run_trial
+from ap_core import ConfigError, build_model, load_dataset, run_trial
 from ap_core.channel_graph import channel_layout
+from ap_core.checks import checked_config
 from ap_core.dnr import fired_units
 from ap_core.masks import Mask
 from ap_core.network import PrunableNet
@@ -102,7 +103,7 @@ def digits():
     ],
 )
 def test_channel_methods_shrink_densenet_and_mobilenet(model, method, options, ap, digits):
-    config = TrialConfig(model=model, method=method, method_options=options, ap=ap, **TINY)
+    config = checked_config(dict(model=model, method=method, method_options=options, ap=ap, **TINY))
     results = run_trial(config, dataset=digits)
     assert results[-1].channels_remaining < 100
     assert results[-1].params_remaining < 100 and results[-1].flops_remaining < 100
@@ -112,13 +113,15 @@ def test_channel_methods_shrink_densenet_and_mobilenet(model, method, options, a
 
 def test_a_network_without_what_a_method_reads_is_one_line_naming_it():
     with pytest.raises(ConfigError, match=r"network_slimming .* model 'mlp' has no BatchNorm layer"):
-        TrialConfig(model="mlp", method="network_slimming")
+        checked_config(dict(model="mlp", method="network_slimming"))
 
 
 def test_a_shrunken_densenet_resumes_from_its_checkpoint_with_the_same_numbers(digits, tmp_path):
     """The checkpoint replays the removals on a fresh DenseNet (whose concatenation offsets move) and goes on."""
     options = {"channel_ratio": 0.3}
-    config = TrialConfig(model="densenet40", method="network_slimming", method_options=options, ap=True, **TINY)
+    config = checked_config(
+        dict(model="densenet40", method="network_slimming", method_options=options, ap=True, **TINY)
+    )
     config = config.replace(cycles=2)
     uninterrupted = run_trial(config, dataset=digits)
     run_killed_after_cycle(config, 1, tmp_path, digits)

@@ -18,6 +18,7 @@ import torch
 
 from ap_core import ArrayDataset, TrialConfig, load_dataset, run_trial
 from ap_core.batches import train_batches
+from ap_core.checks import checked_config
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +121,9 @@ def _train_shipped(refs: list[ray.ObjectRef], config: dict[str, Any]) -> list[di
 
 
 def test_a_trial_on_the_shipped_dataset_gives_the_results_of_the_in_process_path(local_ray: None) -> None:
-    config = TrialConfig(model="mlp", dataset="digits", epochs=2, cycles=1, ap=True, cpu_threads=1, device="cpu")
+    config = checked_config(
+        dict(model="mlp", dataset="digits", epochs=2, cycles=1, ap=True, cpu_threads=1, device="cpu")
+    )
     digits = load_dataset("digits")
     shipped = ray.get(_train_shipped.remote([ray.put(digits)], config.to_dict()))
     in_process = [r.to_dict() for r in run_trial(config, dataset=digits)]

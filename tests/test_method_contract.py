@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ap_core import ConfigError, TrialConfig, load_dataset, run_trial
+from ap_core import ConfigError, load_dataset, run_trial
+from ap_core.checks import checked_config
 from ap_core.pruning import METHODS
 from ap_core.pruning.base import PruneRequest, PruningMethod, Removal, alive_on, select_lowest
 
@@ -73,7 +74,7 @@ def digits():
 
 @pytest.mark.parametrize("ap", [False, True])
 def test_a_method_defined_in_a_test_runs_with_its_own_option_with_and_without_ap(ap, noisy, digits):
-    config = TrialConfig(method="noisy_magnitude", method_options={"noise": 0.5}, ap=ap, **QUICK)
+    config = checked_config(dict(method="noisy_magnitude", method_options={"noise": 0.5}, ap=ap, **QUICK))
     results = run_trial(config, dataset=digits)
     assert [round(r.weights_remaining, 1) for r in results] == [100.0, 80.0, 64.0]  # the cycle's exact target
     assert noisy.seen and all(hp == NoisyHparams(noise=0.5) for hp in noisy.seen)
@@ -83,9 +84,9 @@ def test_a_method_defined_in_a_test_runs_with_its_own_option_with_and_without_ap
 
 def test_the_new_method_option_is_checked_like_a_built_in_one(noisy):
     with pytest.raises(ConfigError, match=r"noise -1\.0 must be a number >= 0"):
-        TrialConfig(method="noisy_magnitude", method_options={"noise": -1.0})
+        checked_config(dict(method="noisy_magnitude", method_options={"noise": -1.0}))
     with pytest.raises(ConfigError, match=r"unknown option 'nose' for method noisy_magnitude; valid: noise"):
-        TrialConfig(method="noisy_magnitude", method_options={"nose": 1})
+        checked_config(dict(method="noisy_magnitude", method_options={"nose": 1}))
 
 
 def ap_trial(*args: str, plugins: str = PLUGIN, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -29,9 +29,9 @@ def sweep_rows(plan) -> pd.DataFrame:
     """Every planned trial's cycles, AP a little ahead at high sparsity, as report.collect gives them."""
     rows = []
     for trial in plan.trials:
-        for cycle in range(trial.config.cycles + 1):
+        for cycle in range(trial.config.pruning.cycles + 1):
             remaining = 100 * 0.8**cycle
-            gain = 0.3 * trial.config.seed if trial.config.ap and remaining < 11 else 0.0
+            gain = 0.3 * trial.config.seed if trial.config.ap.enabled and remaining < 11 else 0.0
             rows.append(
                 {"trial": trial.name, **trial.labels, "cycle": cycle, "weights_remaining": remaining,
                  "level": round(remaining, 1), "test_acc": 90.0 - cycle * 0.2 + gain, "dnr": 0.3}

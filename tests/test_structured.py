@@ -8,9 +8,10 @@ import torch
 from conftest import comparable, resumed_from_checkpoint_where, run_killed_after_cycle
 from torch import nn
 
-from ap_core import ConfigError, TrialConfig, build_model, load_dataset, run_trial
+from ap_core import ConfigError, build_model, load_dataset, run_trial
 from ap_core.channel_graph import find_channel_groups
 from ap_core.checkpoint import CHECKPOINT_FILE, read_checkpoint
+from ap_core.checks import checked_config
 from ap_core.dnr import fired_units
 from ap_core.hooks import CycleContext
 from ap_core.masks import Mask
@@ -36,13 +37,13 @@ def make_net(model_name: str, method: str = "network_slimming", momentum: float 
     method_obj = METHODS.get(method)
     hparams = method_obj.hparams({}, method)
     method_obj.prepare(model, hparams)
-    config = TrialConfig(model=model_name, method=method, momentum=momentum)
+    config = checked_config(dict(model=model_name, method=method, momentum=momentum))
     groups = find_channel_groups(model, DIGITS_IMAGE)
     return PrunableNet(
         model,
         Mask.ones(model),
         DIGITS_IMAGE,
-        lambda m: build_optimizer(config.optimizer_settings, m, method_obj.param_groups(m, hparams)),
+        lambda m: build_optimizer(config.optimizer, m, method_obj.param_groups(m, hparams)),
         groups,
     )
 
@@ -143,7 +144,7 @@ def test_global_channel_ranking_takes_the_exact_share_with_a_floor():
 
 @pytest.mark.parametrize(("ratio", "kept"), [(0.5, 168), (0.9, 34), (0.95, 27)])
 def test_rni_prune_removes_the_requested_share_of_channels_with_the_floor(ratio, kept, digits, tmp_path):
-    config = TrialConfig(model="resnet20", method="rni", method_options={"channel_ratio": ratio}, **QUICK)
+    config = checked_config(dict(model="resnet20", method="rni", method_options={"channel_ratio": ratio}, **QUICK))
     results = run_trial(config.replace(cycles=1), checkpoint_dir=tmp_path, dataset=digits)
     # 9 inner convs of 16/32/64 channels = 336; round((1 - ratio) * 336) stay, but never fewer than 3 per conv
     # (at 95% the floor binds: 9 x 3 = 27).
@@ -214,8 +215,8 @@ def test_a_channel_dead_by_construction_is_found_removed_and_the_outputs_do_not_
 
 
 def test_demp_removes_channels_during_training_and_reports_every_event(digits):
-    config = TrialConfig(
-        model="vgg_small", method="demp", method_options={"lam": 0.5, "prune_every": 4}, **{**QUICK, "cycles": 1}
+    config = checked_config(
+        dict(model="vgg_small", method="demp", method_options={"lam": 0.5, "prune_every": 4}, **{**QUICK, "cycles": 1})
     )
     results = run_trial(config, dataset=digits)
     events = results[0].removal_events
@@ -237,8 +238,8 @@ def test_demp_removes_channels_during_training_and_reports_every_event(digits):
     ],
 )
 def test_killed_after_a_removal_and_resumed_gives_the_same_numbers(model, method, options, digits, tmp_path):
-    config = TrialConfig(
-        model=model, method=method, method_options=options, ap=True, retraining="lr_rewind", **QUICK
+    config = checked_config(
+        dict(model=model, method=method, method_options=options, ap=True, retraining="lr_rewind", **QUICK)
     ).replace(checkpoint_every_epoch=True)
     uninterrupted = run_trial(config, dataset=digits)
     assert uninterrupted[1].channels_remaining < 100
@@ -249,8 +250,8 @@ def test_killed_after_a_removal_and_resumed_gives_the_same_numbers(model, method
 
 def test_ap_prunes_its_share_inside_the_remaining_structure(digits):
     base = {"model": "vgg_small", "method": "rni", "method_options": {"channel_ratio": 0.5}, **QUICK}
-    without = run_trial(TrialConfig(**base), dataset=digits)
-    with_ap = run_trial(TrialConfig(**base, ap=True, ap_rate=0.05), dataset=digits)
+    without = run_trial(checked_config(base), dataset=digits)
+    with_ap = run_trial(checked_config(dict(**base, ap=True, ap_rate=0.05)), dataset=digits)
     for a, b in zip(without, with_ap, strict=True):
         assert a.channels_remaining == b.channels_remaining  # AP removes weights, never channels
     assert without[2].weights_remaining == without[1].weights_remaining
@@ -277,14 +278,14 @@ def test_ap_prunes_its_share_inside_the_remaining_structure(digits):
 )
 def test_bad_method_options_are_one_line_errors(changes, named):
     with pytest.raises(ConfigError) as err:
-        TrialConfig(**{"model": "resnet20", **changes})
+        checked_config(dict(**{"model": "resnet20", **changes}))
     assert named in str(err.value) and "\n" not in str(err.value)
 
 
 def test_ap_beside_a_channel_method_is_not_bound_by_the_unused_prune_rate():
-    assert TrialConfig(model="resnet20", method="rni", ap=True, ap_rate=0.25).ap_rate == 0.25
+    assert checked_config(dict(model="resnet20", method="rni", ap=True, ap_rate=0.25)).ap.rate == 0.25
     with pytest.raises(ConfigError, match=r"ap_rate 0\.25"):
-        TrialConfig(model="resnet20", method="global_magnitude", ap=True, ap_rate=0.25)
+        checked_config(dict(model="resnet20", method="global_magnitude", ap=True, ap_rate=0.25))
 
 
 def test_removal_keeps_channels_last_weights_channels_last():
@@ -297,12 +298,14 @@ def test_removal_keeps_channels_last_weights_channels_last():
 
 
 def test_resumed_from_a_mid_epoch_checkpoint_after_demp_removed_channels(digits, tmp_path, monkeypatch):
-    config = TrialConfig(
-        model="vgg_small",
-        method="demp",
-        method_options={"lam": 0.5, "prune_every": 3},
-        checkpoint_every_epoch=True,
-        **{**QUICK, "epochs": 3},
+    config = checked_config(
+        dict(
+            model="vgg_small",
+            method="demp",
+            method_options={"lam": 0.5, "prune_every": 3},
+            checkpoint_every_epoch=True,
+            **{**QUICK, "epochs": 3},
+        )
     )
     uninterrupted = run_trial(config, dataset=digits)
     resumed = resumed_from_checkpoint_where(

@@ -181,14 +181,14 @@ def test_each_search_mode_is_tunes_own(mode: str, samples: int) -> None:
     assert type(algorithm).__name__ == {"grid": "BasicVariantGenerator", "random": "BasicVariantGenerator"}.get(
         mode, "Repeater"
     )
-    assert space["model"] == "mlp" and space["cycles"] == plan.search_group(plan.groups[0]).base.cycles
+    assert space["model"] == "mlp" and space["cycles"] == plan.search_group(plan.groups[0]).base.pruning.cycles
     # grid and random sweep the seeds as a Tune grid; the Repeater's index is the seed for the others
     assert ("seed" in space) == (mode in ("grid", "random"))
 
 
 def test_repeat_index_is_the_seed_and_runtime_settings_come_beside_the_config() -> None:
     config = trial_config({"model": "mlp", "lr": 0.02, REPEAT_INDEX: 1}, {"device": "cpu", "cpu_threads": 1})
-    assert (config.seed, config.lr, config.device, config.cpu_threads) == (2, 0.02, "cpu", 1)
+    assert (config.seed, config.optimizer.lr, config.runtime.device, config.runtime.cpu_threads) == (2, 0.02, "cpu", 1)
 
 
 # ---- catalog and names --------------------------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def test_trial_logger_writes_one_child_run_per_trial_and_skips_steps_it_has(tmp_
     run = runs[0]
     assert run.info.run_name == "mlp-gp-ap-seed1" and run.info.status == "FINISHED"
     assert run.data.tags["method"] == "global_magnitude" and run.data.tags["method_label"] == "GP"
-    assert run.data.params["lr"] == str(trial.config.lr)
+    assert run.data.params["lr"] == str(trial.config.optimizer.lr)
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test_acc")] == [(0, 50.0), (1, 60.0)]
     assert run.data.tags["early_stopped"] == "true"  # ended after cycle 1 of 16
 

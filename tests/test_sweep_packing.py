@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ap_core import TrialConfig, load_dataset
+from ap_core import load_dataset
+from ap_core.checks import checked_config
 from sweeps import hparam_grid, table1
 from sweeps.engine.driver import plan_sweep
 from sweeps.engine.options import AUTO_GPUS, parse_args
@@ -77,7 +78,7 @@ def test_the_smallest_gpu_probed_decides(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_the_probe_trains_a_short_epoch_and_on_cpu_reports_host_memory() -> None:
     digits = load_dataset("digits")
-    config = TrialConfig(model="mlp", dataset="digits", cpu_threads=1)
+    config = checked_config(dict(model="mlp", dataset="digits", cpu_threads=1))
     probe = probe_memory(config, digits, "cpu")
     assert probe.device_name == "CPU" and 0 < probe.peak_mib < probe.device_mib
 
@@ -101,6 +102,6 @@ def test_without_a_gpu_auto_is_cpu_trials_exactly_as_before() -> None:
     args = parse_args([], table1.SPEC)
     plan = plan_sweep(table1.SPEC, args)
     assert resolve_locally(plan, args.options, datasets={}) == 0.0  # nothing measured: no dataset is needed
-    assert {t.config.device for t in plan.trials} == {"cpu"}
+    assert {t.config.runtime.device for t in plan.trials} == {"cpu"}
     explicit = plan_sweep(table1.SPEC, parse_args(["--gpus-per-trial", "0"], table1.SPEC))
     assert [t.config for t in explicit.trials] == [t.config for t in plan.trials]

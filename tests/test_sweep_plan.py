@@ -35,20 +35,20 @@ def test_expansion_is_the_product_of_the_axes_with_readable_unique_names() -> No
     names = [t.name for t in plan.trials]
     assert len(set(names)) == len(names)
     trial = plan.by_name()["mlp-gp-ap-seed1"]
-    assert (trial.config.method, trial.config.ap, trial.config.seed) == ("global_magnitude", True, 1)
+    assert (trial.config.pruning.method, trial.config.ap.enabled, trial.config.seed) == ("global_magnitude", True, 1)
     assert trial.labels == {"dataset": "digits", "network": "mlp", "method": "GP", "variant": "AP", "seed": 1}
-    assert plan.total_epochs == sum((t.config.cycles + 1) * t.config.epochs for t in plan.trials)
+    assert plan.total_epochs == sum((t.config.pruning.cycles + 1) * t.config.training.epochs for t in plan.trials)
 
 
 def test_settings_layer_preset_method_network_hparams_then_command_line() -> None:
     hparams = {"lenet300_100": {"layerwise_magnitude": {"lr": 0.03, "epochs": 3}}}
     plan = expand(SPEC, "tiny", hparams=hparams, overrides={"epochs": 4})
     configs = {t.name: t.config for t in plan.trials}
-    assert configs["mlp-gp-noap-seed1"].lr == 0.01  # preset
-    assert configs["lenet300_100-gp-noap-seed1"].lr == 0.02  # per-network recipe
-    assert configs["lenet300_100-gp-noap-seed1"].batch_size == 32
-    assert configs["lenet300_100-lp-noap-seed1"].lr == 0.03  # --hparams entry for (network, method)
-    assert all(c.epochs == 4 for c in configs.values())  # the command line wins
+    assert configs["mlp-gp-noap-seed1"].optimizer.lr == 0.01  # preset
+    assert configs["lenet300_100-gp-noap-seed1"].optimizer.lr == 0.02  # per-network recipe
+    assert configs["lenet300_100-gp-noap-seed1"].training.batch_size == 32
+    assert configs["lenet300_100-lp-noap-seed1"].optimizer.lr == 0.03  # --hparams entry for (network, method)
+    assert all(c.training.epochs == 4 for c in configs.values())  # the command line wins
 
 
 def test_methods_and_networks_can_be_narrowed_and_are_validated() -> None:
@@ -89,7 +89,9 @@ def test_hparams_file_round_trip(tmp_path: Path) -> None:
     path.write_text(json.dumps({"mlp": {"global_magnitude": {"lr": 0.05, "batch_size": 128, "milestones": [0.5]}}}))
     loaded = load_hparams(path)
     plan = expand(SPEC, "tiny", networks=("mlp",), methods=("GP",), hparams=loaded)
-    assert {(t.config.lr, t.config.batch_size, t.config.milestones) for t in plan.trials} == {(0.05, 128, (0.5,))}
+    assert {
+        (t.config.optimizer.lr, t.config.training.batch_size, t.config.schedule.milestones) for t in plan.trials
+    } == {(0.05, 128, (0.5,))}
 
 
 def test_sweep_options_are_validated() -> None:
@@ -190,7 +192,9 @@ def test_latex_escapes_names_and_formats_plus_minus(tmp_path: Path) -> None:
 def test_comparison_plot_gives_each_variant_one_style_in_every_panel(tmp_path: Path) -> None:
     plan = expand(SPEC, "tiny", networks=("mlp",))
     rows = []
-    for trial in sorted(plan.trials, key=lambda t: (t.labels["method"] == "LP") * -t.config.ap):  # LP's AP first
+    for trial in sorted(
+        plan.trials, key=lambda t: (t.labels["method"] == "LP") * -t.config.ap.enabled
+    ):  # LP's AP first
         rows += cycle_rows(trial.name, dict(trial.labels), [90.0, 89.0, 88.0])
     frame = pd.DataFrame(rows)
     figure = plots.comparison_figure(frame, "A tiny table")
@@ -215,7 +219,7 @@ def test_the_printed_columns_always_include_the_papers_headline_level() -> None:
 
 def test_a_sweep_of_weight_methods_takes_any_registered_weight_method_and_refuses_a_channel_method() -> None:
     plan = expand(table1.SPEC, "smoke", methods=("random",), seeds=1)
-    assert {t.config.method for t in plan.trials} == {"random"}
+    assert {t.config.pruning.method for t in plan.trials} == {"random"}
     assert {t.labels["method"] for t in plan.trials} == {"random"}
     with pytest.raises(
         ConfigError, match=r"^unknown method 'rni' for sweep table1; valid: GP, LP or any registered weight method"

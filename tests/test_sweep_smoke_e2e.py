@@ -60,17 +60,17 @@ def test_smoke_preset_matches_mlflow(mlflow_server: MlflowServer, tmp_path: Path
         assert tags["network"] == trial.config.model and tags["dataset"] == trial.config.dataset
         assert (
             tags["method_label"] == trial.labels["method"]
-            and tags["method"] == trial.config.method
-            and tags["ap"] == str(trial.config.ap).lower()
+            and tags["method"] == trial.config.pruning.method
+            and tags["ap"] == str(trial.config.ap.enabled).lower()
         )
         assert tags["seed"] == str(trial.config.seed) and tags["sweep"] == "smoke-e2e" and tags["code_version"]
-        assert run.data.params["lr"] == str(trial.config.lr)
+        assert run.data.params["lr"] == str(trial.config.optimizer.lr)
         history = {
             key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
             for key in ("test_acc", "weights_remaining", "dnr")
         }
-        assert sorted(history["test_acc"]) == list(range(trial.config.cycles + 1))
-        assert sorted(history["dnr"]) == list(range(trial.config.cycles + 1))
+        assert sorted(history["test_acc"]) == list(range(trial.config.pruning.cycles + 1))
+        assert sorted(history["dnr"]) == list(range(trial.config.pruning.cycles + 1))
         for step, value in history["test_acc"].items():
             level = f"{round(history['weights_remaining'][step], 1):.1f}"
             acc[(trial.config.model, trial.labels["method"], trial.labels["variant"])][level].append(value)

@@ -84,7 +84,7 @@ def test_pooled_row_is_the_per_seed_mean_of_the_paired_difference_over_the_high_
     gains = {1: 1.0, 2: 0.5, 3: -0.25, 4: 0.0}  # AP's gain per seed at the pooled levels
     rows = []
     for trial in plan.trials:
-        seed, ap = trial.config.seed, trial.config.ap
+        seed, ap = trial.config.seed, trial.config.ap.enabled
         for cycle in range(13):
             level = round(100 * 0.8**cycle, 1)
             # AP's gain only at or below 10.7%, plus a cycle-dependent wobble that the pooling averages

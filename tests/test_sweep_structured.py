@@ -45,9 +45,9 @@ def test_structured_plan_crosses_methods_ratios_and_ap_with_readable_names() -> 
     plan = expand(table_structured.SPEC, "paper", overrides={"method_options": {"min_channels": 4}})
     assert len(plan.trials) == 2 * 2 * 2 * 2 * 2 * 3  # datasets x networks x methods x ratios x AP x seeds
     trial = plan.by_name()["vgg16-cifar10-rni-r90-ap-seed1"]
-    assert trial.config.method == "rni" and trial.config.nesterov and trial.config.ap
+    assert trial.config.pruning.method == "rni" and trial.config.optimizer.nesterov and trial.config.ap.enabled
     # The ratio (from the setting) and the command line's option are merged, not one replacing the other.
-    assert trial.config.method_options == {"channel_ratio": 0.9, "min_channels": 4}
+    assert trial.config.pruning.method_options == {"channel_ratio": 0.9, "min_channels": 4}
     assert trial.labels["setting"] == "90%"
     assert trial.params()["method_options.channel_ratio"] == "0.9"
 
@@ -103,7 +103,7 @@ def test_structured_table_shows_mean_std_delta_params_and_the_published_numbers(
 
 def test_demp_table_and_plot_trace_accuracy_against_parameters(tmp_path: Path) -> None:
     plan = expand(table_demp.SPEC, "smoke")
-    lambdas = [t.config.method_options["lam"] for t in plan.trials]
+    lambdas = [t.config.pruning.method_options["lam"] for t in plan.trials]
     assert sorted(set(lambdas)) == [1e-3, 0.01, 0.05]
 
     rows = fake_rows(plan, lambda labels, cycle: 95.0 + labels["seed"])
@@ -163,7 +163,7 @@ def test_smoke_preset_runs_through_ray_and_mlflow(module: str, mlflow_server: Ml
             assert channels[0] == 100.0 and channels[1] < 100.0  # channels really went, when the cycle began
         else:  # DemP removes during training: every removal is a metric over the trial's training steps
             removals = client.get_metric_history(run.info.run_id, "removal/channels_remaining")
-            if trial.config.method_options["lam"] >= 0.01:
+            if trial.config.pruning.method_options["lam"] >= 0.01:
                 assert removals and channels[1] < 100.0
             by_step = [m.value for m in sorted(removals, key=lambda m: m.step)]
             assert by_step == sorted(by_step, reverse=True)

@@ -16,7 +16,8 @@ import ray
 import torch
 from ray import tune
 
-from ap_core import TrialConfig, load_dataset
+from ap_core import load_dataset
+from ap_core.checks import checked_config
 from trainables.pruning_trial import HISTORY_FILE, PACKED_METRICS, TUNE_METRICS, dataset_key, train_trial
 from trainables.worker_setup import ignore_exit_requests_in_callbacks
 
@@ -57,7 +58,7 @@ def run_tuner(
 
 
 def test_reports_every_cycle_with_a_checkpoint_and_uses_the_shipped_dataset(local_ray: None, tmp_path: Path) -> None:
-    base = TrialConfig(model="mlp", dataset="digits", epochs=6, cycles=CYCLES, device="cpu")
+    base = checked_config(dict(model="mlp", dataset="digits", epochs=6, cycles=CYCLES, device="cpu"))
     arrivals = tmp_path / "arrivals"
     arrivals.mkdir()
 

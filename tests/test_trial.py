@@ -13,9 +13,11 @@ from conftest import comparable, fixed_seed_recording, resumed_from_checkpoint_w
 
 from ap_core import MODELS, ConfigError, DatasetUnavailableError, TrialConfig, build_model, load_dataset, run_trial
 from ap_core.checkpoint import CHECKPOINT_FILE, read_checkpoint
+from ap_core.checks import checked_config
 from ap_core.dnr import activation_layers
 from ap_core.pruning import weight_methods
 from ap_core.retraining import RETRAINING
+from ap_core.settings import ScheduleSettings
 from ap_core.training import lr_factor
 from ap_core.trial import TrialRunner
 
@@ -23,7 +25,7 @@ QUICK = {"model": "mlp", "dataset": "digits", "epochs": 2, "cycles": 3, "cpu_thr
 
 
 def quick(**changes) -> TrialConfig:
-    return TrialConfig(**{**QUICK, **changes})
+    return checked_config({**QUICK, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def assert_pruned_weights_are_zero(checkpoint: dict) -> None:
 
 def test_digits_mlp_reaches_paper_like_accuracy_quickly():
     started = time.perf_counter()
-    results = run_trial(TrialConfig(model="mlp", dataset="digits", cycles=10, cpu_threads=1))
+    results = run_trial(checked_config(dict(model="mlp", dataset="digits", cycles=10, cpu_threads=1)))
     elapsed = time.perf_counter() - started
     relu_names = set(activation_layers(build_model("mlp", 10, (1, 8, 8))))
     assert len(relu_names) == 2
@@ -178,7 +180,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, digits):
 )
 def test_bad_configs_raise_one_clear_error(changes, named):
     with pytest.raises(ConfigError) as err:
-        TrialConfig(**changes)
+        checked_config(changes)
     assert named in str(err.value) and "\n" not in str(err.value)
 
 
@@ -232,27 +234,24 @@ def test_cuda_on_a_machine_without_it_is_refused(digits):
 
 def test_missing_dataset_offline_is_a_one_line_error(tmp_path):
     with pytest.raises(DatasetUnavailableError) as err:
-        run_trial(TrialConfig(model="resnet20", dataset="cifar10", data_dir=str(tmp_path)))
+        run_trial(checked_config(dict(model="resnet20", dataset="cifar10", data_dir=str(tmp_path))))
     assert "cifar10" in str(err.value) and str(tmp_path) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_lr_schedules():
-    base = {"epochs": 10}
-    steps = 10  # per epoch
-    multistep = TrialConfig(**base, schedule="multistep", milestones=(0.5, 0.75), lr_gamma=0.1)
-    assert [lr_factor(multistep.schedule_settings, s, steps) for s in (0, 49, 50, 74, 75)] == pytest.approx(
+    epochs, steps = 10, 10  # steps per epoch
+    multistep = ScheduleSettings("multistep", milestones=(0.5, 0.75), lr_gamma=0.1)
+    assert [lr_factor(multistep, epochs, s, steps) for s in (0, 49, 50, 74, 75)] == pytest.approx(
         [1, 1, 0.1, 0.1, 0.01]
     )
-    cosine = TrialConfig(**base, schedule="cosine")
-    assert lr_factor(cosine.schedule_settings, 0, steps) == 1 and lr_factor(
-        cosine.schedule_settings, 50, steps
-    ) == pytest.approx(0.5)
-    onecycle = TrialConfig(**base, schedule="onecycle")
-    assert lr_factor(onecycle.schedule_settings, 0, steps) == pytest.approx(1 / 25)
-    assert lr_factor(onecycle.schedule_settings, 30, steps) == pytest.approx(1.0)
-    assert lr_factor(onecycle.schedule_settings, 100, steps) == pytest.approx(1 / 25e4)
-    warm = TrialConfig(**base, schedule="constant", warmup_epochs=2)
-    assert [lr_factor(warm.schedule_settings, s, steps) for s in (0, 9, 19, 20)] == pytest.approx([0.05, 0.5, 1, 1])
+    cosine = ScheduleSettings("cosine")
+    assert lr_factor(cosine, epochs, 0, steps) == 1 and lr_factor(cosine, epochs, 50, steps) == pytest.approx(0.5)
+    onecycle = ScheduleSettings("onecycle")
+    assert lr_factor(onecycle, epochs, 0, steps) == pytest.approx(1 / 25)
+    assert lr_factor(onecycle, epochs, 30, steps) == pytest.approx(1.0)
+    assert lr_factor(onecycle, epochs, 100, steps) == pytest.approx(1 / 25e4)
+    warm = ScheduleSettings("constant", warmup_epochs=2)
+    assert [lr_factor(warm, epochs, s, steps) for s in (0, 9, 19, 20)] == pytest.approx([0.05, 0.5, 1, 1])
 
 
 def test_cli_runs_one_trial_and_rejects_bad_input(tmp_path):
@@ -309,9 +308,13 @@ def test_every_model_runs_a_pruning_trial(model, digits, tmp_path):
 def test_config_takes_numeric_values_in_the_forms_tune_and_numpy_produce():
     import numpy as np
 
-    config = TrialConfig(batch_size=64.0, epochs=np.int64(3), lr=np.float32(0.5), seed=2.0, milestones=[0.5])
-    assert (config.batch_size, config.epochs, config.seed) == (64, 3, 2)
-    assert type(config.batch_size) is int and type(config.lr) is float and config.milestones == (0.5,)
+    config = checked_config(dict(batch_size=64.0, epochs=np.int64(3), lr=np.float32(0.5), seed=2.0, milestones=[0.5]))
+    assert (config.training.batch_size, config.training.epochs, config.seed) == (64, 3, 2)
+    assert (
+        type(config.training.batch_size) is int
+        and type(config.optimizer.lr) is float
+        and config.schedule.milestones == (0.5,)
+    )
     for bad, named in (
         ({"batch_size": 64.5}, "batch_size 64.5"),
         ({"ap": "yes"}, "ap 'yes'"),
@@ -319,7 +322,7 @@ def test_config_takes_numeric_values_in_the_forms_tune_and_numpy_produce():
         ({"model": 3}, "model 3"),
     ):
         with pytest.raises(ConfigError, match=named):
-            TrialConfig(**bad)
+            checked_config(dict(**bad))
 
 
 @pytest.mark.parametrize("retraining", ["rewind_iteration", "lr_rewind"])
@@ -393,7 +396,7 @@ def test_fixed_seed_trials_keep_the_numbers_of_the_code_before_the_core_reshape(
     the rest within that; record the reference code's numbers on that CPU to compare it bit for bit.
     """
     torch.set_num_threads(1)
-    results, checkpoints = run_with_checkpoints(TrialConfig(**expected["config"]), digits, tmp_path)
+    results, checkpoints = run_with_checkpoints(checked_config(expected["config"]), digits, tmp_path)
     for result, cycle in zip(results, expected["cycles"], strict=True):
         got = {k: getattr(result, k) for k in cycle}
         if SAME_CPU:
@@ -430,7 +433,7 @@ def test_fixed_seed_trials_keep_the_numbers_of_every_method_and_ap_path(expected
     removal events) and of AP's layer scope and ablations, bit for bit (CPU, one thread; on a CPU without a recording,
     within another CPU's rounding as in the test above)."""
     torch.set_num_threads(1)
-    results, checkpoints = run_with_checkpoints(TrialConfig(**expected["config"]), digits, tmp_path)
+    results, checkpoints = run_with_checkpoints(checked_config(expected["config"]), digits, tmp_path)
     got = [{k: v for k, v in json.loads(json.dumps(r.to_dict())).items() if k != "seconds"} for r in results]
     if not SAME_CPU_METHODS:
         assert [c["cycle"] for c in got] == [c["cycle"] for c in expected["cycles"]]

@@ -38,7 +38,7 @@ ArtifactWriter = Callable[[Path, str, list[dict[str, float]]], None]
 
 def dataset_key(config: TrialConfig) -> str:
     """Trials that share this key can share one in-memory copy of their dataset."""
-    return f"{config.dataset}@{config.data_dir}"
+    return f"{config.dataset}@{config.runtime.data_dir}"
 
 
 def train_trial(

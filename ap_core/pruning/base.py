@@ -22,7 +22,7 @@ from torch import nn
 from ap_core.errors import ConfigError
 from ap_core.masks import Mask, named_weights  # noqa: F401  (named_weights: re-exported for methods)
 from ap_core.registry import Registry
-from ap_core.settings import coerce_setting
+from ap_core.typed_values import coerce_setting
 
 if TYPE_CHECKING:
     from ap_core.hooks import CycleContext, TrainingHook

@@ -26,10 +26,8 @@ def target_alive(total: int, prune_rate: float, cycle: int) -> int:
     return round(total * (1.0 - prune_rate) ** cycle)
 
 
-def prune_step(
-    method: PruningMethod, request: PruneRequest, ap: APSettings | None, apply_channels: ApplyChannels
-) -> Mask:
-    """The mask after one cycle's removal: what `method` proposes, then, with `ap`, AP's share.
+def prune_step(method: PruningMethod, request: PruneRequest, ap: APSettings, apply_channels: ApplyChannels) -> Mask:
+    """The mask after one cycle's removal: what `method` proposes, then, when `ap` is enabled, AP's share.
 
     A method that follows the prune rate gets `request.count` less AP's share, round(p_ap * alive); AP takes its
     share among the survivors and the method prunes any shortfall (too few negative candidates), so the total stays
@@ -41,16 +39,16 @@ def prune_step(
     take from it, AP taking its proportional share of that inside the layer.
     """
     follows_count = not method.removes_channels
-    n_ap = min(round(ap.rate * request.mask.alive()), request.count) if ap is not None and follows_count else 0
-    if n_ap and ap is not None and ap.scope == "layer":
+    n_ap = min(round(ap.rate * request.mask.alive()), request.count) if ap.enabled and follows_count else 0
+    if n_ap and ap.scope == "layer":
         return _per_layer(method, request, ap, n_ap)
     proposal = method.propose(dataclasses.replace(request, count=request.count - n_ap))
     if proposal.channels:
         request = apply_channels(proposal.channels)
     mask = request.mask.prune(proposal.weights)
-    if ap is not None and not follows_count:
+    if ap.enabled and not follows_count:
         n_ap = round(ap.rate * mask.alive())
-    if n_ap and ap is not None:
+    if n_ap:
         ap_removal = ap_select(request.weights, request.start, mask, n_ap, ap.score, ap.candidates)
         mask = mask.prune(ap_removal)
         shortfall = n_ap - removed_count(ap_removal) if follows_count else 0
@@ -96,7 +94,7 @@ def prune_cycle(
     gen = generator if generator is not None else torch.Generator().manual_seed(cycle)
     count = max(0, mask.alive() - target_alive(mask.total(), prune_rate, cycle))
     request = PruneRequest(weights, start_weights, mask, count, gen, pruning.hparams({}, method))
-    ap = APSettings(ap_rate, ap_score, ap_candidates, ap_scope) if ap_rate else None
+    ap = APSettings(True, ap_rate, ap_score, ap_candidates, ap_scope) if ap_rate else APSettings()
     return prune_step(pruning, request, ap, _weights_only)
 
 

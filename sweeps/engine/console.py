@@ -34,20 +34,21 @@ def print_plan(plan: SweepPlan) -> None:
     """Every trial (or searched group) with its key settings, then the count and the training epochs."""
     for trial in plan.trials:
         c = trial.config
-        options = "".join(f" {k}={v}" for k, v in c.method_options.items())
-        ap = f" ap_rate={c.ap_rate:g} ap_score={c.ap_score} ap_candidates={c.ap_candidates} ap_scope={c.ap_scope}"
+        options = "".join(f" {k}={v}" for k, v in c.pruning.method_options.items())
+        ap = f" ap_rate={c.ap.rate:g} ap_score={c.ap.score} ap_candidates={c.ap.candidates} ap_scope={c.ap.scope}"
         print(
-            f"{trial.name}: model={c.model} dataset={c.dataset} method={c.method}{options} ap={c.ap}"
-            f"{ap if c.ap else ''} "
-            f"retraining={c.retraining} seed={c.seed} cycles={c.cycles} epochs={c.epochs} "
-            f"batch_size={c.batch_size} lr={c.lr:g}"
+            f"{trial.name}: model={c.model} dataset={c.dataset} method={c.pruning.method}{options} ap={c.ap.enabled}"
+            f"{ap if c.ap.enabled else ''} "
+            f"retraining={c.retraining.scheme} seed={c.seed} cycles={c.pruning.cycles} epochs={c.training.epochs} "
+            f"batch_size={c.training.batch_size} lr={c.optimizer.lr:g}"
         )
     if plan.search is not None:
         axes = "; ".join(f"{k} {len(v)} values {v[0]}..{v[-1]}" for k, v in plan.search.axes.items())
         for group in plan.search_groups:
             c = group.base
             print(
-                f"{group.key}: model={c.model} dataset={c.dataset} method={c.method} ap={c.ap} cycles={c.cycles}; "
+                f"{group.key}: model={c.model} dataset={c.dataset} method={c.pruning.method} ap={c.ap.enabled} "
+                f"cycles={c.pruning.cycles}; "
                 f"{plan.search_mode} search over {axes}: {plan.points_per_group} points x {plan.seeds} seeds"
             )
     bound = " (an upper bound: early stopping skips most of it)" if plan.search is not None else ""
@@ -83,18 +84,19 @@ def print_cost(plan: SweepPlan, sample_images: int = 1024) -> None:
     epochs_by_key: dict[tuple, float] = {}
     configs = {}
     for config, epochs in _epochs_per_config(plan):
-        key = (config.model, config.dataset, config.batch_size, config.method)
+        key = (config.model, config.dataset, config.training.batch_size, config.pruning.method)
         epochs_by_key[key] = epochs_by_key.get(key, 0.0) + epochs
         configs.setdefault(key, config)
     total_seconds = 0.0
     for key, config in configs.items():
-        dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
+        dataset = load_dataset(config.dataset, config.runtime.data_dir, download=config.runtime.download)
         probe = probe_config(config, dataset.num_train, sample_images)
         seconds = measure_epochs(probe, dataset, epochs=2).steady_epoch_seconds
-        per_epoch = seconds * dataset.num_train / probe.max_train_samples
+        per_epoch = seconds * dataset.num_train / probe.training.max_train_samples
         total_seconds += per_epoch * epochs_by_key[key]
-        print(f"  {config.model} on {config.dataset}, batch {config.batch_size}: {per_epoch:.2f} s per epoch here")
-    device = resolve_device(next(iter(configs.values())).device) if configs else torch.device("cpu")
+        batch = config.training.batch_size
+        print(f"  {config.model} on {config.dataset}, batch {batch}: {per_epoch:.2f} s per epoch here")
+    device = resolve_device(next(iter(configs.values())).runtime.device) if configs else torch.device("cpu")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"this machine's CPU ({os.cpu_count()})"
     amount = (
         f"{total_seconds / 3600:.1f} {device.type.upper()}-hours"
@@ -111,6 +113,6 @@ def print_cost(plan: SweepPlan, sample_images: int = 1024) -> None:
 def _epochs_per_config(plan: SweepPlan) -> list[tuple[Any, float]]:
     """(config, training epochs) per planned trial, or per searched group at the plan's expected epochs."""
     if plan.search is None:
-        return [(t.config, (t.config.cycles + 1) * t.config.epochs) for t in plan.trials]
+        return [(t.config, (t.config.pruning.cycles + 1) * t.config.training.epochs) for t in plan.trials]
     share = plan.total_epochs / max(len(plan.search_groups), 1)
     return [(g.base, share) for g in plan.search_groups]

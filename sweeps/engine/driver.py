@@ -379,5 +379,5 @@ def load_datasets(plan: SweepPlan) -> dict[str, object]:
     for config in [t.config for t in plan.trials] + [g.base for g in plan.search_groups]:
         key = dataset_key(config)
         if key not in datasets:
-            datasets[key] = load_dataset(config.dataset, config.data_dir, download=config.download)
+            datasets[key] = load_dataset(config.dataset, config.runtime.data_dir, download=config.runtime.download)
     return datasets

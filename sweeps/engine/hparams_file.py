@@ -1,25 +1,24 @@
 """The `--hparams FILE` format: `{network: {pruning method: {batch_size, lr, epochs, ...}}}` as JSON.
 
-`sweeps/hparam_grid.py` writes it; every table sweep reads it. Values may be any TrialConfig field except the
+`sweeps/hparam_grid.py` writes it; every table sweep reads it. Values may be any flat trial setting except the
 sweep's axes; each is type-checked here so a bad file fails with one line naming the entry.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-from ap_core.config import TrialConfig
+from ap_core.config import SETTINGS, coerce_flat
 from ap_core.errors import ConfigError
-from ap_core.settings import coerce_setting
 from sweeps.engine.options import AXIS_FIELDS
 
-Hparams = dict[str, dict[str, dict[str, Any]]]
+# network -> pruning method -> flat trial settings (a search's best points); not a method's own `Hparams`
+TunedSettings = dict[str, dict[str, dict[str, Any]]]
 
 
-def load_hparams(path: str | Path) -> Hparams:
+def load_hparams(path: str | Path) -> TunedSettings:
     """Read and validate an hparams file; raises ConfigError with a one-line reason."""
     where = f"--hparams {str(path)!r}"
     try:
@@ -34,7 +33,7 @@ def load_hparams(path: str | Path) -> Hparams:
         raise ConfigError(f"{where} must hold a JSON object {{network: {{method: {{setting: value}}}}}}")
     from ap_core import METHODS, MODELS  # the registries import torch: only once a file is really read
 
-    settable = sorted(f.name for f in dataclasses.fields(TrialConfig) if f.name not in AXIS_FIELDS)
+    settable = sorted(name for name in SETTINGS if name not in AXIS_FIELDS)
     for network, methods in data.items():
         if network not in MODELS:
             raise ConfigError(f"{where}: unknown network {network!r}; valid: {', '.join(MODELS.names())}")
@@ -53,11 +52,11 @@ def load_hparams(path: str | Path) -> Hparams:
                         f"{where}: unknown setting {network}.{method}.{key!r}; valid: {', '.join(settable)}"
                     )
                 try:
-                    coerce_setting(TrialConfig, key, value)
+                    coerce_flat(key, value)
                 except ConfigError as err:
                     raise ConfigError(f"{where}: {network}.{method}: {err}") from None
     return data
 
 
-def write_hparams(path: str | Path, hparams: Hparams) -> None:
+def write_hparams(path: str | Path, hparams: TunedSettings) -> None:
     Path(path).write_text(json.dumps(hparams, indent=2, sort_keys=True) + "\n")

@@ -118,7 +118,7 @@ def probe_configs(plan: SweepPlan) -> dict[str, TrialConfig]:
         configs += [g.base.replace(batch_size=max(batch_sizes)) if batch_sizes else g.base for g in plan.search_groups]
     labelled: dict[str, TrialConfig] = {}
     for config in configs:
-        labelled.setdefault(f"{config.model} on {config.dataset}, batch {config.batch_size}", config)
+        labelled.setdefault(f"{config.model} on {config.dataset}, batch {config.training.batch_size}", config)
     return labelled
 
 

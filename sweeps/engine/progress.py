@@ -65,7 +65,7 @@ class OverallProgress(Callback):
         self._last_cycle.pop(trial.trial_id, None)
         if trial.trial_id not in self._ended:
             self._ended.add(trial.trial_id)
-            self._ended_cycles += self.catalog.trial_of(trial.config, trial.trial_id).config.cycles + 1
+            self._ended_cycles += self.catalog.trial_of(trial.config, trial.trial_id).config.pruning.cycles + 1
             self._failed += trial.status == Trial.ERROR
 
     def _update(self, trials: list[Trial]) -> None:

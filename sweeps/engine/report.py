@@ -12,7 +12,7 @@ import pyarrow.fs
 from ray.tune import Result
 
 from sweeps.engine import plots
-from sweeps.engine.hparams_file import Hparams, write_hparams
+from sweeps.engine.hparams_file import TunedSettings, write_hparams
 from sweeps.engine.result_table import DEFAULT_POOL_BELOW, PRINTED_LEVELS, SweepTable, build_table
 from sweeps.engine.spec import SweepPlan
 from sweeps.engine.sweep_state import CYCLES_FILE
@@ -36,6 +36,7 @@ def collect(outcomes: list[Outcome], plan: SweepPlan) -> tuple[pd.DataFrame, lis
             continue
         trial = catalog.trial_of(result.config, str((result.metrics or {}).get("trial_id", "")))
         config = trial.config
+        flat = config.to_dict()
         if outcome == "FAILED":
             failed.append(trial.name)
             continue
@@ -44,9 +45,9 @@ def collect(outcomes: list[Outcome], plan: SweepPlan) -> tuple[pd.DataFrame, lis
             continue
         cycles = unpacked(history.drop_duplicates("cycle", keep="last").sort_values("cycle"))
         frame = cycles[[c for c in ROW_METRICS if c in cycles]].assign(
-            trial=trial.name, group=trial.group, **trial.labels, **{k: getattr(config, k) for k in axes}
+            trial=trial.name, group=trial.group, **trial.labels, **{k: flat[k] for k in axes}
         )
-        frames.append(frame.assign(final_cycle=config.cycles))
+        frames.append(frame.assign(final_cycle=config.pruning.cycles))
     # In plan order (not completion order), so tables and plots list variants and settings as declared.
     order = {t.name: index for index, t in enumerate(plan.trials)}
     frames.sort(key=lambda frame: (order.get(frame["trial"].iloc[0], len(order)), frame["trial"].iloc[0]))
@@ -171,13 +172,13 @@ def write_best_settings(rows: pd.DataFrame, plan: SweepPlan, path: Path, sweep_d
     assert plan.search is not None
     axes = list(plan.search.axes)
     best = best_points(rows, plan)
-    settings: Hparams = {}
+    settings: TunedSettings = {}
     summary = []
     for row in best.itertuples(index=False):
         group = plan.search_group(row.group)
         point = {k: getattr(row, k) for k in axes}
         point = {k: v.item() if hasattr(v, "item") else v for k, v in point.items()}
-        settings.setdefault(group.base.model, {})[group.base.method] = point
+        settings.setdefault(group.base.model, {})[group.base.pruning.method] = point
         summary.append(
             {
                 "trial": row.trial,

@@ -143,7 +143,11 @@ def nearest_levels(wanted: tuple[float, ...], valid: list[float], say: bool = Fa
 
 def expected_levels(plan: SweepPlan) -> list[float]:
     """The nominal weights-remaining levels, 100 (1-p)^k for k = 0..cycles, rounded as table columns."""
-    levels = {round(100 * (1 - t.config.prune_rate) ** k, 1) for t in plan.trials for k in range(t.config.cycles + 1)}
+    levels = {
+        round(100 * (1 - t.config.pruning.prune_rate) ** k, 1)
+        for t in plan.trials
+        for k in range(t.config.pruning.cycles + 1)
+    }
     return sorted(levels, reverse=True)
 
 
@@ -269,7 +273,7 @@ def _delta_values(delta: PairedDelta) -> dict[str, float | int]:
 
 def ap_scope_note(plan: SweepPlan) -> str:
     """Which AP scope the table's AP runs used: a global pick moves pruning between layers, a layer pick does not."""
-    scopes = sorted({t.config.ap_scope for t in plan.trials if t.config.ap})
+    scopes = sorted({t.config.ap.scope for t in plan.trials if t.config.ap.enabled})
     words = {"global": "across all layers (ap_scope global)", "layer": "inside each layer's share (ap_scope layer)"}
     return f"AP picked its share {' and '.join(words[s] for s in scopes)}." if scopes else ""
 

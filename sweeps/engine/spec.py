@@ -190,7 +190,7 @@ class PlannedTrial:
     @property
     def epochs(self) -> int:
         """Training epochs this trial runs in total (dense cycle included)."""
-        return (self.config.cycles + 1) * self.config.epochs
+        return (self.config.pruning.cycles + 1) * self.config.training.epochs
 
     def params(self) -> dict[str, str]:
         """The flattened TrialConfig as strings, for MLflow params (`method_options.alpha` for method options)."""
@@ -279,7 +279,8 @@ class SweepPlan:
             return sum(t.epochs for t in self.trials)
         epochs = self.search.axes.get("epochs")
         per_trial = [
-            (g.base.cycles + 1) * (sum(epochs) / len(epochs) if epochs else g.base.epochs) for g in self.search_groups
+            (g.base.pruning.cycles + 1) * (sum(epochs) / len(epochs) if epochs else g.base.training.epochs)
+            for g in self.search_groups
         ]
         return round(sum(per_trial) * self.points_per_group * self.seeds)
 
@@ -304,7 +305,7 @@ class TrialCatalog:
     ) -> None:
         self._planned = {_identity(t.config): t for t in trials}
         self._by_name = {t.name: t for t in trials}
-        self._groups = {(g.base.dataset, g.base.model, g.base.method): g for g in groups}
+        self._groups = {(g.base.dataset, g.base.model, g.base.pruning.method): g for g in groups}
         self._axes = axes
         self._numbered = numbered  # sampled points may repeat: Tune's trial number keeps their names apart
 
@@ -318,9 +319,11 @@ class TrialCatalog:
         planned = self._planned.get(_identity(config))
         if planned is not None:
             return planned
-        group = self._groups.get((config.dataset, config.model, config.method))
+        group = self._groups.get((config.dataset, config.model, config.pruning.method))
         if group is None:
-            raise KeyError(f"trial {config.model}/{config.method} (seed {config.seed}) is not part of this sweep")
+            raise KeyError(
+                f"trial {config.model}/{config.pruning.method} (seed {config.seed}) is not part of this sweep"
+            )
         name = searched_trial_name(group.stem, self._axes, config, trial_id, self._numbered)
         return PlannedTrial(name, group.key, _copy({**group.labels, "seed": config.seed}), config)
 
@@ -330,7 +333,8 @@ def searched_trial_name(stem: str, axes: tuple[str, ...], config: TrialConfig, t
 
     `numbered` (sampled points may repeat): Tune's trial number, or a searcher's trial id, keeps names apart.
     """
-    point = {k: getattr(config, k) for k in axes}
+    flat = config.to_dict()
+    point = {k: flat[k] for k in axes}
     name = "-".join([stem, *_point_tags(point), f"seed{config.seed}"])
     return f"{name}-{trial_id.rpartition('_')[2]}" if trial_id and numbered else name
 
@@ -359,6 +363,8 @@ def expand(
     file entry for (network, pruning method), command-line overrides, then the axes themselves; `method_options`
     are merged option by option across the layers.
     """
+    from ap_core.checks import checked_config  # imports the registries (torch): only once a sweep is planned
+
     preset = spec.preset(preset_name)
     for axis, values in (("networks", networks), ("datasets", datasets), ("methods", methods)):
         repeated = next((v for v in values if values.count(v) > 1), None)
@@ -393,7 +399,7 @@ def expand(
     ):
         recipe = _layered(preset.trial, method.overrides, variant.overrides, setting.overrides)
         recipe = _layered(recipe, preset.per_network.get(network, {}))
-        pruning_method = recipe.get("method", TrialConfig.method)
+        pruning_method = recipe.get("method", TrialConfig().pruning.method)
         recipe = _layered(recipe, (hparams or {}).get(network, {}).get(pruning_method, {}), overrides or {})
         recipe.update(model=network, dataset=dataset)
         labels = {"dataset": dataset, "network": network, "method": method.label, "variant": variant.label}
@@ -406,9 +412,9 @@ def expand(
             groups.append(_search_group(f"{dataset}-{network}-{method.tag}", stem, labels, recipe, search))
             continue
         for seed in range(1, seed_count + 1):
-            config = TrialConfig(**{**recipe, "seed": seed})
+            config = checked_config({**recipe, "seed": seed})
             trials.append(PlannedTrial(f"{stem}-seed{seed}", "", _copy({**labels, "seed": seed}), config))
-    if len({(g.base.dataset, g.base.model, g.base.method) for g in groups}) < len(groups):
+    if len({(g.base.dataset, g.base.model, g.base.pruning.method) for g in groups}) < len(groups):
         raise ConfigError(f"sweep {spec.name}: two searched methods share one pruning method; give each its own")
     return SweepPlan(spec, preset_name, tuple(trials), seed_count, search, tuple(groups), search_mode, num_samples)
 
@@ -417,11 +423,13 @@ def _search_group(
     key: str, stem: str, labels: Mapping[str, Any], recipe: Mapping[str, Any], search: SearchSpace
 ) -> SearchGroup:
     """The group's recipe, checked with every value of every axis (so no drawn point can be invalid)."""
+    from ap_core.checks import checked_config
+
     first = {k: v[0] for k, v in search.axes.items()}
     for axis, values in search.axes.items():
         for value in values:
-            TrialConfig(**{**recipe, **first, axis: value, "seed": 1})
-    return SearchGroup(key, stem, _copy(labels), TrialConfig(**{**recipe, **first, "seed": 1}))
+            checked_config({**recipe, **first, axis: value, "seed": 1})
+    return SearchGroup(key, stem, _copy(labels), checked_config({**recipe, **first, "seed": 1}))
 
 
 # Points per network and method a sampled search draws unless told (--num-samples).

@@ -27,7 +27,7 @@ def final_cycles(rows: pd.DataFrame, plan: SweepPlan) -> pd.DataFrame:
     """The last cycle of each trial that ran all its cycles (an unfinished trial has no pruned result)."""
     if rows.empty:
         return rows
-    planned = {t.name: t.config.cycles for t in plan.trials}
+    planned = {t.name: t.config.pruning.cycles for t in plan.trials}
     return rows[rows["cycle"] == rows["trial"].map(planned)]
 
 
@@ -50,7 +50,7 @@ def _stats(frame: pd.DataFrame, keys: list[str], column: str) -> dict[tuple, tup
 
 def _setting_ratio(plan: SweepPlan) -> dict[str, float]:
     """Each setting's channel ratio, in the plan's order."""
-    return {t.labels["setting"]: t.config.method_options["channel_ratio"] for t in plan.trials}
+    return {t.labels["setting"]: t.config.pruning.method_options["channel_ratio"] for t in plan.trials}
 
 
 def _reference() -> pd.DataFrame:

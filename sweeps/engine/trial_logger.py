@@ -180,11 +180,11 @@ class MlflowTrialLogger(Callback):
             "tune_trial_id": trial_id,
             "network": config.model,
             "dataset": config.dataset,
-            "method": config.method,
+            "method": config.pruning.method,
             "method_label": plan.labels["method"],
             "variant": plan.labels["variant"],
             **({"setting": plan.labels["setting"]} if "setting" in plan.labels else {}),
-            "ap": str(config.ap).lower(),
+            "ap": str(config.ap.enabled).lower(),
             "seed": str(config.seed),
             "attempts": "1",
         }
@@ -209,7 +209,7 @@ class MlflowTrialLogger(Callback):
     ) -> None:
         """Final tags, the artifacts of the trial's last checkpoint (and its error), then its terminal status."""
         tags = {"status_detail": status.lower()}
-        if status == "FINISHED" and last_cycle < planned.config.cycles:
+        if status == "FINISHED" and last_cycle < planned.config.pruning.cycles:
             tags["early_stopped"] = "true"  # a scheduler (ASHA) ended it before its last cycle
         if error is not None:
             tags["error"] = _one_line(error)

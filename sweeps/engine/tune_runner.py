@@ -153,12 +153,12 @@ def _tuner(
         limit = options.max_concurrent or 2 * trials_at_once(options.cpus_per_trial, options.gpus_per_trial)
         search_alg = ConcurrencyLimiter(PlanSearcher(points), max_concurrent=limit)
         param_space, num_samples = {}, len(points)  # the group's shared settings come with the trainable
-        cycles = [t.config.cycles + 1 for t in trials]
+        cycles = [t.config.pruning.cycles + 1 for t in trials]
         namer = TrialNamer()
     else:
         assert search is not None
         param_space, search_alg, num_samples = search_setup(plan, group, search)
-        cycles = [plan.search_group(group).base.cycles + 1] * (plan.points_per_group * plan.seeds)
+        cycles = [plan.search_group(group).base.pruning.cycles + 1] * (plan.points_per_group * plan.seeds)
         searched = plan.search_group(group)
         namer = TrialNamer(searched.stem, tuple(plan.search.axes), numbered=plan.search_mode != "grid")
     callbacks: list[Any] = [CheckpointRetention(), StopWhenStorageFull()]  # a full disk stops the sweep, resumably
