@@ -13,6 +13,8 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from ap_core.settings import flag_name
+
 
 def _parse_bool(text: str) -> bool:
     """A flag's true/false word (1/0, yes/no, on/off too) as a bool; argparse reports anything else."""
@@ -70,7 +72,7 @@ def flag_fields(cls: type) -> Iterator[tuple[str, Any, dataclasses.Field]]:
         if dataclasses.is_dataclass(hints[f.name]):
             group_hints = get_type_hints(hints[f.name])
             for inner in dataclasses.fields(hints[f.name]):
-                yield inner.metadata.get("flag", inner.name), group_hints[inner.name], inner
+                yield flag_name(inner), group_hints[inner.name], inner
         else:
             yield f.name, hints[f.name], f
 
