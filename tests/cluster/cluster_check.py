@@ -41,12 +41,13 @@ SERVICES_IMAGE = "ap-sweeps-services:cluster-test"
 COMPOSE_FILES = [REPO / "docker" / "compose.yaml", REPO / "tests" / "cluster" / "compose.test.yaml"]
 WORKERS = ("ray-worker-1", "ray-worker-2")
 SWEEP_NAME = "cluster-smoke"
-# 4 trials (GP/LP x AP/no AP, one seed): dense training (cycle 0) and 3 pruning cycles of ~12 s each on one CPU,
-# so a worker can be killed while a trial is between checkpoints (at 100 epochs, ~8 s, a loaded host's kill once
-# landed after the chosen trial had finished).
-SWEEP_ARGS = ["--preset", "smoke", "--seeds", "1", "--cycles", "3", "--epochs", "150", "--max-failures", "3"]
+# 4 trials (GP/LP x AP/no AP, one seed): dense training (cycle 0) and 6 pruning cycles of 400 epochs (~5 s each on
+# an idle CPU, several times that on a loaded one). The worker is killed once a trial on it has reported cycle 1 and
+# before its last: a window of 5 cycles, wide against the ~3 s the check needs to read Tune's results. (3 cycles of
+# 150 epochs, ~2 s each when idle, left a 4 s window that a fresh-clone run on an idle host missed.)
+SWEEP_ARGS = ["--preset", "smoke", "--seeds", "1", "--cycles", "6", "--epochs", "400", "--max-failures", "3"]
 EXPECTED_TRIALS = 4
-EXPECTED_CYCLES = 3  # cycles 0..3 are reported, each with a checkpoint
+EXPECTED_CYCLES = 6  # cycles 0..6 are reported, each with a checkpoint
 
 
 class EngineUnavailable(Exception):
