@@ -51,8 +51,9 @@ class TrialConfig:
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
     def __post_init__(self) -> None:
-        for name in ("model", "dataset", "seed"):  # the fields that are not groups
-            object.__setattr__(self, name, coerce_setting(TrialConfig, name, getattr(self, name)))
+        for f in dataclasses.fields(self):
+            if f.default_factory is dataclasses.MISSING:  # a flat setting of its own (model, dataset, seed)
+                object.__setattr__(self, f.name, coerce_setting(TrialConfig, f.name, getattr(self, f.name)))
         if not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed {self.seed} must be in [0, 2**32)")
         warmup, epochs = self.schedule.warmup_epochs, self.training.epochs

@@ -36,13 +36,13 @@ def collect(outcomes: list[Outcome], plan: SweepPlan) -> tuple[pd.DataFrame, lis
             continue
         trial = catalog.trial_of(result.config, str((result.metrics or {}).get("trial_id", "")))
         config = trial.config
-        flat = config.to_dict()
         if outcome == "FAILED":
             failed.append(trial.name)
             continue
         history = result.metrics_dataframe
         if history is None or history.empty or "cycle" not in history:
             continue
+        flat = config.to_dict()
         cycles = unpacked(history.drop_duplicates("cycle", keep="last").sort_values("cycle"))
         frame = cycles[[c for c in ROW_METRICS if c in cycles]].assign(
             trial=trial.name, group=trial.group, **trial.labels, **{k: flat[k] for k in axes}

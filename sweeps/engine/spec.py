@@ -18,6 +18,7 @@ from typing import Any
 
 from ap_core import TrialConfig
 from ap_core.errors import ConfigError
+from ap_core.settings import PruningSettings
 from trainables.tune_config import TRIAL_NAME, trial_config
 
 
@@ -399,7 +400,7 @@ def expand(
     ):
         recipe = _layered(preset.trial, method.overrides, variant.overrides, setting.overrides)
         recipe = _layered(recipe, preset.per_network.get(network, {}))
-        pruning_method = recipe.get("method", TrialConfig().pruning.method)
+        pruning_method = recipe.get("method", PruningSettings.method)
         recipe = _layered(recipe, (hparams or {}).get(network, {}).get(pruning_method, {}), overrides or {})
         recipe.update(model=network, dataset=dataset)
         labels = {"dataset": dataset, "network": network, "method": method.label, "variant": variant.label}
