@@ -23,8 +23,12 @@ from sweeps.table1 import SPEC
 pytestmark = pytest.mark.integration
 
 CYCLES = 8
+# 80 epochs a cycle (~1 s on an idle CPU): the third trial is half done for several seconds while the first has
+# finished, long enough for Tune to save that state and the test to see it (6 epochs, ~0.1 s, once let an idle host's
+# sweep finish unseen).
+EPOCHS = 80
 NAME = "resume-test"
-CATALOG = expand(SPEC, "smoke", methods=("GP",), seeds=3, overrides={"epochs": 6, "cycles": CYCLES}).catalog()
+CATALOG = expand(SPEC, "smoke", methods=("GP",), seeds=3, overrides={"epochs": EPOCHS, "cycles": CYCLES}).catalog()
 
 
 def child_runs(client: MlflowClient) -> list:
@@ -89,7 +93,7 @@ def tune_results(storage: Path) -> dict[str, list[dict]]:
 def test_killed_sweep_resumes_without_duplicates(mlflow_server: MlflowServer, tmp_path: Path) -> None:
     args = [
         "--results-dir", str(tmp_path), "--tracking-uri", mlflow_server.uri, "--num-cpus", "2", "--name", NAME,
-        "--methods", "GP", "--seeds", "3", "--epochs", "6", "--cycles", str(CYCLES), "--progress", "false",
+        "--methods", "GP", "--seeds", "3", "--epochs", str(EPOCHS), "--cycles", str(CYCLES), "--progress", "false",
     ]  # fmt: skip
     client = MlflowClient(mlflow_server.uri)
     with (tmp_path / "first.log").open("w") as log:
