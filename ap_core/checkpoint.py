@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ap_core.config import RUNTIME_FIELDS, TrialConfig
+from ap_core.config import ADDED_DEFAULTS, RUNTIME_FIELDS, TrialConfig
 from ap_core.errors import ConfigError
 from ap_core.training import resolve_device
 
@@ -44,6 +44,7 @@ def check_same_experiment(saved: dict[str, Any], config: TrialConfig, device: to
     """A ConfigError naming the first experiment setting (or device type) the checkpoint was written with that
     differs from `config`: resuming it would compute something else."""
     current = config.to_dict()
+    saved = {**ADDED_DEFAULTS, **saved}  # written before a setting was added: it was at its default
     changed = [k for k in current if k not in RUNTIME_FIELDS and _as_saved(saved.get(k)) != _as_saved(current[k])]
     if resolve_device(saved["device"]).type != device.type:
         changed.insert(0, "device")

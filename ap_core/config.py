@@ -82,8 +82,12 @@ class TrialConfig:
         return TrialConfig.from_dict({**self.to_dict(), **changes})
 
     def experiment_settings(self) -> dict[str, Any]:
-        """The settings that decide the results (every one but the runtime ones)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        """The settings that decide the results (every one but the runtime ones; an added one only when set)."""
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in RUNTIME_FIELDS and not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])
+        }
 
     def runtime_settings(self) -> dict[str, Any]:
         return self.runtime.flat()
@@ -123,3 +127,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     f.name: ("", f.name) for f in dataclasses.fields(TrialConfig) if f.name not in GROUP_TYPES
 } | {flag_name(f): (group, f.name) for group, cls in GROUP_TYPES.items() for f in dataclasses.fields(cls)}
 RUNTIME_FIELDS = frozenset(flag_name(f) for f in dataclasses.fields(RuntimeSettings))
+# settings added after experiments were recorded -> their default, at which they stay out of the experiment hash
+ADDED_DEFAULTS: dict[str, Any] = {
+    flag_name(f): f.default for cls in GROUP_TYPES.values() for f in dataclasses.fields(cls) if f.metadata.get("added")
+}

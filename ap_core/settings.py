@@ -24,9 +24,13 @@ AP_SCOPES = ("global", "layer")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
-def setting(flag: str, default: Any, help: str) -> Any:
-    """A group field that is the flat setting `flag`."""
-    return field(default=default, metadata={"flag": flag, "help": help})
+def setting(flag: str, default: Any, help: str, added: bool = False) -> Any:
+    """A group field that is the flat setting `flag`.
+
+    `added` marks a setting introduced after experiments were recorded: at its default it is left out of the
+    experiment hash, so every earlier experiment keeps its id (and its stored runs and cycles).
+    """
+    return field(default=default, metadata={"flag": flag, "help": help, "added": added})
 
 
 def flag_name(f: dataclasses.Field) -> str:
