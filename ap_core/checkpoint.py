@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ap_core.config import ADDED_DEFAULTS, RUNTIME_FIELDS, TrialConfig
+from ap_core.cycle_keys import cycle_key
 from ap_core.errors import ConfigError
 from ap_core.training import resolve_device
 
@@ -56,3 +57,15 @@ def check_same_experiment(saved: dict[str, Any], config: TrialConfig, device: to
 def _as_saved(value: Any) -> Any:
     """Settings as JSON gives them back (tuples become lists), so saved and current compare equal."""
     return json.loads(json.dumps(value))
+
+
+def check_shared_prefix(meta: dict[str, Any], config: TrialConfig, cycle: int, path: Path) -> None:
+    """A ConfigError unless `meta` is a state right after `cycle` whose cycles 0..`cycle` `config` shares."""
+    try:
+        saved = TrialConfig.from_dict(meta["config"])
+    except ConfigError as err:
+        raise ConfigError(f"checkpoint '{path}' was written with settings this code does not know ({err})") from None
+    if meta["cycle"] != cycle + 1 or meta["cycle_begun"] or len(meta["results"]) != cycle + 1:
+        raise ConfigError(f"checkpoint '{path}' is not the state right after cycle {cycle}")
+    if cycle_key(saved, cycle) != cycle_key(config, cycle):
+        raise ConfigError(f"checkpoint '{path}' holds cycles 0..{cycle} of another experiment")

@@ -35,7 +35,8 @@ def add_dataclass_arguments(
     """Add one `--field-name` option per dataclass field, with the field's type, default and help.
 
     `shown_defaults` replaces a field's own default in the help where something else decides it (a preset);
-    a field whose metadata says `switch` is a plain flag that takes no value (`--resume`). A field whose value has
+    a field whose metadata says `switch` is a plain flag that takes no value (`--resume`), one that says
+    `negatable` gets a `--no-` flag too. A field whose value has
     a word the type cannot spell (`--gpus-per-trial auto`) brings its own text-to-value function as metadata
     `parse` and value-to-text function as `show`.
     """
@@ -63,6 +64,8 @@ def add_dataclass_arguments(
         else:
             kwargs.update(type=hint)
         parser.add_argument(flag, **kwargs)
+        if f.metadata.get("negatable"):  # `--no-reuse` beside `--reuse false`
+            parser.add_argument(f"--no-{flag[2:]}", dest=name, action="store_const", const=False, help=f"{flag} false")
 
 
 def flag_fields(cls: type) -> Iterator[tuple[str, Any, dataclasses.Field]]:

@@ -18,7 +18,13 @@ import torch
 
 from ap_core.array_dataset import ArrayDataset
 from ap_core.channel_graph import channel_layout
-from ap_core.checkpoint import CHECKPOINT_FILE, check_same_experiment, read_checkpoint, write_checkpoint
+from ap_core.checkpoint import (
+    CHECKPOINT_FILE,
+    check_same_experiment,
+    check_shared_prefix,
+    read_checkpoint,
+    write_checkpoint,
+)
 from ap_core.checks import check_names
 from ap_core.config import TrialConfig
 from ap_core.cycle_runner import CycleRunner, TrialParts
@@ -42,16 +48,18 @@ def run_trial(
     checkpoint_dir: str | Path | None = None,
     resume_from: str | Path | None = None,
     dataset: ArrayDataset | None = None,
+    shared_cycle: int | None = None,
 ) -> list[CycleResult]:
     """Run (or resume) a trial; returns one CycleResult per cycle, cycle 0 being the dense network.
 
     After every cycle the checkpoint is written to `checkpoint_dir/trial.pt` first, then `on_cycle(result)` is
     called, so a tracker can attach the checkpoint to the result it reports. A resumed trial calls `on_cycle`
-    only for cycles it runs itself.
+    only for cycles it runs itself. With `shared_cycle` k, `resume_from` is another trial's checkpoint after
+    cycle k whose cycles 0..k this trial shares (`ap_core.cycle_keys`).
     """
     trial = TrialRunner(config, dataset)
     if resume_from is not None:
-        trial.restore(Path(resume_from) / CHECKPOINT_FILE)
+        trial.restore(Path(resume_from) / CHECKPOINT_FILE, shared_cycle)
     return trial.run(on_cycle, Path(checkpoint_dir) if checkpoint_dir is not None else None)
 
 
@@ -138,10 +146,15 @@ class TrialRunner:
     def save(self, checkpoint_dir: Path) -> None:
         write_checkpoint(self.state_dict(), checkpoint_dir)
 
-    def restore(self, path: Path) -> None:
+    def restore(self, path: Path, shared_cycle: int | None = None) -> None:
+        """Resume from this trial's own checkpoint; or, with `shared_cycle` k, start from another trial's state
+        after cycle k, which counts only if cycles 0..k of both are decided by the same settings."""
         state = read_checkpoint(path, self.device)
         meta = state["meta"]
-        check_same_experiment(meta["config"], self.config, self.device, path)
+        if shared_cycle is None:
+            check_same_experiment(meta["config"], self.config, self.device, path)
+        else:
+            check_shared_prefix(meta, self.config, shared_cycle, path)
         figures = EpochFigures(**meta["progress"])
         self.current_cycle = CycleRunner(self.parts, meta["cycle"], meta["step"], meta["cycle_begun"], figures)
         self.results = [CycleResult.from_dict(r) for r in meta["results"]]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,8 +20,12 @@ from typing import Any
 import ray
 from ray import tune
 
-from ap_core import ArrayDataset, CycleResult, TrialConfig, run_trial
-from trainables.tune_config import trial_config
+from ap_core import ArrayDataset, ConfigError, CycleResult, TrialConfig, run_trial
+from ap_core.checkpoint import CHECKPOINT_FILE
+from ap_core.cycle_keys import cycle_key
+from ap_core.trial import TrialRunner
+from trainables.shared_cycles import REUSED_FROM, STORED_CYCLE, RejectedEntry, Reuse, fetch_entry, write_entry
+from trainables.tune_config import REUSE, trial_config
 
 # Metrics Tune keeps as its own numbers (the weights-remaining tables, searches and schedulers read them). Tune
 # keeps running statistics of every number a trial reports, in every trial's saved state, so the rest (what remains
@@ -47,12 +53,14 @@ def train_trial(
     datasets: Mapping[str, ray.ObjectRef] | None = None,
     write_artifacts: ArtifactWriter | None = None,
     shared: Mapping[str, Any] | None = None,
+    cycle_store: str = "",
 ) -> None:
     """Run the trial whose experiment settings are `config` over `shared`, resuming from Tune's checkpoint if any.
 
     `datasets` maps `dataset_key`s to object refs of loaded `ArrayDataset`s (a trial whose dataset is not there
     loads it itself). `write_artifacts` draws the trial's artifacts into every checkpoint, here on the worker, so
-    the driver only uploads them.
+    the driver only uploads them. With a `cycle_store` folder the trial stores its dense cycle and its last one
+    there, and starts from the stored cycles its config names (`REUSE`), which the driver verified.
     """
     # Ray Train logs one INFO line per persisted checkpoint: one per cycle per trial, thousands per sweep.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
@@ -63,34 +71,68 @@ def train_trial(
     node_id = ray.get_runtime_context().get_node_id()
     name = tune.get_context().get_trial_name()
     history: list[dict[str, float]] = []
+    store = Path(cycle_store) if cycle_store else None
+    last = settings.pruning.cycles
+    stored_keys = {0: cycle_key(settings, 0), last: cycle_key(settings, last)} if store else {}
+    reuse = Reuse.from_dict(config[REUSE]) if config.get(REUSE) else None
 
     with tempfile.TemporaryDirectory(prefix="ap-trial-") as workdir:
 
-        def report(result: CycleResult) -> None:
-            # run_trial has just written workdir/trial.pt; the history and artifacts join it in the checkpoint,
-            # which report() persists before returning.
+        def report(result: CycleResult, reused: Reuse | None = None) -> None:
+            # workdir/trial.pt holds the state after this cycle (none for a replayed cycle before the last one
+            # reused); the history and artifacts join it in the checkpoint, which report() persists before returning.
             metrics = result.metrics()
             history.append({k: float(v) for k, v in metrics.items()})
             (Path(workdir) / HISTORY_FILE).write_text(json.dumps(history))
-            if write_artifacts is not None:
+            with_state = reused is None or result.cycle == reused.cycle
+            if write_artifacts is not None and with_state:
                 write_artifacts(Path(workdir) / ARTIFACTS_DIR, name, history)
+            sharing: dict[str, str] = {}
+            if reused is not None:
+                sharing[REUSED_FROM] = json.dumps({**reused.computed_by, "key": reused.key, "cycle": reused.cycle})
+            elif store is not None and result.cycle in stored_keys:
+                digests = write_entry(store, stored_keys[result.cycle], Path(workdir))
+                if digests is not None:
+                    stored = {"key": stored_keys[result.cycle], "cycle": result.cycle, "files": digests}
+                    sharing[STORED_CYCLE] = json.dumps(stored)
             tune.report(
                 {
                     **{k: v for k, v in metrics.items() if k in TUNE_METRICS},
                     PACKED_METRICS: json.dumps({k: v for k, v in metrics.items() if k not in TUNE_METRICS}),
                     "node_id": node_id,
                     "removal_events": json.dumps(result.removal_events),
+                    **sharing,
                 },
-                checkpoint=tune.Checkpoint.from_directory(workdir),
+                checkpoint=tune.Checkpoint.from_directory(workdir) if with_state else None,
             )
 
         checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
-            run_trial(settings, on_cycle=report, checkpoint_dir=workdir, dataset=dataset)
+        if checkpoint is not None:
+            with checkpoint.as_directory() as resume_dir:
+                history.extend(_history(Path(resume_dir)))
+                run_trial(settings, on_cycle=report, checkpoint_dir=workdir, resume_from=resume_dir, dataset=dataset)
             return
-        with checkpoint.as_directory() as resume_dir:
-            history.extend(_history(Path(resume_dir)))
-            run_trial(settings, on_cycle=report, checkpoint_dir=workdir, resume_from=resume_dir, dataset=dataset)
+        trial = TrialRunner(settings, dataset)
+        if reuse is not None and store is not None and _started_from(trial, store, reuse, Path(workdir)):
+            for result in trial.results:  # the stored cycles, as the trial that computed them reported them
+                report(result, reuse)
+        trial.run(report, Path(workdir))
+
+
+def _started_from(trial: TrialRunner, store: Path, reuse: Reuse, workdir: Path) -> bool:
+    """Bring `trial` to the stored state after cycle `reuse.cycle` and save it as its own checkpoint; False (with
+    one line on the trial's log) when the entry is not the one the driver verified: the trial then trains it."""
+    fetched = workdir / "stored"
+    try:
+        fetch_entry(store, reuse, fetched)
+        trial.restore(fetched / CHECKPOINT_FILE, shared_cycle=reuse.cycle)
+    except (RejectedEntry, ConfigError) as err:
+        print(f"warning: {err}; training those cycles instead", file=sys.stderr, flush=True)
+        return False
+    finally:
+        shutil.rmtree(fetched, ignore_errors=True)
+    trial.save(workdir)
+    return True
 
 
 def _history(checkpoint_dir: Path) -> list[dict[str, float]]:

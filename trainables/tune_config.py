@@ -16,7 +16,9 @@ from ap_core.config import TrialConfig
 REPEAT_INDEX = "__trial_index__"
 # A planned trial's name, handed out with its settings (tune_runner.PlanSearcher): data, not a setting.
 TRIAL_NAME = "trial_name"
-NOT_SETTINGS = (REPEAT_INDEX, TRIAL_NAME)
+# The stored cycles a trial starts from (trainables.shared_cycles.Reuse as a dict): data, not a setting.
+REUSE = "reuse"
+NOT_SETTINGS = (REPEAT_INDEX, TRIAL_NAME, REUSE)
 
 
 def trial_config(

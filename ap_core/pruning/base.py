@@ -83,6 +83,11 @@ class PruningMethod:
 
     Hparams: type = NoHparams
     removes_channels = False
+    # Whether the method (its `prepare`, param groups or cycle-0 hooks) shapes the dense cycle 0; if not, trials
+    # that differ only in their method train the same cycle 0 (`ap_core.cycle_keys`).
+    shapes_dense_training = True
+    # Hparams that act only when the method prunes: trials that differ only in them share the dense cycle 0.
+    pruning_only_hparams: tuple[str, ...] = ()
 
     def check_model(self, model: str, name: str) -> None:
         """Raise a ConfigError when this method cannot prune model `model` (checked with the config)."""
@@ -121,6 +126,8 @@ class PruningMethod:
 class WeightMethod(PruningMethod):
     """An element method from a selection function `choose(weights, mask, count, generator) -> removal` of exactly
     `count` alive weights (fewer only when fewer are alive)."""
+
+    shapes_dense_training = False  # it acts only when pruning
 
     def __init__(self, choose: ChooseWeights) -> None:
         self.choose = choose

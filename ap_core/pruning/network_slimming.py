@@ -61,6 +61,7 @@ class SparsityHook(TrainingHook):
 @register_method("network_slimming")
 class NetworkSlimming(ChannelMethod):
     Hparams = SlimmingHparams
+    pruning_only_hparams = ("channel_ratio", "min_channels")  # cycle 0 is the regularised training
 
     def prepare(self, model: nn.Module, hparams: Any) -> None:
         for gamma in norm_scales(model):

@@ -93,6 +93,7 @@ class RecedingHook(TrainingHook):
 @register_method("rni")
 class RecedingNeuronImportances(ChannelMethod):
     Hparams = RNIHparams
+    pruning_only_hparams = ("channel_ratio", "min_channels")  # cycle 0 is the regularised training
 
     def prepare(self, model: nn.Module, hparams: Any) -> None:
         """Swap every BatchNorm2d for a bounded one (in module order, so the N(0, 1) draws are reproducible)."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
+from sweeps.engine.options import SweepOptions
 from sweeps.engine.spec import SweepPlan, SweepSpec
 
 
@@ -56,6 +58,22 @@ def print_plan(plan: SweepPlan) -> None:
         f"{plan.trial_count} trials in {max(len(plan.groups), 1)} Tune experiment(s); "
         f"{plan.total_epochs} training epochs in total{bound}"
     )
+
+
+def print_savings(plan: SweepPlan, options: SweepOptions) -> None:
+    """What the cycle store already holds of the plan and what sharing dense cycles saves (nothing is read but the
+    store's list of signed entries)."""
+    from sweeps.engine.cycle_store import savings, store_root, stored_keys
+
+    storage = options.storage or str(Path(options.results_dir).resolve() / "ray")
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    root = store_root(storage, options.reuse)
+    if root is None:
+        print("reuse: off" if not options.reuse else f"reuse: off (the cycle store needs a filesystem, not {storage})")
+        return
+    found, _ = savings((t.config for t in plan.trials), stored_keys(root))
+    print(f"{found.describe()}; store: {root}")
 
 
 def quiet_libraries() -> None:

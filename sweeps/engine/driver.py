@@ -24,7 +24,7 @@ from ap_core.config import RUNTIME_FIELDS
 from ap_core.errors import ConfigError
 from ap_core.paths import check_writable_dir, check_writable_file
 from sweeps.engine import console_log, leftover_ray, preflight, state_signing, trial_checks
-from sweeps.engine.console import print_choices, print_cost, print_plan, quiet_libraries
+from sweeps.engine.console import print_choices, print_cost, print_plan, print_savings, quiet_libraries
 from sweeps.engine.hparams_file import load_hparams
 from sweeps.engine.options import AUTO_GPUS, ParsedArgs, SweepError, flat_options, parse_args
 from sweeps.engine.spec import SweepPlan, SweepSpec, expand
@@ -107,6 +107,8 @@ def run(spec: SweepSpec, argv: list[str] | None = None) -> int:
     plan = plan_sweep(spec, args)
     if args.options.dry_run:
         print_plan(plan)
+        if plan.search is None:
+            print_savings(plan, args.options)
         if args.options.gpus_per_trial == AUTO_GPUS:
             from sweeps.engine.packing import dry_run_note
 
@@ -263,7 +265,7 @@ def run_on_ray(
     results_dir: Path,
 ) -> int:
     """Open the parent run, write the state, run Tune, bring MLflow level with Tune, write the table."""
-    from sweeps.engine import parent_view, report, tracking, tune_runner
+    from sweeps.engine import cycle_store, parent_view, report, tracking, tune_runner
     from sweeps.engine.trial_logger import sync_with_tune
 
     options = args.options
@@ -310,8 +312,18 @@ def run_on_ray(
 
     status, artifacts, summary = "FAILED", [], {}
     try:
+        shared_cycles = cycle_store.store_root(storage, options.reuse)
         grids = tune_runner.run_experiments(
-            plan, options, args.search, parent, datasets, experiments, runtime, sweep_tags, state is not None
+            plan,
+            options,
+            args.search,
+            parent,
+            datasets,
+            experiments,
+            runtime,
+            sweep_tags,
+            state is not None,
+            shared_cycles,
         )
         outcomes = [outcome for grid in grids for outcome in report.trial_outcomes(grid, grid.experiment_path)]
         rows, failed, unfinished = report.collect(outcomes, plan)

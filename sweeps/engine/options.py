@@ -76,6 +76,14 @@ class SweepOptions:
     storage: str = _opt("", "Ray Tune storage: local folder, shared filesystem or s3://; empty: <results-dir>/ray")
     tracking_uri: str = _opt("", "MLflow tracking URI; empty: $MLFLOW_TRACKING_URI, else SQLite in the results folder")
     mlflow: bool = _opt(True, "log trials to MLflow (false: Tune only, e.g. to measure overhead)")
+    reuse: bool = field(
+        default=True,
+        metadata={
+            "help": "share finished cycles through the cycle store (<storage>/cycle-store): a dense cycle trained "
+            "once for every trial that shares it, a stored trial not trained again (--no-reuse: train everything)",
+            "negatable": True,
+        },
+    )
     cpus_per_trial: float = _opt(1.0, "CPUs reserved per trial")
     gpus_per_trial: float = field(
         default=AUTO_GPUS,

@@ -196,6 +196,19 @@ class TrackingStore:
             if not token:
                 return runs
 
+    def find_child_run(self, parent_run_id: str, trial: str) -> str | None:
+        """The id of trial `trial`'s child run under parent run `parent_run_id` (any sweep, any experiment)."""
+        try:
+            experiment_id = self._mlflow.get_run(parent_run_id).info.experiment_id
+        except MlflowException:
+            return None  # logged to another store, or deleted
+        runs = self._mlflow.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.trial = '{trial}'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
     def run_tags(self, run_id: str) -> dict[str, str]:
         return self._mlflow.get_run(run_id).data.tags
 

@@ -31,6 +31,7 @@ from sweeps.engine.report import Outcome
 from sweeps.engine.spec import PlannedTrial, TrialCatalog
 from sweeps.engine.tracking import PARENT_TAG, TRACKING_ERRORS, ParentRun, TrackingStore, now_ms, short_error
 from trainables.pruning_trial import ARTIFACTS_DIR, PACKED_METRICS
+from trainables.shared_cycles import REUSED_FROM
 
 # Bookkeeping Tune adds to every result; the trial's own metrics are everything else that is numeric.
 NOT_METRICS = {*AUTO_RESULT_KEYS, "done", "trial_id", "checkpoint_dir_name", "should_checkpoint"}
@@ -130,8 +131,23 @@ class MlflowTrialLogger(Callback):
         if step <= last_step:
             return  # re-reported after a resume: MLflow has it already
         tags = [RunTag("node_ip", str(result.get("node_ip", ""))), RunTag("node_id", str(result.get("node_id", "")))]
+        if step == 0 and isinstance(reused := result.get(REUSED_FROM), str) and reused:
+            tags += self._reuse_tags(json.loads(reused))
         self.store.log_metrics(run_id, _step_entries(metrics, result.get("removal_events"), now_ms()), tags)
         self._runs[name] = (run_id, step)
+
+    def _reuse_tags(self, computed_by: dict[str, Any]) -> list[RunTag]:
+        """Where a trial's first cycles come from: the run that computed them (its MLflow id where this store has it,
+        else its sweep and trial), which cycles, and the cycle store's key."""
+        run_id = None
+        if computed_by.get("parent_run_id"):
+            run_id = self.store.find_child_run(str(computed_by["parent_run_id"]), str(computed_by["trial"]))
+        origin = run_id or f"{computed_by.get('sweep', '')}/{computed_by.get('trial', '')}"
+        return [
+            RunTag("reused_from", origin),
+            RunTag("reused_cycles", f"0-{computed_by['cycle']}"),
+            RunTag("reused_key", str(computed_by["key"])),
+        ]
 
     def _log_recovery(self, trial: Trial) -> None:
         run_id, _ = self._run(trial)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -22,8 +23,10 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater, Searcher
 
+from ap_core.cycle_keys import cycle_key
 from ap_core.plugins import PLUGINS_VARIABLE, absolute_entries
-from sweeps.engine import packing, preflight, state_signing
+from sweeps.engine import cycle_store, packing, preflight, state_signing
+from sweeps.engine.cycle_signer import CycleStoreSigner
 from sweeps.engine.full_disk import StopWhenStorageFull
 from sweeps.engine.options import AUTO_GPUS, SearchOptions, SweepError, SweepOptions
 from sweeps.engine.progress import OverallProgress
@@ -34,7 +37,7 @@ from sweeps.engine.tracking import ParentRun
 from sweeps.engine.trial_artifacts import write_trial_artifacts
 from sweeps.engine.trial_logger import MlflowTrialLogger
 from trainables.pruning_trial import train_trial
-from trainables.tune_config import TRIAL_NAME, trial_config
+from trainables.tune_config import REUSE, TRIAL_NAME, trial_config
 from trainables.worker_setup import SETUP_HOOK
 
 # Searches are judged on the held-out validation split (the hparam_grid presets set val_fraction).
@@ -51,15 +54,17 @@ def run_experiments(
     runtime: Mapping[str, Any],
     sweep_tags: dict[str, str],
     continuing: bool,
+    store: Path | None = None,
 ) -> list[ResultGrid]:
     """Run (or resume) each group's Tune experiment in turn on the Ray `connect` joined; stops after a group that
-    Ctrl-C interrupted."""
+    Ctrl-C interrupted. A table sweep shares cycles through the cycle `store` (None: reuse off)."""
     # Tune keeps each checkpoint's whole result in the trial's saved state, one per cycle; with this it keeps the
     # checkpoint's path only (nothing here reads a checkpoint's metrics: they are in the trial's results).
     os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
     dataset_refs = {key: ray.put(data) for key, data in datasets.items()}
     datasets.clear()  # the object store holds them now; free the driver's copies
     catalog = plan.catalog()
+    store = store if plan.search is None else None  # a search's points share no dense cycle it can plan for
     grids = []
     for group in plan.groups:
         path = experiments[group]
@@ -71,6 +76,7 @@ def run_experiments(
                 shared=shared,
                 datasets=dataset_refs,
                 write_artifacts=write_trial_artifacts,
+                cycle_store=str(store or ""),
             ),
             {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
         )
@@ -80,7 +86,7 @@ def run_experiments(
             state_signing.protect(path)
             grid = tune.Tuner.restore(path, trainable=trainable).fit()
         else:
-            tuner = _tuner(plan, group, points, trainable, catalog, options, search, parent, path, sweep_tags)
+            tuner = _tuner(plan, group, points, trainable, catalog, options, search, parent, path, sweep_tags, store)
             state_signing.sign_files(path, ["tuner.pkl"])  # written by Tuner(); the rest is signed as Tune saves it
             state_signing.protect(path)
             grid = tuner.fit()
@@ -144,6 +150,7 @@ def _tuner(
     parent: ParentRun | None,
     path: str,
     sweep_tags: dict[str, str],
+    store: Path | None,
 ) -> tune.Tuner:
     if plan.search is None:
         trials = plan.trials_of(group)
@@ -151,7 +158,11 @@ def _tuner(
         # and queue as many again, so a slot that frees up is refilled at once, while the rest of the plan waits
         # in the searcher as plain data instead of as thousands of Tune trials.
         limit = options.max_concurrent or 2 * trials_at_once(options.cpus_per_trial, options.gpus_per_trial)
-        search_alg = ConcurrencyLimiter(PlanSearcher(points), max_concurrent=limit)
+        configs = [t.config for t in trials]
+        dense_keys = tuple(cycle_key(c, 0) for c in configs)
+        last_keys = tuple(cycle_key(c, c.pruning.cycles) for c in configs)
+        searcher = PlanSearcher(points, store, dense_keys, last_keys)
+        search_alg = ConcurrencyLimiter(searcher, max_concurrent=limit)
         param_space, num_samples = {}, len(points)  # the group's shared settings come with the trainable
         cycles = [t.config.pruning.cycles + 1 for t in trials]
         namer = TrialNamer()
@@ -162,6 +173,8 @@ def _tuner(
         searched = plan.search_group(group)
         namer = TrialNamer(searched.stem, tuple(plan.search.axes), numbered=plan.search_mode != "grid")
     callbacks: list[Any] = [CheckpointRetention(), StopWhenStorageFull()]  # a full disk stops the sweep, resumably
+    if store is not None:  # before the logger: an entry is signed as soon as its trial reports it
+        callbacks.append(CycleStoreSigner(store, sweep_tags["sweep"], parent.run_id if parent else ""))
     if parent is not None:
         callbacks.append(MlflowTrialLogger(parent, catalog, sweep_tags))
     if options.progress:
@@ -252,29 +265,87 @@ def _scheduler(search: SearchOptions | None, max_t: int) -> ASHAScheduler | None
 
 
 class PlanSearcher(Searcher):
-    """Hands Tune a table sweep's planned trials, in plan order; its state (the next index) is JSON."""
+    """Hands Tune a table sweep's planned trials in plan order, each dense cycle trained once; its state is JSON.
 
-    def __init__(self, points: list[dict[str, Any]]) -> None:
+    With a cycle store, a trial whose cycles are stored (its last one, or its dense cycle 0) is handed out with the
+    verified entry to start from (`REUSE`). The first trial of a dense cycle that is not stored trains it (its
+    owner); later trials sharing it are held back, without holding a slot, until the owner has reported cycle 0,
+    then handed out to start from the stored entry. An owner that fails passes the dense cycle to the next one.
+    """
+
+    # Class defaults: a searcher pickled by a release without the store (a sweep resumed across it) has neither.
+    store: Path | None = None
+    dense_keys: tuple[str, ...] = ()
+    last_keys: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        points: list[dict[str, Any]],
+        store: Path | None = None,
+        dense_keys: tuple[str, ...] = (),
+        last_keys: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         self.points = points
+        self.store, self.dense_keys, self.last_keys = store, dense_keys, last_keys
         self.next_index = 0
+        self.held: dict[str, list[int]] = {}  # dense key in training -> trials waiting for it
+        self.owners: dict[str, str] = {}  # trial id -> the dense key it trains for the others
+        self.ready: list[str] = []  # dense keys whose waiting trials are to be handed out again
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str:
-        if self.next_index >= len(self.points):
-            return Searcher.FINISHED
-        self.next_index += 1
-        return json.loads(json.dumps(self.points[self.next_index - 1]))  # a private copy for Tune to merge
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        while self.ready:  # trials whose dense cycle is stored now (or whose owner failed)
+            dense = self.ready[0]
+            if not self.held.get(dense):
+                self.ready.pop(0)
+                self.held.pop(dense, None)
+            elif (point := self._hand_out(self.held[dense].pop(0), trial_id)) is not None:
+                return point
+            else:  # held again: another of them owns it now (its owner failed); the rest wait for that one
+                self.ready.pop(0)
+        while self.next_index < len(self.points):
+            self.next_index += 1
+            if (point := self._hand_out(self.next_index - 1, trial_id)) is not None:
+                return point
+        return None if any(self.held.values()) else Searcher.FINISHED
+
+    def _hand_out(self, index: int, trial_id: str) -> dict[str, Any] | None:
+        """Trial `index`'s config (with the stored cycles it starts from), or None if it waits for its dense cycle."""
+        point = json.loads(json.dumps(self.points[index]))  # a private copy for Tune to merge
+        if self.store is None:
+            return point
+        dense = self.dense_keys[index]
+        reuse = cycle_store.verified(self.store, self.last_keys[index]) or cycle_store.verified(self.store, dense)
+        if reuse is not None:
+            return {**point, REUSE: reuse.to_dict()}
+        if dense in self.owners.values():
+            self.held.setdefault(dense, []).append(index)
+            return None
+        self.owners[trial_id] = dense
+        return point
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._release(trial_id)  # its first result is cycle 0, stored (and signed before the next suggest)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        """Nothing to learn: the trials were fixed in advance."""
+        self._release(trial_id)
+
+    def _release(self, trial_id: str) -> None:
+        if (dense := self.owners.pop(trial_id, None)) is not None and dense not in self.ready:
+            self.ready.append(dense)
 
     def save(self, checkpoint_path: str) -> None:
+        state = {"next_index": self.next_index, "held": self.held, "owners": self.owners, "ready": self.ready}
         with open(checkpoint_path, "w") as file:
-            json.dump({"next_index": self.next_index}, file)
+            json.dump(state, file)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as file:
-            self.next_index = int(json.load(file)["next_index"])
+            state = json.load(file)
+        self.next_index = int(state["next_index"])
+        self.held = {str(k): [int(i) for i in v] for k, v in state.get("held", {}).items()}
+        self.owners = {str(k): str(v) for k, v in state.get("owners", {}).items()}
+        self.ready = [str(k) for k in state.get("ready", [])]
 
 
 def trials_at_once(cpus_per_trial: float, gpus_per_trial: float) -> int:
