@@ -49,7 +49,8 @@ def load_pretrained(model: nn.Module, path: str) -> list[str]:
     head = [k for k in own if k.startswith(classifier) and k in state and state[k].shape != own[k].shape]
     for key in head:
         del state[key]
-    missing = [k for k in own if k not in state and k not in head]
+    # Files saved before BatchNorm counted its batches (torchvision's first ImageNet weights) lack the counter.
+    missing = [k for k in own if k not in state and k not in head and not k.endswith(".num_batches_tracked")]
     extra = [k for k in state if k not in own]
     reshaped = [k for k in state if k in own and state[k].shape != own[k].shape]
     if missing or extra or reshaped:
