@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:  # inside: a plugin that fails to load is one line too
             for title, registry in (("models", MODELS), ("datasets", DATASETS), ("retraining", RETRAINING)):
                 print(f"{title}: {', '.join(registry.names())}")
+                for form, description in registry.prefixes().items():
+                    print(f"  {form}: {description}")
             print("methods (options for --method-options):")
             for line in method_help():
                 print(f"  {line}")

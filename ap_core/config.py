@@ -8,10 +8,12 @@ once. It is plain data: checking the names it gives against the registries is `a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ap_core.errors import ConfigError
@@ -82,10 +84,19 @@ class TrialConfig:
         return TrialConfig.from_dict({**self.to_dict(), **changes})
 
     def experiment_settings(self) -> dict[str, Any]:
-        """The settings that decide the results (every one but the runtime ones; an added one only when set)."""
+        """The settings that decide the results (every one but the runtime ones; an added one only when set).
+
+        Starting weights decide the results by what the file holds, not by its name: its sha256 joins the settings
+        (as `pretrained_weights_sha256`, itself a setting, so the settings still build the same config on a Tune
+        worker, which then checks that its copy of the file has that sha256: `ap_core.checks`). The path stays:
+        it is how the trial finds the file.
+        """
+        values = self.to_dict()
+        if self.training.pretrained_weights and not self.training.pretrained_sha256:
+            values["pretrained_weights_sha256"] = file_sha256(self.training.pretrained_weights)
         return {
             k: v
-            for k, v in self.to_dict().items()
+            for k, v in values.items()
             if k not in RUNTIME_FIELDS and not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])
         }
 
@@ -110,6 +121,25 @@ class TrialConfig:
             (groups.setdefault(group, {}) if group else top)[name] = value
         built = {group: GROUP_TYPES[group](**fields) for group, fields in groups.items()}
         return cls(**top, **built)
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 of file `path`, read once per version of the file (weights files run to gigabytes); a ConfigError
+    naming a missing one."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"pretrained_weights file '{path}' does not exist")
+    stat = file.stat()
+    return _sha256_of_version(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of_version(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def coerce_flat(flag: str, value: Any) -> Any:

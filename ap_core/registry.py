@@ -1,5 +1,6 @@
 """Name -> factory registries, so CLIs can list choices and configs can be validated by name; plugins
-(`ap_core.plugins`) are loaded before the first read."""
+(`ap_core.plugins`) are loaded before the first read. A prefix (`tv:`) stands for a whole zoo of names too many to
+list: its resolver turns the rest of the name into an entry, or a one-line error."""
 
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
@@ -16,6 +17,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._prefixes: dict[str, tuple[Callable[[str], T], str]] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(fn: T) -> T:
@@ -26,6 +28,22 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def register_prefix(self, prefix: str, description: str) -> Callable[[Callable[[str], T]], Callable[[str], T]]:
+        """Resolve every name `<prefix>:<rest>` with the decorated function of `rest`; `description` (what the
+        prefix names) is listed with the names."""
+
+        def decorator(resolve: Callable[[str], T]) -> Callable[[str], T]:
+            if prefix in self._prefixes:
+                raise ValueError(f"{self.kind} prefix {prefix!r} registered twice")
+            self._prefixes[prefix] = (resolve, description)
+            return resolve
+
+        return decorator
+
+    def prefixes(self) -> dict[str, str]:
+        """Each registered prefix, with what its names stand for."""
+        return {f"{prefix}:<name>": description for prefix, (_, description) in sorted(self._prefixes.items())}
+
     def unregister(self, name: str) -> None:
         """Remove `name` (a plugin or a test that registered an entry for a while)."""
         self.get(name)
@@ -33,10 +51,12 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         load_plugins()
-        try:
+        if name in self._entries:
             return self._entries[name]
-        except KeyError:
-            raise ConfigError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}") from None
+        prefix, separator, rest = name.partition(":") if isinstance(name, str) else ("", "", "")
+        if separator and prefix in self._prefixes:
+            return self._prefixes[prefix][0](rest)
+        raise ConfigError(f"unknown {self.kind} {name!r}; valid: {', '.join([*self.names(), *self.prefixes()])}")
 
     def names(self) -> list[str]:
         load_plugins()

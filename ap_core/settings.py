@@ -114,7 +114,7 @@ class RetrainingSettings(SettingsGroup):
 
 @dataclass(frozen=True)
 class TrainingSettings(SettingsGroup):
-    """What one cycle trains on and for how long, and how its dead units are counted."""
+    """What one cycle trains on and for how long, from which starting weights, and how its dead units are counted."""
 
     epochs: int = setting("epochs", 10, "training epochs per cycle")
     batch_size: int = setting("batch_size", 64, "training batch size")
@@ -127,8 +127,29 @@ class TrainingSettings(SettingsGroup):
     )
     dead_unit_window: int = setting("dead_unit_window", 1500, "training images used to count dead units per cycle")
     amp: bool = setting("amp", True, "bf16 autocast and channels-last on CUDA (ignored on CPU)")
+    pretrained_weights: str = setting(
+        "pretrained_weights",
+        "",
+        "start from this state_dict file (torch.save's format or .safetensors; nothing is downloaded) instead of "
+        "untrained weights; a classifier of another shape starts untrained",
+        added=True,
+    )
+    pretrained_sha256: str = setting(
+        "pretrained_weights_sha256",
+        "",
+        "the sha256 the pretrained_weights file must have; empty: whatever it holds (its sha256 joins the "
+        "experiment's settings either way)",
+        added=True,
+    )
 
     def check(self) -> None:
+        if self.pretrained_sha256 and not (
+            self.pretrained_weights and re.fullmatch(r"[0-9a-f]{64}", self.pretrained_sha256)
+        ):
+            raise ConfigError(
+                f"pretrained_weights_sha256 {self.pretrained_sha256!r} must be 64 lowercase hex digits, "
+                "given with pretrained_weights"
+            )
         _at_least("epochs", self.epochs, 1)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("max_train_samples", self.max_train_samples, 0)

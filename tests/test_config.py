@@ -74,7 +74,8 @@ def test_the_protocol_hash_is_the_one_the_flat_config_gave(values, expected):
 
 def test_every_flat_setting_is_one_cli_flag_and_one_group_field():
     flags = {action.dest for action in build_parser()._actions} - {"help", "checkpoint_dir", "resume", "json", "list"}
-    assert flags == set(SETTINGS) and len(SETTINGS) == 39
+    assert flags == set(SETTINGS) and len(SETTINGS) == 41
+    assert {"pretrained_weights", "pretrained_weights_sha256"} <= flags
     assert {
         "device",
         "cpu_threads",

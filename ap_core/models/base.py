@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from ap_core.errors import ConfigError
+from ap_core.models.pretrained import load_pretrained
 from ap_core.registry import Registry
 
 ModelFactory = Callable[[int, tuple[int, ...]], nn.Module]
@@ -13,15 +14,19 @@ ModelFactory = Callable[[int, tuple[int, ...]], nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model")
 
 
-def build_model(name: str, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
-    """Look `name` up and build it for `num_classes` outputs and inputs of shape (C, H, W) or (F,)."""
+def build_model(name: str, num_classes: int, input_shape: Sequence[int], weights: str = "") -> nn.Module:
+    """Look `name` up and build it for `num_classes` outputs and inputs of shape (C, H, W) or (F,), untrained or,
+    given a state-dict file `weights`, with its weights (`ap_core.models.pretrained.load_pretrained`)."""
     factory = MODELS.get(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes must be an integer >= 2; got {num_classes!r}")
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
     if len(shape) not in (1, 3) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
         raise ConfigError(f"input_shape must be (C, H, W) or (F,) with positive integers; got {input_shape!r}")
-    return factory(num_classes, shape)
+    model = factory(num_classes, shape)
+    if weights:
+        load_pretrained(model, weights)
+    return model
 
 
 def image_shape(model: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
