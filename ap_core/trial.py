@@ -172,7 +172,8 @@ def build_net(
     channels_last: bool,
 ) -> PrunableNet:
     """The dense network with its method's changes, mask, optimizer, channel groups and initial state."""
-    model = build_model(config.model, data.dataset.num_classes, data.dataset.input_shape)
+    dataset, weights = data.dataset, config.training.pretrained_weights
+    model = build_model(config.model, dataset.num_classes, dataset.input_shape, weights=weights)
     method.prepare(model, hparams)
     model = model.to(device)
     if channels_last:

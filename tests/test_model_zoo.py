@@ -212,11 +212,6 @@ def test_the_experiment_id_follows_the_weights_files_content(tmp_path) -> None:
         checked_config(recorded)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ap_core/trial.py (the lead's) must pass the weights: build_net's build_model(..., "
-    "weights=config.training.pretrained_weights); drop this mark with that line",
-)
 def test_a_trial_starts_from_the_pretrained_weights(synthetic, tmp_path) -> None:
     from ap_core.network import Reference
     from ap_core.trial import TrialRunner
