@@ -7,12 +7,18 @@ and deliver standardised float32 batches of RandomResizedCrop(224) + flip crops 
   the trial's process standardises, here on the CPU, on a GPU on the device);
 - baseline: `ImageFolder` + RandomResizedCrop, RandomHorizontalFlip, ToTensor, Normalize (PIL, in the workers).
 
+Besides images/s (wall clock), each variant's CPU time per image (the trial's process plus its workers, which
+finish with each epoch) is reported: on a shared machine other processes take cores from the workers, while the CPU
+an image costs stays put.
+
     python benchmarks/folder_pipeline.py [--images 512] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import tempfile
 import time
 import warnings
@@ -85,35 +91,65 @@ def pil_epoch(root: Path, workers: int) -> Callable[[], float]:
     return run
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the DataLoader workers of finished epochs)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def with_cpu_time(run: Callable[[], float], images: int, cpu_ms: list[float]) -> Callable[[], float]:
+    """`run`, also appending its CPU milliseconds per image to `cpu_ms`."""
+
+    def measured() -> float:
+        before = cpu_seconds()
+        rate = run()
+        cpu_ms.append((cpu_seconds() - before) / images * 1000)
+        return rate
+
+    return measured
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="The image decoding and encoding", category=DeprecationWarning)
+    load_before = os.getloadavg()[0]
     torch.set_num_threads(1)  # the trial's process: standardising; the workers decode (one thread each)
     with tempfile.TemporaryDirectory(prefix="folder-bench-") as tmp:
         root = Path(tmp)
         write_images(root, args.images)
         size_kib = sum(p.stat().st_size for p in (root / "train").rglob("*.jpg")) / args.images / 1024
+        cpu_ms: dict[str, list[float]] = {}
         variants = {
-            f"{name} {workers}w": make(root, workers)
+            f"{name} {workers}w": with_cpu_time(
+                make(root, workers), args.images, cpu_ms.setdefault(f"{name} {workers}w", [])
+            )
             for workers in (1, 2)
             for name, make in (("project", project_epoch), ("pil", pil_epoch))
         }
         for run in variants.values():
             run()  # warm-up: file cache, imports in the workers
+        for values in cpu_ms.values():
+            values.clear()
         measured = interleaved(variants, args.repeats)
     print(f"benchmarks/folder_pipeline.py {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"{machine_line(torch.device('cpu'))} repeats={args.repeats}")
+    print(f"load average before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} (other processes)")
     print(f"{args.images} JPEGs 500x375 (mean {size_kib:.0f} KiB), RandomResizedCrop 224 + flip, batch {BATCH}")
-    print("variant        images/s (median)")
-    for name, value in medians(measured).items():
-        print(f"{name:<14} {value:8.1f}")
+    print("variant        images/s  CPU ms/image (medians)")
+    rates, costs = medians(measured), medians(cpu_ms)
+    for name, value in rates.items():
+        print(f"{name:<14} {value:8.1f}  {costs[name]:12.2f}")
     for workers in (1, 2):
         ratio = paired_ratio(measured, f"project {workers}w", f"pil {workers}w")
+        cpu_ratio = paired_ratio(cpu_ms, f"pil {workers}w", f"project {workers}w")
         verdict = "ok" if ratio >= TARGET_SPEEDUP else "MISSED"
-        print(f"project / ImageFolder+PIL, {workers} workers: {ratio:.2f}x (target >= {TARGET_SPEEDUP}) {verdict}")
+        print(
+            f"project / ImageFolder+PIL, {workers} workers: {ratio:.2f}x images/s (target >= {TARGET_SPEEDUP}) "
+            f"{verdict}; {cpu_ratio:.2f}x fewer CPU ms per image"
+        )
     for name in ("project", "pil"):
         print(f"{name} 2 workers / 1 worker: {paired_ratio(measured, f'{name} 2w', f'{name} 1w'):.2f}x")
 
