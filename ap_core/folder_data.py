@@ -9,6 +9,7 @@ channels-last) there.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import torch
@@ -43,7 +44,7 @@ class FolderTrialData(TrialData):
     def __init__(self, config: TrialConfig, dataset: ImageFiles, device: torch.device) -> None:
         training = config.training
         files = dataset.with_num_classes(training.num_classes).limit_train(training.max_train_samples)
-        self.dataset = dataset = ImageFiles(**{**files.__dict__, "image_size": training.image_size})
+        self.dataset = dataset = dataclasses.replace(files, image_size=training.image_size)
         self.device, self.workers = device, config.runtime.loader_workers
         self.train_samples: ImageSamples = dataset.train
         self.validation_samples: ImageSamples | None = None
