@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from ap_core.config import TrialConfig
@@ -20,6 +21,7 @@ from ap_core.pruning import METHODS
 from ap_core.retraining import RETRAINING
 
 NUMERICS_VERSION = 1
+GENERIC_FOLDER = "folder"  # the dataset whose images are whatever its folder holds
 # Settings that act only from the first pruning step on (the method and its options are decided per method). Which
 # layers stay dense is not among them: it decides the mask, and the per-layer densities cycle 0 reports.
 _AFTER_DENSE = ("cycles", "prune_rate", "retraining", "finetune_lr")
@@ -47,5 +49,7 @@ def cycle_key(config: TrialConfig, cycle: int) -> str:
         settings = dense_settings(config)
     else:
         settings = {k: v for k, v in config.experiment_settings().items() if k != "cycles"}
+    if config.dataset == GENERIC_FOLDER:  # the name says nothing of the images: where they are has to
+        settings["data_dir"] = str(Path(config.runtime.data_dir).resolve())
     payload = json.dumps({"numerics": NUMERICS_VERSION, "cycle": cycle, **settings}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]

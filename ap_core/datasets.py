@@ -1,5 +1,5 @@
 """The datasets a trial can name: torchvision's image sets, scikit-learn's digits and synthetic data, each loaded
-whole into an `ArrayDataset` on the CPU.
+whole into an `ArrayDataset` on the CPU, and image folders too large for that, indexed as `ImageFiles`.
 
 torchvision and scikit-learn are imported inside the loaders that need them: listing or checking names (`ap-trial
 --list`, a config's validation) should not pay seconds for importing them.
@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ap_core.array_dataset import ArrayDataset
 from ap_core.errors import ConfigError, DatasetUnavailableError
+from ap_core.image_files import ImageFiles, load_image_files
 from ap_core.registry import Registry
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 DIGITS_PIXEL_MAX = 16.0
 
 
-DATASETS: Registry[Callable[..., ArrayDataset]] = Registry("dataset")
+DATASETS: Registry[Callable[..., ArrayDataset | ImageFiles]] = Registry("dataset")
 
 
 def load_dataset(
@@ -42,8 +43,9 @@ def load_dataset(
     download: bool = False,
     max_train_samples: int = 0,
     **options: Any,
-) -> ArrayDataset:
-    """Load dataset `name` on the CPU; `options` are loader-specific (see each loader's keyword arguments).
+) -> ArrayDataset | ImageFiles:
+    """Load dataset `name` on the CPU (an image folder: its index); `options` are loader-specific (see each
+    loader's keyword arguments).
 
     Raises ConfigError for an unknown name or option and DatasetUnavailableError when files are missing.
     """
@@ -234,3 +236,13 @@ def _synthetic(
     x_train, y_train = draw(num_samples)
     x_test, y_test = draw(num_test)
     return ArrayDataset(x_train, y_train, x_test, y_test, num_classes, shape, "synthetic")
+
+
+@DATASETS.register("folder")
+def _folder(data_dir: Path, download: bool) -> ImageFiles:
+    return load_image_files("folder", data_dir)  # any tree of class folders, or its shards: nothing to download
+
+
+@DATASETS.register("imagenet")
+def _imagenet(data_dir: Path, download: bool) -> ImageFiles:
+    return load_image_files("imagenet", data_dir)  # torchvision cannot download it: the error says where to get it

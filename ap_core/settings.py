@@ -141,6 +141,12 @@ class TrainingSettings(SettingsGroup):
         "experiment's settings either way)",
         added=True,
     )
+    image_size: int = setting(
+        "image_size", 224, "side of the square crops of folder / imagenet images the model sees", added=True
+    )
+    num_classes: int = setting(
+        "num_classes", 0, "classes a folder / imagenet dataset must have (0: folder any, imagenet 1000)", added=True
+    )
 
     def check(self) -> None:
         if self.pretrained_sha256 and not (
@@ -151,6 +157,8 @@ class TrainingSettings(SettingsGroup):
                 "given with pretrained_weights"
             )
         _at_least("epochs", self.epochs, 1)
+        _at_least("image_size", self.image_size, 8)
+        _at_least("num_classes", self.num_classes, 0)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("max_train_samples", self.max_train_samples, 0)
         _at_least("dead_unit_window", self.dead_unit_window, 1)
@@ -211,13 +219,19 @@ class RuntimeSettings(SettingsGroup):
         f"torch.compile the model for training and evaluation: {'/'.join(COMPILE_MODES)} (reduce-overhead adds "
         "CUDA graphs); results match eager within noise, not bit for bit; a CPU needs a C++ compiler",
     )
-    data_dir: str = setting("data_dir", "data", "folder for torchvision datasets")
+    data_dir: str = setting(
+        "data_dir", "data", "folder for torchvision datasets; for folder / imagenet: the one with train/ and val/"
+    )
     download: bool = setting("download", False, "download torchvision datasets when missing")
     checkpoint_every_epoch: bool = setting(
         "checkpoint_every_epoch", False, "also checkpoint between epochs, not only between cycles"
     )
+    loader_workers: int = setting(
+        "loader_workers", 4, "processes decoding folder / imagenet images (0: in the trial's process)", added=True
+    )
 
     def check(self) -> None:
+        _at_least("loader_workers", self.loader_workers, 0)
         _choice("torch_compile", self.torch_compile, COMPILE_MODES)
         _at_least("cpu_threads", self.cpu_threads, 0)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):

@@ -31,6 +31,7 @@ from ap_core.cycle_runner import CycleRunner, TrialParts
 from ap_core.dnr import DeadNeuronCounter
 from ap_core.environment import prepare_environment
 from ap_core.errors import ConfigError
+from ap_core.folder_data import open_trial_data
 from ap_core.masks import Mask
 from ap_core.models import build_model
 from ap_core.network import PrunableNet, Reference
@@ -71,7 +72,7 @@ class TrialRunner:
         self.config = config
         environment = prepare_environment(config)
         self.device = environment.device
-        self.data = TrialData(config, dataset, self.device)
+        self.data = open_trial_data(config, dataset, self.device)
         channels_last = environment.use_amp and self.data.images
         method = METHODS.get(config.pruning.method)
         hparams = method.hparams(config.pruning.method_options, config.pruning.method)

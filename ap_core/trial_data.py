@@ -26,14 +26,19 @@ def hold_out(data: ArrayDataset, fraction: float) -> tuple[ArrayDataset, tuple[t
     The split depends on nothing but the dataset and the fraction: every seed and every searched point is
     judged on the same held-out samples, and none of them is ever trained on.
     """
-    n_train = len(data.y_train)
+    val, train = held_out_indices(len(data.y_train), fraction)
+    val, train = val.to(data.device), train.to(data.device)
+    kept = dataclasses.replace(data, x_train=data.x_train[train], y_train=data.y_train[train])
+    return kept, (data.x_train[val], data.y_train[val])
+
+
+def held_out_indices(n_train: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sorted (validation, training) indices of `hold_out`'s split of `n_train` samples."""
     n_val = round(n_train * fraction)
     if not 0 < n_val < n_train - 1:
         raise ConfigError(f"val_fraction {fraction} of {n_train} training samples leaves no validation or train set")
     order = torch.randperm(n_train, generator=torch.Generator().manual_seed(VALIDATION_SPLIT_SEED))
-    val, train = order[:n_val].sort().values.to(data.device), order[n_val:].sort().values.to(data.device)
-    kept = dataclasses.replace(data, x_train=data.x_train[train], y_train=data.y_train[train])
-    return kept, (data.x_train[val], data.y_train[val])
+    return order[:n_val].sort().values, order[n_val:].sort().values
 
 
 class TrialData:

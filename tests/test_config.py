@@ -74,8 +74,8 @@ def test_the_protocol_hash_is_the_one_the_flat_config_gave(values, expected):
 
 def test_every_flat_setting_is_one_cli_flag_and_one_group_field():
     flags = {action.dest for action in build_parser()._actions} - {"help", "checkpoint_dir", "resume", "json", "list"}
-    assert flags == set(SETTINGS) and len(SETTINGS) == 41
-    assert {"pretrained_weights", "pretrained_weights_sha256"} <= flags
+    assert flags == set(SETTINGS) and len(SETTINGS) == 44
+    assert {"pretrained_weights", "pretrained_weights_sha256", "image_size", "num_classes", "loader_workers"} <= flags
     assert {
         "device",
         "cpu_threads",
@@ -83,6 +83,7 @@ def test_every_flat_setting_is_one_cli_flag_and_one_group_field():
         "data_dir",
         "download",
         "checkpoint_every_epoch",
+        "loader_workers",
     } == RUNTIME_FIELDS
     config = TrialConfig.from_dict({"ap": True, "ap_rate": 0.05, "retraining": "finetune", "cpu_threads": 2})
     assert config.ap == APSettings(enabled=True, rate=0.05)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import comparable, run_killed_after_cycle
 
-from ap_core import ConfigError, load_dataset, run_trial
+from ap_core import ConfigError, TrialConfig, load_dataset, run_trial
 from ap_core.checkpoint import CHECKPOINT_FILE
 from ap_core.checks import checked_config
 from ap_core.cycle_keys import cycle_key
@@ -93,3 +93,9 @@ def test_a_state_of_another_dense_training_is_refused(digits, tmp_path):
     shutil.copytree(trunk, tmp_path / "copy")
     with pytest.raises(ConfigError, match="not the state right after cycle 1"):
         run_trial(config(seed=1), resume_from=tmp_path / "copy", dataset=digits, shared_cycle=1)
+
+
+def test_a_generic_folder_datasets_cycles_are_keyed_by_its_folder():
+    a, b = (TrialConfig.from_dict({**BASE, "dataset": "folder", "data_dir": d}) for d in ("/data/a", "/data/b"))
+    assert cycle_key(a, 0) != cycle_key(b, 0) and cycle_key(a, 2) != cycle_key(b, 2)
+    assert cycle_key(config(data_dir="/data/a"), 0) == cycle_key(config(data_dir="/data/b"), 0)  # a named dataset

@@ -150,8 +150,8 @@ def test_synthetic_is_deterministic_shaped_and_learnable() -> None:
 
 
 def test_unknown_dataset_and_option_are_config_errors_naming_them() -> None:
-    with pytest.raises(ConfigError, match="'imagenet'") as err:
-        load_dataset("imagenet")
+    with pytest.raises(ConfigError, match="'imagenet21k'") as err:
+        load_dataset("imagenet21k")
     assert "digits" in str(err.value) and "synthetic" in str(err.value)
     with pytest.raises(ConfigError, match=r"'num_sample'.*num_samples"):
         load_dataset("synthetic", num_sample=10)
