@@ -22,6 +22,11 @@ AP_SCORES = ("change", "magnitude")
 AP_CANDIDATES = ("negative", "all")
 AP_SCOPES = ("global", "layer")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+PRETRAINED_HELP = (
+    "start from this state_dict file (torch.save's format or .safetensors; nothing is downloaded) instead of "
+    "untrained weights; a classifier of another shape starts untrained"
+)
+SHA256_HELP = "the sha256 the pretrained_weights file must have; empty: whatever it holds (it joins the experiment)"
 
 
 def setting(flag: str, default: Any, help: str, added: bool = False) -> Any:
@@ -127,20 +132,8 @@ class TrainingSettings(SettingsGroup):
     )
     dead_unit_window: int = setting("dead_unit_window", 1500, "training images used to count dead units per cycle")
     amp: bool = setting("amp", True, "bf16 autocast and channels-last on CUDA (ignored on CPU)")
-    pretrained_weights: str = setting(
-        "pretrained_weights",
-        "",
-        "start from this state_dict file (torch.save's format or .safetensors; nothing is downloaded) instead of "
-        "untrained weights; a classifier of another shape starts untrained",
-        added=True,
-    )
-    pretrained_sha256: str = setting(
-        "pretrained_weights_sha256",
-        "",
-        "the sha256 the pretrained_weights file must have; empty: whatever it holds (its sha256 joins the "
-        "experiment's settings either way)",
-        added=True,
-    )
+    pretrained_weights: str = setting("pretrained_weights", "", PRETRAINED_HELP, added=True)
+    pretrained_sha256: str = setting("pretrained_weights_sha256", "", SHA256_HELP, added=True)
     image_size: int = setting(
         "image_size", 224, "side of the square crops of folder / imagenet images the model sees", added=True
     )
@@ -156,10 +149,8 @@ class TrainingSettings(SettingsGroup):
                 f"pretrained_weights_sha256 {self.pretrained_sha256!r} must be 64 lowercase hex digits, "
                 "given with pretrained_weights"
             )
-        _at_least("epochs", self.epochs, 1)
-        _at_least("image_size", self.image_size, 8)
-        _at_least("num_classes", self.num_classes, 0)
-        _at_least("batch_size", self.batch_size, 1)
+        for name, least in (("epochs", 1), ("image_size", 8), ("num_classes", 0), ("batch_size", 1)):
+            _at_least(name, getattr(self, name), least)
         _at_least("max_train_samples", self.max_train_samples, 0)
         _at_least("dead_unit_window", self.dead_unit_window, 1)
         if not 0 <= self.val_fraction < 0.5:  # written so that nan fails too

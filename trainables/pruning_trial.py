@@ -91,7 +91,7 @@ def train_trial(
             if reused is not None:
                 sharing[REUSED_FROM] = json.dumps({**reused.computed_by, "key": reused.key, "cycle": reused.cycle})
             elif store is not None and result.cycle in stored_keys:
-                digests = write_entry(store, stored_keys[result.cycle], Path(workdir))
+                digests = _stored(store, stored_keys[result.cycle], Path(workdir))
                 if digests is not None:
                     stored = {"key": stored_keys[result.cycle], "cycle": result.cycle, "files": digests}
                     sharing[STORED_CYCLE] = json.dumps(stored)
@@ -117,6 +117,16 @@ def train_trial(
             for result in trial.results:  # the stored cycles, as the trial that computed them reported them
                 report(result, reuse)
         trial.run(report, Path(workdir))
+
+
+def _stored(store: Path, key: str, workdir: Path) -> dict[str, str] | None:
+    """Store the state in `workdir` as entry `key` if it is new; sharing is an optimisation: a store this node
+    cannot write (full, or not mounted here) costs one line on the trial's log, not the trial."""
+    try:
+        return write_entry(store, key, workdir)
+    except OSError as err:
+        print(f"warning: cannot store cycle {key} in {store} ({err.strerror or err})", file=sys.stderr, flush=True)
+        return None
 
 
 def _started_from(trial: TrialRunner, store: Path, reuse: Reuse, workdir: Path) -> bool:
