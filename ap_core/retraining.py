@@ -23,6 +23,7 @@ class Retraining:
 
     uses_rewind_step = False  # whether `rewind_step` (k) matters, and so must fall inside a cycle
     needs_rewind_point = False  # whether cycle 0 must snapshot the weights before step k
+    uses_finetune_lr = False  # whether `finetune_lr` matters
 
     def rewind(self, net: PrunableNet, settings: RetrainingSettings) -> int:
         """Restore the weights the next cycle starts from; returns the schedule step it starts at."""
@@ -81,6 +82,8 @@ class LearningRateRewinding(Retraining):
 @RETRAINING.register("finetune")
 class FineTuning(Retraining):
     """Renda et al. 2020: keep the trained weights, train at a small constant learning rate."""
+
+    uses_finetune_lr = True
 
     def learning_rate(self, settings: RetrainingSettings, scheduled: float) -> float:
         return settings.finetune_lr

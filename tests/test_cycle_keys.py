@@ -99,3 +99,22 @@ def test_a_generic_folder_datasets_cycles_are_keyed_by_its_folder():
     a, b = (TrialConfig.from_dict({**BASE, "dataset": "folder", "data_dir": d}) for d in ("/data/a", "/data/b"))
     assert cycle_key(a, 0) != cycle_key(b, 0) and cycle_key(a, 2) != cycle_key(b, 2)
     assert cycle_key(config(data_dir="/data/a"), 0) == cycle_key(config(data_dir="/data/b"), 0)  # a named dataset
+
+
+def test_settings_a_trial_leaves_idle_do_not_set_its_cycles_apart(digits, tmp_path):
+    last = BASE["cycles"]
+    idle = [
+        (config(), config(rewind_step=7)),  # rewind_init never rewinds to step k
+        (config(), config(finetune_lr=0.5)),  # only the finetune scheme reads it
+        (config(), config(ap_rate=0.1, ap_score="magnitude")),  # AP is off
+        (config(method="network_slimming", model="vgg_small"), config(method="network_slimming", model="vgg_small",
+                                                                       method_options={"channel_ratio": 0.5})),
+    ]  # fmt: skip
+    for a, b in idle:
+        assert cycle_key(a, last) == cycle_key(b, last)
+    assert cycle_key(config(retraining="lr_rewind"), last) != cycle_key(
+        config(retraining="lr_rewind", rewind_step=7), last
+    )
+    assert cycle_key(config(ap=True), last) != cycle_key(config(ap=True, ap_rate=0.1), last)
+    a, b = idle[0]
+    assert comparable(run_trial(a, dataset=digits)) == comparable(run_trial(b, dataset=digits))

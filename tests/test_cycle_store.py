@@ -1,6 +1,7 @@
 """The cycle store's parts on their own: signing and verification, the planner's held-back trials, the savings."""
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,26 @@ def test_savings_count_stored_and_shared_epochs():
     assert {cycle_key(gp, 0), cycle_key(gp, 4), cycle_key(lp, 4)} <= holding
     again, _ = savings([gp, lp], holding)
     assert again == Savings(planned=30, held=30, shared=0) and again.to_train == 0
+
+
+def test_two_sweeps_started_together_train_a_shared_dense_cycle_once(tmp_path):
+    root = tmp_path / "store"
+    first = PlanSearcher([{"n": 0}], root, ("A",), ("a",), "first")
+    second = PlanSearcher([{"n": 1}], root, ("A",), ("b",), "second")
+    assert first.suggest("x") == {"n": 0}  # claims A
+    assert second.suggest("y") is None  # waits for the first sweep, holding no slot
+    stored_entry(root, "A", tmp_path)  # the first sweep's trial stored cycle 0 and its driver signed it
+    first.on_trial_result("x", {"cycle": 0})
+    assert second.suggest("y") is None  # the claim stands until the first driver's next suggest
+    assert first.suggest("z") == "FINISHED"
+    handed = second.suggest("y")
+    assert handed is not None and handed[REUSE]["key"] == "A"
+
+
+def test_a_claim_whose_driver_is_gone_is_taken_over(tmp_path):
+    root = tmp_path / "store"
+    (root / ".claims").mkdir(parents=True)
+    (root / ".claims" / "A").write_text(f"gone@{socket.gethostname()}:999999999")
+    searcher = PlanSearcher([{"n": 0}], root, ("A",), ("a",), "mine")
+    assert searcher.suggest("x") == {"n": 0}
+    assert (root / ".claims" / "A").read_text().startswith("mine@")

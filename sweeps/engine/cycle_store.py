@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterable
@@ -89,6 +90,72 @@ def _failure(folder: Path, signature: Path) -> str | None:
         if file_digest(folder / name) != digest:
             return f"{name} changed since it was signed"
     return None
+
+
+# ---- claims: two sweeps started together train a shared dense cycle once ------------------------------------------
+
+CLAIMS = ".claims"
+CLAIM_HOURS = 6  # a claim from another machine counts this long (its process cannot be asked there)
+
+
+def claimant(sweep: str) -> str:
+    """Who trains a dense cycle: this driver process of sweep `sweep`."""
+    return f"{sweep}@{socket.gethostname()}:{os.getpid()}"
+
+
+def claim(root: Path, key: str, sweep: str) -> bool:
+    """Take the dense cycle `key` for a trial of this driver; False while another live driver trains it."""
+    path = root / CLAIMS / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mine = claimant(sweep)
+    for _ in range(2):
+        try:
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as file:
+                file.write(mine)
+            return True
+        except FileExistsError:
+            holder = _holder(path)
+            if holder == mine or (holder is not None and _alive(holder, path)):
+                return holder == mine
+            path.unlink(missing_ok=True)  # its driver is gone: take it over
+    return False
+
+
+def claimed_elsewhere(root: Path, key: str, sweep: str) -> bool:
+    """Whether another live driver holds the claim on dense cycle `key`."""
+    path = root / CLAIMS / key
+    holder = _holder(path)
+    return holder is not None and holder != claimant(sweep) and _alive(holder, path)
+
+
+def release(root: Path, key: str, sweep: str) -> None:
+    path = root / CLAIMS / key
+    if _holder(path) == claimant(sweep):
+        path.unlink(missing_ok=True)
+
+
+def _holder(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _alive(holder: str, path: Path) -> bool:
+    """A claim is live while its driver runs: asked directly on this machine, by the claim's age elsewhere."""
+    host, _, pid = holder.rpartition("@")[2].rpartition(":")
+    if host != socket.gethostname():
+        try:
+            return time.time() - path.stat().st_mtime < CLAIM_HOURS * 3600
+        except OSError:
+            return False
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 # ---- what reuse saves -----------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from ap_core.cycle_keys import cycle_key
 from ap_core.plugins import PLUGINS_VARIABLE, absolute_entries
 from sweeps.engine import cycle_store, packing, preflight, state_signing
 from sweeps.engine.cycle_signer import CycleStoreSigner
+from sweeps.engine.cycle_store import claimed_elsewhere
 from sweeps.engine.full_disk import StopWhenStorageFull
 from sweeps.engine.options import AUTO_GPUS, SearchOptions, SweepError, SweepOptions
 from sweeps.engine.progress import OverallProgress
@@ -161,7 +162,7 @@ def _tuner(
         configs = [t.config for t in trials]
         dense_keys = tuple(cycle_key(c, 0) for c in configs)
         last_keys = tuple(cycle_key(c, c.pruning.cycles) for c in configs)
-        searcher = PlanSearcher(points, store, dense_keys, last_keys)
+        searcher = PlanSearcher(points, store, dense_keys, last_keys, sweep_tags["sweep"])
         search_alg = ConcurrencyLimiter(searcher, max_concurrent=limit)
         param_space, num_samples = {}, len(points)  # the group's shared settings come with the trainable
         cycles = [t.config.pruning.cycles + 1 for t in trials]
@@ -277,6 +278,7 @@ class PlanSearcher(Searcher):
     store: Path | None = None
     dense_keys: tuple[str, ...] = ()
     last_keys: tuple[str, ...] = ()
+    sweep = ""
 
     def __init__(
         self,
@@ -284,16 +286,25 @@ class PlanSearcher(Searcher):
         store: Path | None = None,
         dense_keys: tuple[str, ...] = (),
         last_keys: tuple[str, ...] = (),
+        sweep: str = "",
     ) -> None:
         super().__init__()
         self.points = points
-        self.store, self.dense_keys, self.last_keys = store, dense_keys, last_keys
+        self.store, self.dense_keys, self.last_keys, self.sweep = store, dense_keys, last_keys, sweep
         self.next_index = 0
         self.held: dict[str, list[int]] = {}  # dense key in training -> trials waiting for it
         self.owners: dict[str, str] = {}  # trial id -> the dense key it trains for the others
         self.ready: list[str] = []  # dense keys whose waiting trials are to be handed out again
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.store is not None:
+            for dense in self.ready:  # released only now: their entries were signed after the owner's result
+                cycle_store.release(self.store, dense, self.sweep)
+            # dense cycles another sweep trains: stored now, or their driver is gone
+            waiting = [d for d, held in self.held.items() if held and d not in self.owners.values()]
+            self.ready += [
+                d for d in waiting if d not in self.ready and not claimed_elsewhere(self.store, d, self.sweep)
+            ]
         while self.ready:  # trials whose dense cycle is stored now (or whose owner failed)
             dense = self.ready[0]
             if not self.held.get(dense):
@@ -318,8 +329,8 @@ class PlanSearcher(Searcher):
         reuse = cycle_store.verified(self.store, self.last_keys[index]) or cycle_store.verified(self.store, dense)
         if reuse is not None:
             return {**point, REUSE: reuse.to_dict()}
-        if dense in self.owners.values():
-            self.held.setdefault(dense, []).append(index)
+        if dense in self.owners.values() or not cycle_store.claim(self.store, dense, self.sweep):
+            self.held.setdefault(dense, []).append(index)  # trained by a trial of this sweep, or of another
             return None
         self.owners[trial_id] = dense
         return point
