@@ -12,7 +12,11 @@ from ap_core.checks import checked_config
 from ap_core.cycle_keys import cycle_key
 
 BASE = {"model": "mlp", "dataset": "digits", "epochs": 2, "cycles": 2, "cpu_threads": 1, "max_train_samples": 600}
+DEMP_OPTIONS = {"lam": 0.05, "prune_every": 2, "noise": 0.0}
 CHANNELS = {"model": "vgg_small", "epochs": 1, "max_train_samples": 200, "batch_size": 50, "method": "network_slimming"}
+
+
+DEMP = {**CHANNELS, "method": "demp", "method_options": DEMP_OPTIONS}
 
 
 def config(**changes):
@@ -68,8 +72,10 @@ def _state_after_cycle_zero(trial_config, dataset, folder: Path) -> Path:
             {**CHANNELS, "method_options": {"channel_ratio": 0.3}},
             {**CHANNELS, "method_options": {"channel_ratio": 0.6}, "ap": True},
         ),
+        ({"ap": True}, {"ap": True, "ap_score": "magnitude", "ap_candidates": "all", "ap_scope": "layer"}),
+        (DEMP, {**DEMP, "ap": True}),  # channels removed during cycle 0 travel with the stored state
     ],
-    ids=["gp-to-lp-ap", "gp-ap-to-random", "slimming-ratios"],
+    ids=["gp-to-lp-ap", "gp-ap-to-random", "slimming-ratios", "ablation-variant", "demp-ap"],
 )
 def test_a_trial_started_from_a_shared_cycle_zero_equals_one_that_trained_it(digits, tmp_path, computed, started):
     trunk = _state_after_cycle_zero(config(**computed), digits, tmp_path / "trunk")

@@ -144,3 +144,16 @@ def test_a_claim_whose_driver_is_gone_is_taken_over(tmp_path):
     searcher = PlanSearcher([{"n": 0}], root, ("A",), ("a",), "mine")
     assert searcher.suggest("x") == {"n": 0}
     assert (root / ".claims" / "A").read_text().startswith("mine@")
+
+
+def test_trials_tune_saved_but_this_state_had_not_handed_out_are_not_handed_out_again(tmp_path):
+    """Tune uploads its trials and the searcher's state as two files; a driver killed between them must not
+    make the resumed sweep run a trial twice."""
+    points = [{"trial_name": f"t{i}"} for i in range(4)]
+    state = tmp_path / "searcher-state.json"
+    state.write_text(json.dumps({"next_index": 1, "held": {"A": [1]}}))
+    trials = [[json.dumps({"config": {"trial_name": name}}), "{}"] for name in ("t0", "t1", "t2")]
+    (tmp_path / "experiment_state-x.json").write_text(json.dumps({"trial_data": trials}))
+    searcher = PlanSearcher(points)
+    searcher.restore(str(state))
+    assert searcher.suggest("x") == points[3] and searcher.suggest("y") == "FINISHED"

@@ -279,6 +279,7 @@ class PlanSearcher(Searcher):
     dense_keys: tuple[str, ...] = ()
     last_keys: tuple[str, ...] = ()
     sweep = ""
+    created: set[int] = set()  # noqa: RUF012  (replaced, never changed in place)
 
     def __init__(
         self,
@@ -316,6 +317,8 @@ class PlanSearcher(Searcher):
                 self.ready.pop(0)
         while self.next_index < len(self.points):
             self.next_index += 1
+            if self.next_index - 1 in self.created:
+                continue
             if (point := self._hand_out(self.next_index - 1, trial_id)) is not None:
                 return point
         return None if any(self.held.values()) else Searcher.FINISHED
@@ -354,9 +357,28 @@ class PlanSearcher(Searcher):
         with open(checkpoint_path) as file:
             state = json.load(file)
         self.next_index = int(state["next_index"])
-        self.held = {str(k): [int(i) for i in v] for k, v in state.get("held", {}).items()}
+        created = _created_trials(Path(checkpoint_path).parent)
+        self.held = {
+            str(k): [int(i) for i in v if self.points[int(i)].get(TRIAL_NAME) not in created]
+            for k, v in state.get("held", {}).items()
+        }
         self.owners = {str(k): str(v) for k, v in state.get("owners", {}).items()}
         self.ready = [str(k) for k in state.get("ready", [])]
+        # Tune uploads its trials and this state as separate files: a driver killed between the two leaves trials
+        # this state has not handed out yet. They are Tune's already: handing them out again would run them twice.
+        self.created = {i for i, point in enumerate(self.points) if point.get(TRIAL_NAME) in created}
+
+
+def _created_trials(experiment_dir: Path) -> set[str]:
+    """The names of the planned trials Tune's saved state holds (JSON, already verified as this user's)."""
+    names: set[str] = set()
+    for path in experiment_dir.glob("experiment_state-*.json"):
+        try:
+            trials = json.loads(path.read_text())["trial_data"]
+            names |= {str(json.loads(state)["config"].get(TRIAL_NAME)) for state, _ in trials}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # a damaged file: Tune's own restore reports it
+    return names
 
 
 def trials_at_once(cpus_per_trial: float, gpus_per_trial: float) -> int:
