@@ -23,6 +23,10 @@ from pathlib import Path
 import torch
 from torchvision.io import encode_jpeg
 
+from ap_core.errors import ConfigError
+from sweeps.engine.options import parse_args
+from sweeps.engine.spec import SweepSpec
+
 # Inside the repository's data/ folder (git-ignored), absolute: Ray workers do not share the driver's cwd.
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "smoke_images"
 SEED = 18
@@ -57,6 +61,11 @@ def write_tree(root: Path, classes: int = 4, train: int = 24, val: int = 8, size
                     data = encode_jpeg(class_image(label, classes, size, generator), quality=JPEG_QUALITY)
                     (folder / f"{index:04d}.jpg").write_bytes(data.numpy().tobytes())
         os.replace(staging, root)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (root / "train").is_dir():
+            raise
+        # Another run wrote the same tree first (same seed, same bytes): use theirs.
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -68,17 +77,14 @@ def ensure(root: Path = DEFAULT_DIR) -> Path:
     return root if (Path(root) / "train").is_dir() else write_tree(root)
 
 
-def ensure_for_run(spec: object, argv: Sequence[str]) -> None:
+def ensure_for_run(spec: SweepSpec, argv: Sequence[str]) -> None:
     """Write `DEFAULT_DIR` before a sweep whose trials read it, and only then (not for --help, --list, --dry-run,
     another --data-dir or a preset on other data); a command line the driver will refuse is left to the driver."""
-    from ap_core.errors import ConfigError
-    from sweeps.engine.options import parse_args
-
     if any(flag in argv for flag in ("-h", "--help", "--list", "--dry-run")):
         return
     try:
-        parsed = parse_args(list(argv), spec)  # type: ignore[arg-type]
-        preset = spec.preset(parsed.options.preset or spec.default_preset)  # type: ignore[attr-defined]
+        parsed = parse_args(list(argv), spec)
+        preset = spec.preset(parsed.options.preset or spec.default_preset)
     except ConfigError:
         return
     data_dir = parsed.overrides.get("data_dir", preset.trial.get("data_dir"))
