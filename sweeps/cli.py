@@ -17,6 +17,9 @@ SWEEPS = {
     "table_ap_ablation": "AP ablation: ranking score x candidate weights",
     "table_structured": "Network Slimming vs RNI, with and without AP",
     "table_demp": "DemP's lambda swept, with and without AP",
+    "table_densenet_mobilenet": "DenseNet-40 and MobileNetV2: GP and LP with and without AP",
+    "table_imagenet": "ImageNet: ResNet-50 and ViT-B/16 with and without AP",
+    "table_demp_imagenet": "DemP on ResNet-50 (ImageNet) and ResNet-18 (CIFAR-10)",
     "hparam_grid": "the paper's hyperparameter grid (or Optuna / HyperOpt / random search over it)",
 }
 
