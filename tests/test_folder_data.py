@@ -20,7 +20,6 @@ from ap_core.image_pipeline import DecodedImages
 from ap_core.shards import main as shards_main
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec (not installed here); they work as before.
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 CLASSES = ("ant", "bee", "cow")  # sorted: labels 0, 1, 2
 CPU = torch.device("cpu")
 
