@@ -127,6 +127,12 @@ def test_killed_sweep_resumes_without_duplicates(mlflow_server: MlflowServer, tm
             range(CYCLES + 1)
         )
 
+    # GP with and without AP share each seed's dense cycle: across the kill and the resume, one trial of each pair
+    # trained it and the other started from the stored one
+    for seed in (1, 2, 3):
+        pair = [r for r in runs if r.data.tags["seed"] == str(seed)]
+        assert sorted("reused_from" in r.data.tags for r in pair) == [False, True], seed
+
     results = tune_results(tmp_path / "ray")
     assert sorted(results) == sorted(planned)
     for name in finished_before:  # not rerun
