@@ -25,28 +25,40 @@ sys.path.insert(0, str(REPO))
 from sweeps.engine.cycle_store import savings  # noqa: E402
 from sweeps.engine.spec import expand  # noqa: E402
 
-TABLES = ("table1", "table_gp_lp", "table_ap_ablation", "table_structured", "table_demp", "table_lottery", "table_lrr")
+TABLES = (
+    "table1",
+    "table_gp_lp",
+    "table_ap_ablation",
+    "table_structured",
+    "table_demp",
+    "table_lottery",
+    "table_lrr",
+    "table_densenet_mobilenet",
+    "table_imagenet",
+    "table_demp_imagenet",
+)
 
 
 def epochs_table(preset: str) -> list[str]:
     """Markdown rows: per table, epochs planned, held by the tables before it, shared within it, to train."""
     lines = [
-        f"| {preset} preset | planned | held (earlier tables) | shared (within) | trained | saved |",
+        f"| {preset} presets | planned | held (earlier tables) | shared (within) | trained | saved |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     holding: set[str] = set()
     total = {"planned": 0, "held": 0, "shared": 0}
     for table in TABLES:
         spec = importlib.import_module(f"sweeps.{table}").SPEC
-        plan = expand(spec, preset, overrides={"device": "cpu"})
-        found, holding = savings((t.config for t in plan.trials), holding)
-        for key in total:
-            total[key] += getattr(found, key)
-        saved = found.held + found.shared
-        lines.append(
-            f"| {table} ({plan.trial_count} trials) | {found.planned:,} | {found.held:,} | {found.shared:,} | "
-            f"{found.to_train:,} | {100 * saved / found.planned:.0f}% |"
-        )
+        for name in [p for p in spec.presets if p == preset or p.startswith(f"{preset}-")]:  # paper-resnet18 too
+            plan = expand(spec, name, overrides={"device": "cpu"})
+            found, holding = savings((t.config for t in plan.trials), holding)
+            for key in total:
+                total[key] += getattr(found, key)
+            saved = found.held + found.shared
+            lines.append(
+                f"| {table} {name} ({plan.trial_count} trials) | {found.planned:,} | {found.held:,} | "
+                f"{found.shared:,} | {found.to_train:,} | {100 * saved / found.planned:.0f}% |"
+            )
     trained = total["planned"] - total["held"] - total["shared"]
     lines.append(
         f"| **all, in this order** | {total['planned']:,} | {total['held']:,} | {total['shared']:,} | {trained:,} | "
