@@ -29,6 +29,9 @@ from sweeps.engine.spec import SweepSpec
 
 # Inside the repository's data/ folder (git-ignored), absolute: Ray workers do not share the driver's cwd.
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "smoke_images"
+# What a smoke preset's trials need to read the generated tree: its folder, the images' size, no loader processes
+# (32 px images decode faster than workers start) and a dead-unit window the tree's 96 training images fill.
+SMOKE_DATA = {"data_dir": str(DEFAULT_DIR), "image_size": 32, "loader_workers": 0, "dead_unit_window": 64}
 SEED = 18
 JPEG_QUALITY = 90
 

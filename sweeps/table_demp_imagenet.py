@@ -13,7 +13,7 @@ two networks (docs/protocol.md: which of them are confirmed as the paper's and w
 from sweeps.engine.driver import main
 from sweeps.engine.spec import NO_AP, WITH_AP, Preset, SweepSpec
 from sweeps.engine.structured_report import demp_table, params_figure
-from sweeps.smoke_images import DEFAULT_DIR, ensure_for_run
+from sweeps.smoke_images import SMOKE_DATA, ensure_for_run
 from sweeps.table_demp import DEMP, RECIPE, lambdas
 
 # The lambdas of the VGG-16 curve (structured-methods.md); the repository gives none per network for these two.
@@ -64,13 +64,10 @@ SPEC = SweepSpec(
             settings=lambdas(1e-2, 5e-2),
             trial={
                 **RECIPE,
+                **SMOKE_DATA,
                 "epochs": 1,
                 "batch_size": 16,
                 "lr": 0.03,
-                "image_size": 32,
-                "data_dir": str(DEFAULT_DIR),
-                "loader_workers": 0,
-                "dead_unit_window": 64,
                 "method_options": {"prune_every": 2},
             },
         ),

@@ -12,7 +12,7 @@ and which ones could not be verified).
 from sweeps.engine.driver import main
 from sweeps.engine.spec import GP, LP, NO_AP, WITH_AP, Preset, SweepSpec
 from sweeps.presets import PAPER_RECIPE
-from sweeps.smoke_images import DEFAULT_DIR, ensure_for_run
+from sweeps.smoke_images import SMOKE_DATA, ensure_for_run
 
 # DenseNet's own CIFAR recipe (Huang et al. 2017): Zhao et al.'s settings could not be verified (docs/protocol.md).
 DENSENET40 = {
@@ -36,8 +36,6 @@ MOBILENETV2 = {
 }
 
 # A generated class-folder tree of 32 px JPEGs (sweeps/smoke_images.py), decoded in the trial's process.
-SMOKE_DATA = {"data_dir": str(DEFAULT_DIR), "image_size": 32, "loader_workers": 0, "dead_unit_window": 64}
-
 SPEC = SweepSpec(
     name="table_densenet_mobilenet",
     title="DenseNet-40 and MobileNetV2: GP and LP with and without AP",

@@ -12,7 +12,7 @@ on ImageNet). In a ViT the DNR counts GELU outputs <= 0 (docs/protocol.md says w
 from sweeps.engine.driver import main
 from sweeps.engine.spec import GP, NO_AP, WITH_AP, Preset, SweepSpec
 from sweeps.presets import PRUNING
-from sweeps.smoke_images import DEFAULT_DIR, ensure_for_run
+from sweeps.smoke_images import SMOKE_DATA, ensure_for_run
 
 # The paper's pruning schedule with learning-rate rewinding to step 0 (Renda et al. 2020 prune ResNet-50 on
 # ImageNet this way).
@@ -56,14 +56,11 @@ SPEC = SweepSpec(
             seeds=1,
             trial={
                 **IMAGENET_PRUNING,
+                **SMOKE_DATA,
                 "cycles": 1,
                 "epochs": 1,
                 "batch_size": 32,
                 "lr": 0.05,
-                "image_size": 32,
-                "data_dir": str(DEFAULT_DIR),
-                "loader_workers": 0,
-                "dead_unit_window": 64,
             },
             per_network={"vit_tiny": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}},
         ),
