@@ -135,9 +135,14 @@ def file_sha256(path: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _sha256_of_version(path: str, size: int, mtime_ns: int) -> str:
+    return file_digest(Path(path))
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file's bytes, read in blocks (checkpoints and weights files run to gigabytes)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 

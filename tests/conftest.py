@@ -215,6 +215,18 @@ def comparable(results) -> list[dict]:
     return [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in results]
 
 
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One intra-op thread for a module of tiny batches: they gain nothing from threads, and on a busy 2-core box
+    threads slow such a module several times over."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A short temporary folder (Ray's unix sockets must fit in 107 characters)."""

@@ -1,7 +1,6 @@
 """Model zoo: every model builds, trains a step, exposes each activation as its own hooked module, and keeps
 the input layer first / classifier last in module order."""
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -39,13 +38,7 @@ FORWARD_CASES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Batches of 2 gain nothing from intra-op threads, and on a busy 2-core box threads slow this file ~4x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _params(model: nn.Module) -> int:

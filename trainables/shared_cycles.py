@@ -10,7 +10,6 @@ changed between the driver's check and the trial's read is refused too.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ap_core.checkpoint import CHECKPOINT_FILE
+from ap_core.config import file_digest
 
 ENTRY_FILES = (CHECKPOINT_FILE,)
 # In a result: the entry of the store this cycle was just written to (key, cycle, file digests), for the driver
@@ -46,14 +46,6 @@ class Reuse:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Reuse:
         return cls(str(values["key"]), int(values["cycle"]), dict(values["files"]), dict(values["computed_by"]))
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_entry(store: Path, key: str, checkpoint_dir: Path) -> dict[str, str] | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.engine.options import SweepOptions
+from sweeps.engine.preflight import storage_location
 from sweeps.engine.spec import SweepPlan, SweepSpec
 
 
@@ -65,9 +66,7 @@ def print_savings(plan: SweepPlan, options: SweepOptions) -> None:
     store's list of signed entries)."""
     from sweeps.engine.cycle_store import savings, store_root, stored_keys
 
-    storage = options.storage or str(Path(options.results_dir).resolve() / "ray")
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
+    storage = storage_location(options.storage, Path(options.results_dir).resolve())
     root = store_root(storage, options.reuse)
     if root is None:
         print("reuse: off" if not options.reuse else f"reuse: off (the cycle store needs a filesystem, not {storage})")

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ap_core.config import file_digest
 from ap_core.cycle_keys import cycle_key
 from ap_core.paths import write_atomic
 from sweeps.engine import state_signing
-from trainables.shared_cycles import ENTRY_FILES, Reuse, file_digest
+from trainables.shared_cycles import ENTRY_FILES, Reuse
 
 STORE_FOLDER = "cycle-store"
 DOMAIN = b"ap-sweeps cycle store v1\0"

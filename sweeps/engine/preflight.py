@@ -24,17 +24,21 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0
 HTTP2_SETTINGS = 4
 
 
-def resolve_storage(storage: str, results_dir: Path) -> str:
-    """Tune's storage as an absolute local path or a URI pyarrow understands; refused in one line otherwise."""
+def storage_location(storage: str, results_dir: Path) -> str:
+    """Where `--storage` points, unchecked: an absolute local path (by default `<results-dir>/ray`) or a URI."""
     if not storage:
         return str(results_dir / "ray")
-    if "://" not in storage:
-        path = Path(storage).resolve()
-        check_writable_dir(path, "--storage")
-        return str(path)
-    if probe_storage(storage) == "local":
+    return storage if "://" in storage else str(Path(storage).resolve())
+
+
+def resolve_storage(storage: str, results_dir: Path) -> str:
+    """Tune's storage as an absolute local path or a URI pyarrow understands; refused in one line otherwise."""
+    location = storage_location(storage, results_dir)
+    if storage and "://" not in storage:
+        check_writable_dir(Path(location), "--storage")
+    elif storage and probe_storage(storage) == "local":
         check_writable_dir(Path(storage.split("://", 1)[1]), "--storage")
-    return storage
+    return location
 
 
 # A remote storage that accepts connections and never answers held pyarrow for minutes, deaf to SIGTERM: it is
