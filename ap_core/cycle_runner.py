@@ -27,6 +27,7 @@ from ap_core.masks import Mask
 from ap_core.network import PrunableNet, Reference
 from ap_core.pruning import PruneRequest, PruningMethod, prune_step, target_alive
 from ap_core.recorder import EpochFigures
+from ap_core.replicas import Replicas
 from ap_core.results import CycleResult
 from ap_core.retraining import Retraining, RewindPoint
 from ap_core.training import evaluate, lr_factor, train_epoch
@@ -54,6 +55,7 @@ class TrialParts:
     net: PrunableNet
     counter: DeadNeuronCounter
     channels_last: bool
+    replicas: Replicas
 
     @property
     def cycle_steps(self) -> int:
@@ -115,7 +117,9 @@ class CycleRunner:
                 request, weights=net.weights(), start=net.references[Reference.START], mask=net.mask
             )
 
-        return prune_step(self.parts.method, request, config.ap, apply_channels)
+        mask = prune_step(self.parts.method, request, config.ap, apply_channels)
+        self.parts.replicas.follow_first(mask.values())
+        return mask
 
     def _context(self) -> CycleContext:
         return CycleContext(
@@ -152,6 +156,9 @@ class CycleRunner:
     def _remove_channels(self, removal: ChannelRemoval, step: int) -> None:
         with self._not_counting():
             net = self.parts.net
+            replicas = self.parts.replicas
+            if replicas.parallel:
+                removal = replicas.decided_by_first({root: [int(i) for i in idxs] for root, idxs in removal.items()})
             removed = net.remove_channels(removal)
             if removed:
                 training_step = self.cycle * self.parts.cycle_steps + step
@@ -172,16 +179,17 @@ class CycleRunner:
             hook.on_epoch_start(epoch)
         counter.reset()
         counter.enabled = True
-        use_amp = parts.environment.use_amp
+        use_amp, replicas = parts.environment.use_amp, parts.replicas
         try:
-            loss_sum, seen = train_epoch(net, batches, self._learning_rates(first_step), use_amp, first_step, hooks)
+            lrs = self._learning_rates(first_step)
+            loss_sum, seen = train_epoch(net, batches, lrs, use_amp, first_step, hooks, replicas)
         finally:
             counter.enabled = False
         self.step = (epoch + 1) * data.steps_per_epoch
         train_loss = float(loss_sum) / seen
         self._check_finite("training loss", train_loss, epoch, "")
-        rate = counter.read()
-        test_acc, test_loss = evaluate(net.forward_module, data.test_batches(), use_amp)
+        rate = counter.read(replicas)
+        test_acc, test_loss = evaluate(net.forward_module, data.test_batches(), use_amp, replicas)
         self._check_finite("test loss", test_loss, epoch, ": the weights diverged")
         self.figures.record_epoch(train_loss, rate, test_acc, test_loss)
 
@@ -207,6 +215,6 @@ class CycleRunner:
         validation = data.validation_batches()
         val_acc = None
         if validation is not None:
-            val_acc = evaluate(net.forward_module, validation, self.parts.environment.use_amp)[0]
+            val_acc = evaluate(net.forward_module, validation, self.parts.environment.use_amp, self.parts.replicas)[0]
         left = net.remaining()
         return self.figures.cycle_result(self.cycle, left, units, net.mask.layer_density(), seconds, val_acc)

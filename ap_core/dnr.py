@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ap_core.replicas import ALONE, Replicas
+
 # ReLU-family outputs are >= 0, so "dead" (== 0) is the complement of count_nonzero; for the others (GELU) an
 # output <= 0 counts as dead, as ap.md specifies.
 NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6)
@@ -74,12 +76,17 @@ class DeadNeuronCounter:
             torch._foreach_zero_(self.alive_counts + self._seen_traced)
         self._seen = [0] * len(self.layers)
 
-    def read(self) -> DeadRate:
-        """Dead rates since the last reset (one device->host copy)."""
+    def read(self, replicas: Replicas = ALONE) -> DeadRate:
+        """Dead rates since the last reset, over every replica's batches (one device->host copy)."""
         n = len(self.layers)
-        counts = torch.stack(self.alive_counts + self._seen_traced).tolist() if n else []
+        counts = []
+        if n:
+            eager = torch.tensor(self._seen, dtype=torch.float64, device=self.alive_counts[0].device)
+            totals = torch.cat([torch.stack(self.alive_counts + self._seen_traced), eager])
+            replicas.sum_([totals])
+            counts = totals.tolist()
         alive = [round(a) for a in counts[:n]]
-        seen = [eager + round(traced) for eager, traced in zip(self._seen, counts[n:], strict=True)]
+        seen = [round(eager) + round(traced) for traced, eager in zip(counts[n : 2 * n], counts[2 * n :], strict=True)]
         dead = [s - a for s, a in zip(seen, alive, strict=True)]
         layers = {name: (d / s if s else 0.0) for name, d, s in zip(self.layers, dead, seen, strict=True)}
         total = sum(seen)

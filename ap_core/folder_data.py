@@ -21,18 +21,25 @@ from ap_core.datasets import load_dataset
 from ap_core.errors import ConfigError
 from ap_core.image_files import FOLDER_DATASETS, ImageFiles, ImageSamples
 from ap_core.image_pipeline import NO_AUGMENTATION, DecodedImages
-from ap_core.trial_data import Batches, TrialData, held_out_indices
+from ap_core.replicas import ALONE, Replicas
+from ap_core.trial_data import Batches, TrialData, held_out_indices, last_batch_dropped
 
 SEED_LIMIT = 2**62
 
 
-def open_trial_data(config: TrialConfig, dataset: ArrayDataset | ImageFiles | None, device: torch.device) -> TrialData:
-    """The trial's data: streamed for an image-file dataset (given, or named by `config`), else held whole."""
+def open_trial_data(
+    config: TrialConfig,
+    dataset: ArrayDataset | ImageFiles | None,
+    device: torch.device,
+    replicas: Replicas = ALONE,
+) -> TrialData:
+    """The trial's data (this replica's share of every batch): streamed for an image-file dataset (given, or named by
+    `config`), else held whole."""
     if dataset is None and config.dataset in FOLDER_DATASETS:
         dataset = load_dataset(config.dataset, config.runtime.data_dir, download=config.runtime.download)
     if isinstance(dataset, ImageFiles):
-        return FolderTrialData(config, dataset, device)
-    return TrialData(config, dataset, device)
+        return FolderTrialData(config, dataset, device, replicas)
+    return TrialData(config, dataset, device, replicas)
 
 
 class FolderTrialData(TrialData):
@@ -41,7 +48,8 @@ class FolderTrialData(TrialData):
     Shares no state with the array form (hence no call to its constructor): only its interface.
     """
 
-    def __init__(self, config: TrialConfig, dataset: ImageFiles, device: torch.device) -> None:
+    def __init__(self, config: TrialConfig, dataset: ImageFiles, device: torch.device, replicas: Replicas) -> None:
+        self.replicas = replicas
         training = config.training
         files = dataset.with_num_classes(training.num_classes).limit_train(training.max_train_samples)
         self.dataset = dataset = dataclasses.replace(files, image_size=training.image_size)
@@ -59,7 +67,7 @@ class FolderTrialData(TrialData):
             training.augment,
             training.dead_unit_window,
         )
-        self.drop_last = n_train % self.batch_size == 1  # a batch of one would break BatchNorm in training mode
+        self.drop_last = last_batch_dropped(n_train, self.batch_size, replicas)
         self.steps_per_epoch = n_train // self.batch_size if self.drop_last else -(-n_train // self.batch_size)
         shape = (1, 3, 1, 1)
         self.mean = torch.tensor(dataset.mean, device=device).view(shape)
@@ -84,7 +92,8 @@ class FolderTrialData(TrialData):
         batches = [
             list(zip(order[s : s + self.batch_size], seeds[s : s + self.batch_size], strict=True)) for s in starts
         ]
-        return self._batches(self.train_samples, batches[first_step % self.steps_per_epoch :], channels_last)
+        shares = [list(self.replicas.share(batch)) for batch in batches[first_step % self.steps_per_epoch :]]
+        return self._batches(self.train_samples, shares, channels_last)
 
     def window(self) -> Iterator[torch.Tensor]:
         """The first `dead_unit_window` training images, un-augmented: where dead units are counted."""
@@ -92,12 +101,16 @@ class FolderTrialData(TrialData):
         return (x for x, _ in self._batches(self.train_samples, self._in_order(count), False))
 
     def test_batches(self) -> Batches:
-        return self._batches(self.dataset.test, self._in_order(len(self.dataset.test)), False)
+        return self._batches(self.dataset.test, self._shares(len(self.dataset.test)), False)
 
     def validation_batches(self) -> Batches | None:
         if self.validation_samples is None:
             return None
-        return self._batches(self.validation_samples, self._in_order(len(self.validation_samples)), False)
+        return self._batches(self.validation_samples, self._shares(len(self.validation_samples)), False)
+
+    def _shares(self, count: int) -> list[list[tuple[int, int]]]:
+        """This replica's share of every in-order batch (replicas without a share of the last one skip it)."""
+        return [share for batch in self._in_order(count) if (share := list(self.replicas.share(batch)))]
 
     def _in_order(self, count: int) -> list[list[tuple[int, int]]]:
         """Samples 0..count-1, un-augmented, in batches of the training batch size (memory scales with the images)."""

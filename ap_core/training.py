@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ap_core.replicas import ALONE, Replicas
 from ap_core.settings import OptimizerSettings, ScheduleSettings
 
 if TYPE_CHECKING:
@@ -92,11 +93,14 @@ def train_epoch(
     use_amp: bool,
     first_step: int,
     hooks: Sequence[TrainingHook] = (),
+    replicas: Replicas = ALONE,
 ) -> tuple[torch.Tensor, int]:
-    """Train on `batches` (one epoch or its remainder); returns (summed loss as a device tensor, sample count).
+    """Train on `batches` (one epoch or its remainder; each replica's share of it); returns (summed loss as a
+    device tensor, sample count), over all replicas.
 
     The optimizer, masking and forward module are looked up on `net` every step, since a hook may remove channels
-    mid-epoch.
+    mid-epoch. Replicas reduce their gradients before the hooks see them, so a hook's own gradient terms (a
+    regulariser's) are added once, as in one process.
     """
     model = net.model
     model.train()
@@ -109,26 +113,43 @@ def train_epoch(
         optimizer = net.optimizer
         set_lr(optimizer, next(lrs))
         with autocast(device, use_amp):
-            loss = F.cross_entropy(net.forward_module(x), y)
+            logits = net.forward_module(x)
+            loss = F.cross_entropy(logits, y, reduction="sum" if replicas.parallel else "mean")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if replicas.parallel:
+            replicas.average_gradients(net.model, len(y))
         for hook in hooks:
             hook.after_backward(step)
         net.masked.mask_grads()
         optimizer.step()
         net.masked.mask_weights()
-        loss_sum += loss.detach().float() * len(y)
+        if replicas.parallel:
+            replicas.follow_first(net.model.buffers())  # BatchNorm's running statistics
+        loss_sum += loss.detach().float() * (1 if replicas.parallel else len(y))
         seen += len(y)
         for hook in hooks:
             hook.after_step(step)
-    return loss_sum, seen
+    return _summed(loss_sum, seen, replicas)
+
+
+def _summed(total: torch.Tensor, seen: int, replicas: Replicas) -> tuple[torch.Tensor, int]:
+    """(`total`, `seen`) summed over the replicas."""
+    if not replicas.parallel:
+        return total, seen
+    both = torch.stack([total.double(), torch.tensor(float(seen), device=total.device, dtype=torch.float64)])
+    replicas.sum_([both])
+    return both[0].to(total.dtype), round(float(both[1]))
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], use_amp: bool
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    use_amp: bool,
+    replicas: Replicas = ALONE,
 ) -> tuple[float, float]:
-    """(accuracy %, mean loss) over every sample of `batches`."""
+    """(accuracy %, mean loss) over every sample of `batches` (each replica's share of them)."""
     model.eval()
     device = next(model.parameters()).device
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -140,4 +161,8 @@ def evaluate(
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(dim=1) == y).sum()
         seen += len(y)
+    if replicas.parallel:
+        counts = torch.stack([correct.double(), loss_sum.double(), torch.tensor(float(seen), device=device).double()])
+        replicas.sum_([counts])
+        correct, loss_sum, seen = counts[0], counts[1], round(float(counts[2]))
     return 100.0 * int(correct) / seen, float(loss_sum) / seen

@@ -37,6 +37,7 @@ from ap_core.models import build_model
 from ap_core.network import PrunableNet, Reference
 from ap_core.pruning import METHODS, PruningMethod, target_alive
 from ap_core.recorder import EpochFigures
+from ap_core.replicas import Replicas
 from ap_core.results import CycleResult
 from ap_core.retraining import RETRAINING
 from ap_core.training import build_optimizer
@@ -72,7 +73,8 @@ class TrialRunner:
         self.config = config
         environment = prepare_environment(config)
         self.device = environment.device
-        self.data = open_trial_data(config, dataset, self.device)
+        replicas = Replicas.current()
+        self.data = open_trial_data(config, dataset, self.device, replicas)
         channels_last = environment.use_amp and self.data.images
         method = METHODS.get(config.pruning.method)
         hparams = method.hparams(config.pruning.method_options, config.pruning.method)
@@ -85,6 +87,7 @@ class TrialRunner:
             )
         torch.manual_seed(config.seed)
         self.net = build_net(config, method, hparams, self.data, self.device, channels_last)
+        replicas.follow_first(self.net.model.state_dict().values())  # one network, whatever each replica drew
         environment.settle_threads(self.net.dense.params)
         dense = self.net.dense.weights
         if not method.removes_channels and target_alive(dense, config.pruning.prune_rate, config.pruning.cycles) < 1:
@@ -95,7 +98,7 @@ class TrialRunner:
             )
         counter = DeadNeuronCounter(self.net.model)
         self.parts = TrialParts(
-            config, environment, self.data, method, hparams, retraining, self.net, counter, channels_last
+            config, environment, self.data, method, hparams, retraining, self.net, counter, channels_last, replicas
         )
         self.results: list[CycleResult] = []
         self.current_cycle = CycleRunner(self.parts, cycle=0)

@@ -14,6 +14,7 @@ from ap_core.batches import eval_batches, train_batches
 from ap_core.config import TrialConfig
 from ap_core.datasets import load_dataset
 from ap_core.errors import ConfigError
+from ap_core.replicas import ALONE, Replicas
 
 EVAL_BATCH_SIZE = 1000
 VALIDATION_SPLIT_SEED = 20230101
@@ -41,10 +42,23 @@ def held_out_indices(n_train: int, fraction: float) -> tuple[torch.Tensor, torch
     return order[:n_val].sort().values, order[n_val:].sort().values
 
 
+def last_batch_dropped(n_train: int, batch_size: int, replicas: Replicas) -> bool:
+    """Whether an epoch drops its last, partial batch: when a replica's share of it would be a single sample (or
+    none), which BatchNorm cannot train on."""
+    if batch_size < 2 * replicas.world:
+        raise ConfigError(
+            f"batch_size {batch_size} cannot be shared by {replicas.world} workers: at least 2 samples each"
+        )
+    return 0 < n_train % batch_size < 2 * replicas.world
+
+
 class TrialData:
     """The dataset `config` names (or the one given), moved once to `device` and split as `config` asks."""
 
-    def __init__(self, config: TrialConfig, dataset: ArrayDataset | None, device: torch.device) -> None:
+    def __init__(
+        self, config: TrialConfig, dataset: ArrayDataset | None, device: torch.device, replicas: Replicas = ALONE
+    ) -> None:
+        self.replicas = replicas
         if dataset is None:
             dataset = load_dataset(
                 config.dataset,
@@ -68,8 +82,7 @@ class TrialData:
             config.training.augment,
             config.training.dead_unit_window,
         )
-        # A last batch of a single sample would break BatchNorm in training mode: drop it.
-        self.drop_last = n_train % config.training.batch_size == 1
+        self.drop_last = last_batch_dropped(n_train, self.batch_size, replicas)
         self.steps_per_epoch = n_train // self.batch_size if self.drop_last else math.ceil(n_train / self.batch_size)
 
     @property
@@ -86,9 +99,12 @@ class TrialData:
         batches = train_batches(
             self.dataset, self.batch_size, generator, augment=self.augment, drop_last=self.drop_last
         )
+        batches = itertools.islice(batches, first_step % self.steps_per_epoch, None)
+        if self.replicas.parallel:  # every replica draws the whole batch (the same random stream), trains its share
+            batches = map(self.replicas.shard, batches)
         if channels_last:  # match the channels-last weights
             batches = ((x.contiguous(memory_format=torch.channels_last), y) for x, y in batches)
-        return itertools.islice(batches, first_step % self.steps_per_epoch, None)
+        return batches
 
     def window(self) -> Iterator[torch.Tensor]:
         """The first `dead_unit_window` training images, un-augmented: where dead units are counted."""
@@ -96,9 +112,15 @@ class TrialData:
         return (x for x, _ in eval_batches(x, y, EVAL_BATCH_SIZE, self.standardise))
 
     def test_batches(self) -> Batches:
-        return eval_batches(self.dataset.x_test, self.dataset.y_test, EVAL_BATCH_SIZE, self.standardise)
+        """The test set in order: this replica's share of every batch."""
+        return self._shares(eval_batches(self.dataset.x_test, self.dataset.y_test, EVAL_BATCH_SIZE, self.standardise))
 
     def validation_batches(self) -> Batches | None:
         if self.validation is None:
             return None
-        return eval_batches(*self.validation, EVAL_BATCH_SIZE, self.standardise)
+        return self._shares(eval_batches(*self.validation, EVAL_BATCH_SIZE, self.standardise))
+
+    def _shares(self, batches: Batches) -> Batches:
+        if not self.replicas.parallel:
+            return batches
+        return (share for share in map(self.replicas.shard, batches) if len(share[1]))

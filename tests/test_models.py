@@ -1,7 +1,6 @@
 """Model zoo: every model builds, trains a step, exposes each activation as its own hooked module, and keeps
 the input layer first / classifier last in module order."""
 
-
 import pytest
 import torch
 from torch import nn

@@ -8,6 +8,7 @@ dataset travels once per node in `datasets`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -24,6 +25,7 @@ from ap_core import ArrayDataset, ConfigError, CycleResult, TrialConfig, run_tri
 from ap_core.checkpoint import CHECKPOINT_FILE
 from ap_core.cycle_keys import cycle_key
 from ap_core.trial import TrialRunner
+from trainables.replicated_trial import train_replicated
 from trainables.shared_cycles import REUSED_FROM, STORED_CYCLE, RejectedEntry, Reuse, fetch_entry, write_entry
 from trainables.tune_config import REUSE, trial_config
 
@@ -54,20 +56,21 @@ def train_trial(
     write_artifacts: ArtifactWriter | None = None,
     shared: Mapping[str, Any] | None = None,
     cycle_store: str = "",
+    workers: int = 1,
+    resources_per_worker: Mapping[str, float] | None = None,
 ) -> None:
     """Run the trial whose experiment settings are `config` over `shared`, resuming from Tune's checkpoint if any.
 
     `datasets` maps `dataset_key`s to object refs of loaded `ArrayDataset`s (a trial whose dataset is not there
     loads it itself). `write_artifacts` draws the trial's artifacts into every checkpoint, here on the worker, so
     the driver only uploads them. With a `cycle_store` folder the trial stores its dense cycle and its last one
-    there, and starts from the stored cycles its config names (`REUSE`), which the driver verified.
+    there, and starts from the stored cycles its config names (`REUSE`), which the driver verified. With several
+    `workers` (each with `resources_per_worker`) it trains data-parallel through Ray Train (`replicated_trial`).
     """
     # Ray Train logs one INFO line per persisted checkpoint: one per cycle per trial, thousands per sweep.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     settings = trial_config(config, runtime, shared)
-    dataset: ArrayDataset | None = None
-    if datasets and dataset_key(settings) in datasets:
-        dataset = ray.get(datasets[dataset_key(settings)])
+    dataset_ref = (datasets or {}).get(dataset_key(settings))
     node_id = ray.get_runtime_context().get_node_id()
     name = tune.get_context().get_trial_name()
     history: list[dict[str, float]] = []
@@ -107,6 +110,15 @@ def train_trial(
             )
 
         checkpoint = tune.get_checkpoint()
+        if workers > 1:
+            with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
+                resume_from = Path(resume_dir) if resume_dir else None
+                history.extend(_history(resume_from) if resume_from else [])
+                train_replicated(
+                    settings, workers, resources_per_worker or {}, dataset_ref, resume_from, Path(workdir), report
+                )
+            return
+        dataset: ArrayDataset | None = ray.get(dataset_ref) if dataset_ref is not None else None
         if checkpoint is not None:
             with checkpoint.as_directory() as resume_dir:
                 history.extend(_history(Path(resume_dir)))

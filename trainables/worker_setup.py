@@ -3,10 +3,14 @@
 When Ray shuts down it SIGTERMs its workers, and its handler raises SystemExit. If the signal lands while the garbage
 collector runs a weakref callback (a worker still importing torch, say), Python prints that SystemExit as an ignored
 exception with a traceback, which reaches the user's console through Ray's log forwarding.
+
+Ray Train's placement-group cleaner (one per data-parallel trial) asks Ray's State API every few seconds whether
+its controller lives; a Ray started without its dashboard has no State API, and the cleaner would warn each time.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -21,3 +25,4 @@ def ignore_exit_requests_in_callbacks(unraisable: Any) -> None:
 
 def quiet_shutdown() -> None:
     sys.unraisablehook = ignore_exit_requests_in_callbacks
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)

@@ -94,6 +94,11 @@ class SweepOptions:
             "show": show_gpus_per_trial,
         },
     )
+    workers_per_trial: int = _opt(
+        1,
+        "data-parallel workers per trial (Ray Train; across nodes too), each with --cpus-per-trial CPUs and "
+        "--gpus-per-trial GPUs (0 or whole GPUs; auto: 1 where there are GPUs); the global batch is the same",
+    )
     max_concurrent: int = _opt(0, "most trials running at once (0 = as many as resources allow)")
     max_failures: int = _opt(1, "retries of a failing trial before it is recorded FAILED")
     resume: bool = _switch("continue this sweep's last invocation (finished trials are not rerun); refused if none")
@@ -119,6 +124,13 @@ class SweepOptions:
         whole = gpus > 1 and math.isfinite(gpus) and gpus == int(gpus)
         if gpus != AUTO_GPUS and not (0 <= gpus <= 1 or whole):
             raise ConfigError(f"gpus_per_trial {gpus} must be {GPU_SHARES}")
+        if self.workers_per_trial < 1:
+            raise ConfigError(f"workers_per_trial {self.workers_per_trial} must be >= 1")
+        if self.workers_per_trial > 1 and gpus != AUTO_GPUS and gpus != int(gpus):
+            raise ConfigError(
+                f"gpus_per_trial {gpus:g} with workers_per_trial {self.workers_per_trial}: a data-parallel worker "
+                "needs 0 or whole GPUs of its own"
+            )
         if not 0 < self.pool_below <= 100:  # written so that nan fails too
             raise ConfigError(f"pool_below {self.pool_below} must be a % of weights remaining in (0, 100]")
         for name in ("seeds", "max_concurrent", "max_failures", "num_cpus"):

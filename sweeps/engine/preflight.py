@@ -135,15 +135,24 @@ def local_resources(num_cpus: int) -> list[dict[str, float]]:
 
 
 def check_resources(
-    nodes: Sequence[Mapping[str, float]], cpus_per_trial: float, gpus_per_trial: float, where: str
+    nodes: Sequence[Mapping[str, float]], cpus_per_trial: float, gpus_per_trial: float, where: str, workers: int = 1
 ) -> None:
-    """Refuse a trial no single node can ever host: Tune would wait for it forever, warning once a minute."""
+    """Refuse a trial (each of its data-parallel `workers`) that the nodes can never host: Tune would wait for it
+    forever, warning once a minute."""
     wanted = {"CPU": cpus_per_trial, "GPU": gpus_per_trial}
-    if any(all(node.get(kind, 0.0) >= amount for kind, amount in wanted.items()) for node in nodes):
-        return
-    most = {kind: max((node.get(kind, 0.0) for node in nodes), default=0.0) for kind in wanted}
-    raise SweepError(
-        f"a trial asks for {cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU but no node of {where} has that much "
-        f"(the largest has {most['CPU']:g} CPU, {most['GPU']:g} GPU); lower --cpus-per-trial/--gpus-per-trial"
-        + (" or raise --num-cpus" if where == "the local Ray" else "")
+    local = " or raise --num-cpus" if where == "the local Ray" else ""
+    room = sum(
+        min((node.get(kind, 0.0) // amount for kind, amount in wanted.items() if amount), default=1) for node in nodes
     )
+    if not any(all(node.get(kind, 0.0) >= amount for kind, amount in wanted.items()) for node in nodes):
+        most = {kind: max((node.get(kind, 0.0) for node in nodes), default=0.0) for kind in wanted}
+        raise SweepError(
+            f"a trial asks for {cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU but no node of {where} has that "
+            f"much (the largest has {most['CPU']:g} CPU, {most['GPU']:g} GPU); lower --cpus-per-trial/--gpus-per-trial"
+            + local
+        )
+    if workers > 1 and room < workers:
+        raise SweepError(
+            f"a trial asks for {workers} workers of {cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU but {where} "
+            f"has room for {room:g}; lower --workers-per-trial or --cpus-per-trial/--gpus-per-trial" + local
+        )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ from trainables.worker_setup import SETUP_HOOK
 
 # Searches are judged on the held-out validation split (the hparam_grid presets set val_fraction).
 SEARCH_METRIC = "val_acc"
+# A data-parallel trial's own process only relays its workers' reports (Ray Train reserves the workers): no CPU,
+# but the memory to hold one cycle's checkpoint on its way to storage (Tune cannot place a trial asking nothing).
+RELAY_MEMORY = 512 * 2**20
 
 
 def run_experiments(
@@ -65,7 +68,10 @@ def run_experiments(
     dataset_refs = {key: ray.put(data) for key, data in datasets.items()}
     datasets.clear()  # the object store holds them now; free the driver's copies
     catalog = plan.catalog()
-    store = store if plan.search is None else None  # a search's points share no dense cycle it can plan for
+    # A search's points share no dense cycle it can plan for; data-parallel trials neither store nor share yet.
+    store = store if plan.search is None and options.workers_per_trial == 1 else None
+    per_worker = {"CPU": options.cpus_per_trial, "GPU": options.gpus_per_trial}
+    replicated = options.workers_per_trial > 1
     grids = []
     for group in plan.groups:
         path = experiments[group]
@@ -78,8 +84,12 @@ def run_experiments(
                 datasets=dataset_refs,
                 write_artifacts=write_trial_artifacts,
                 cycle_store=str(store or ""),
+                workers=options.workers_per_trial,
+                resources_per_worker=per_worker,
             ),
-            {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
+            {"cpu": 0, "memory": RELAY_MEMORY}
+            if replicated
+            else {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
         )
         if continuing and tune.Tuner.can_restore(path):
             print(f"resuming {path}")
@@ -110,11 +120,15 @@ def connect(options: SweepOptions, plan: SweepPlan, datasets: Mapping[str, Any])
     Returns the GPUs per trial: the option's own, or what `--gpus-per-trial auto` resolves to where the trials run.
     The caller shuts Ray down (`ray.shutdown()`), also when this raises.
     """
-    auto = options.gpus_per_trial == AUTO_GPUS
+    workers = options.workers_per_trial
     if not options.address:  # checked before starting anything: a local Ray has what this machine has
-        gpus_per_trial = packing.resolve_locally(plan, options, datasets) if auto else options.gpus_per_trial
+        gpus_per_trial = _resolve_gpus(options, lambda: packing.resolve_locally(plan, options, datasets))
         preflight.check_resources(
-            preflight.local_resources(options.num_cpus), options.cpus_per_trial, gpus_per_trial, "the local Ray"
+            preflight.local_resources(options.num_cpus),
+            options.cpus_per_trial,
+            gpus_per_trial,
+            "the local Ray",
+            workers,
         )
         # "local": a fresh instance even when `ray start` left a cluster address on this machine
         ray.init(
@@ -129,10 +143,22 @@ def connect(options: SweepOptions, plan: SweepPlan, datasets: Mapping[str, Any])
         ray.init(address=options.address, runtime_env=worker_runtime_env())
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise SweepError(f"cannot join the Ray cluster at --address {options.address!r}: {_first_line(err)}") from None
-    gpus_per_trial = packing.resolve_on_cluster(plan, options, datasets) if auto else options.gpus_per_trial
+    gpus_per_trial = _resolve_gpus(options, lambda: packing.resolve_on_cluster(plan, options, datasets))
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    preflight.check_resources(nodes, options.cpus_per_trial, gpus_per_trial, f"the cluster at {options.address}")
+    where = f"the cluster at {options.address}"
+    preflight.check_resources(nodes, options.cpus_per_trial, gpus_per_trial, where, workers)
     return gpus_per_trial
+
+
+def _resolve_gpus(options: SweepOptions, measure: Callable[[], float]) -> float:
+    """The GPUs per trial (per worker): as asked, or `auto`'s: measured shares for one-process trials, a whole
+    GPU per data-parallel worker where there are GPUs (workers of one trial cannot share one)."""
+    if options.gpus_per_trial != AUTO_GPUS:
+        return options.gpus_per_trial
+    gpus = measure()
+    if options.workers_per_trial > 1:
+        return 1.0 if gpus > 0 else 0.0
+    return gpus
 
 
 def _first_line(err: Exception) -> str:
@@ -158,7 +184,10 @@ def _tuner(
         # Tune creates as many trials as its searcher's ConcurrencyLimiter allows: enough to fill every free slot
         # and queue as many again, so a slot that frees up is refilled at once, while the rest of the plan waits
         # in the searcher as plain data instead of as thousands of Tune trials.
-        limit = options.max_concurrent or 2 * trials_at_once(options.cpus_per_trial, options.gpus_per_trial)
+        workers = options.workers_per_trial
+        room = trials_at_once(options.cpus_per_trial * workers, options.gpus_per_trial * workers)
+        # One trial waiting to start keeps the cluster busy; a data-parallel trial waits inside Ray Train instead.
+        limit = options.max_concurrent or (room if workers > 1 else 2 * room)
         configs = [t.config for t in trials]
         dense_keys = tuple(cycle_key(c, 0) for c in configs)
         last_keys = tuple(cycle_key(c, c.pruning.cycles) for c in configs)
