@@ -52,6 +52,13 @@ def test_dry_run_of_the_paper_preset_counts_trials_without_ray(tmp_path: Path) -
     assert not (tmp_path / "results").exists()
 
 
+def test_dry_run_says_data_parallel_trials_share_no_cycles(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(table1.SPEC, ["--dry-run", "--workers-per-trial", "2", "--results-dir", str(tmp_path / "r")])
+    assert exit_info.value.code == 0
+    assert "reuse: off (data-parallel trials neither share nor store cycles yet)" in capsys.readouterr().out
+
+
 def test_dry_run_of_the_hparam_grid_counts_5500_points_per_network_and_method(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -112,6 +119,8 @@ BAD_INPUTS = {
     "absurd seed count": (["--seeds", "100000000"], "seeds 100000000"),
     "nan weight decay": (["--weight-decay", "nan"], "weight_decay nan"),
     "unknown device": (["--device", "cudafoo"], "'cudafoo'"),
+    "no workers": (["--workers-per-trial", "0"], "workers_per_trial 0"),
+    "workers sharing a GPU": (["--workers-per-trial", "2", "--gpus-per-trial", "0.5"], "gpus_per_trial 0.5"),
 }
 
 
@@ -312,6 +321,10 @@ REFUSED_SETUPS = {
     # #10.2: trials no node can host waited forever
     "more CPUs per trial than the local Ray": (["--cpus-per-trial", "4", "--num-cpus", "2"], "4 CPU"),
     "a GPU per trial without a GPU": (["--gpus-per-trial", "1"], "1 GPU"),
+    "more workers per trial than the local Ray has room for": (
+        ["--workers-per-trial", "3", "--num-cpus", "2"],
+        "3 workers of 1 CPU",
+    ),
     # #10.3: ray.init waited for minutes after sweep.json and the MLflow store were written
     "unreachable Ray address": (["--address", "127.0.0.1:1"], "'127.0.0.1:1'"),
     "malformed Ray address": (["--address", "headnode"], "'headnode'"),

@@ -5,12 +5,15 @@ collector runs a weakref callback (a worker still importing torch, say), Python 
 exception with a traceback, which reaches the user's console through Ray's log forwarding.
 
 Ray Train's placement-group cleaner (one per data-parallel trial) asks Ray's State API every few seconds whether
-its controller lives; a Ray started without its dashboard has no State API, and the cleaner would warn each time.
+its controller lives. It finds its Ray by RAY_ADDRESS, else by looking for one on this host, which fails (with a
+traceback) where a host runs several; and a Ray started without its dashboard has no State API, so the cleaner
+would warn each time.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -25,4 +28,7 @@ def ignore_exit_requests_in_callbacks(unraisable: Any) -> None:
 
 def quiet_shutdown() -> None:
     sys.unraisablehook = ignore_exit_requests_in_callbacks
+    import ray  # loaded already: this runs in a connected Ray worker
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)

@@ -67,9 +67,14 @@ def print_savings(plan: SweepPlan, options: SweepOptions) -> None:
     from sweeps.engine.cycle_store import savings, store_root, stored_keys
 
     storage = storage_location(options.storage, Path(options.results_dir).resolve())
-    root = store_root(storage, options.reuse)
+    root = store_root(storage, options.shares_cycles)
     if root is None:
-        print("reuse: off" if not options.reuse else f"reuse: off (the cycle store needs a filesystem, not {storage})")
+        if options.reuse and not options.shares_cycles:
+            print("reuse: off (data-parallel trials neither share nor store cycles yet)")
+        else:
+            print(
+                "reuse: off" if not options.reuse else f"reuse: off (the cycle store needs a filesystem, not {storage})"
+            )
         return
     found, _ = savings((t.config for t in plan.trials), stored_keys(root))
     print(f"{found.describe()}; store: {root}")

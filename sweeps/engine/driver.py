@@ -312,7 +312,7 @@ def run_on_ray(
 
     status, artifacts, summary = "FAILED", [], {}
     try:
-        shared_cycles = cycle_store.store_root(storage, options.reuse)
+        shared_cycles = cycle_store.store_root(storage, options.shares_cycles)
         grids = tune_runner.run_experiments(
             plan,
             options,

@@ -117,6 +117,11 @@ class SweepOptions:
         10.7, "pooled rows: the paired difference averaged over the levels at or below this % of weights remaining"
     )
 
+    @property
+    def shares_cycles(self) -> bool:
+        """Whether trials share cycles through the cycle store: asked for, and not data-parallel (not yet)."""
+        return self.reuse and self.workers_per_trial == 1
+
     def __post_init__(self) -> None:
         if self.cpus_per_trial <= 0:
             raise ConfigError(f"cpus_per_trial {self.cpus_per_trial} must be > 0")

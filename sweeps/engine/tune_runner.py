@@ -68,8 +68,7 @@ def run_experiments(
     dataset_refs = {key: ray.put(data) for key, data in datasets.items()}
     datasets.clear()  # the object store holds them now; free the driver's copies
     catalog = plan.catalog()
-    # A search's points share no dense cycle it can plan for; data-parallel trials neither store nor share yet.
-    store = store if plan.search is None and options.workers_per_trial == 1 else None
+    store = store if plan.search is None else None  # a search's points share no dense cycle it can plan for
     per_worker = {"CPU": options.cpus_per_trial, "GPU": options.gpus_per_trial}
     replicated = options.workers_per_trial > 1
     grids = []
