@@ -99,3 +99,38 @@ def test_bad_cost_flags_are_one_line(flag: str, capsys: pytest.CaptureFixture[st
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and flag.split("=")[1] in err
+
+
+def test_a_staged_search_plans_each_points_dense_cycle_once_and_the_full_schedule_for_its_top_k() -> None:
+    import pandas as pd
+
+    from ap_core.cycle_keys import cycle_key
+    from sweeps.engine import staged
+
+    plan = expand(hparam_grid.SPEC, "smoke", search_mode="staged", top_k=2, seeds=2)
+    gp, lp = plan.search_groups
+    assert staged.dense_of(plan)[gp.key] == staged.dense_of(plan)[lp.key]  # GP and LP share their dense cycle
+    first = staged.stage_one(plan)
+    points = hparam_grid.SMOKE_GRID.size
+    assert first.dense_stage and first.groups == [f"{gp.key}-dense"] and len(first.trials) == points * 2
+    assert len({cycle_key(t.config, 0) for t in first.trials}) == len(first.trials)  # each point and seed once
+    # Ranked on the mean over seeds after the dense cycle (here: later points score higher); a point that lacks a
+    # seed is out (here: the last one)
+    axes = list(hparam_grid.SMOKE_GRID.axes)
+    rows = pd.DataFrame(
+        [
+            {"group": t.group, "cycle": 0, "seed": t.config.seed, "val_acc": float(i)}
+            | {k: t.config.to_dict()[k] for k in axes}
+            for i, t in enumerate(first.trials[:-1])
+        ]
+    )
+    best = staged.best_dense_points(rows, plan)
+    by_rank = [{k: t.config.to_dict()[k] for k in axes} for t in reversed(first.trials) if t.config.seed == 1]
+    assert best == {f"{gp.key}-dense": by_rank[1:3]}
+    second = staged.stage_two(plan, best)
+    assert second.groups == [gp.key, lp.key] and len(second.trials) == 2 * 2 * 2  # methods x top k x seeds
+    assert all(t.config.pruning.cycles == gp.base.pruning.cycles for t in second.trials)
+    assert {tuple(t.config.to_dict()[k] for k in axes) for t in second.trials} == {
+        tuple(p.values()) for p in by_rank[1:3]
+    }
+    assert plan.trial_count == len(first.trials) + len(second.trials)

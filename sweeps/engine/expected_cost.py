@@ -144,11 +144,12 @@ def expected_cost(plan: SweepPlan, search: SearchOptions | None, reuse: bool) ->
         # Stage two's points are known only after stage one; ranked on the dense cycle, the longest schedules tend
         # to lead (more epochs, higher accuracy), so its cycles are counted at the longest epochs per cycle.
         longest = max(values) if values else None
+        stored = 1 if reuse else 0  # stage two starts from the dense cycle stage one stored (--no-reuse: trains it)
         saved = 0.0
-        for group in plan.search_groups:  # stage two starts from the stored dense cycle
+        for group in plan.search_groups:
             epochs_per_cycle = longest or group.base.training.epochs
-            add(group.base, best * group.base.pruning.cycles * epochs_per_cycle)
-            saved += per_group * mean_epochs(group.base) + best * epochs_per_cycle
+            add(group.base, best * (group.base.pruning.cycles + 1 - stored) * epochs_per_cycle)
+            saved += per_group * mean_epochs(group.base) + stored * best * epochs_per_cycle
         for dense in dense_groups(plan):  # stage one: once for every method that shares it
             add(dense.base, per_group * mean_epochs(dense.base))
             saved -= per_group * mean_epochs(dense.base)
