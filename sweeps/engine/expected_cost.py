@@ -3,7 +3,7 @@ and device-hours from a time per epoch; a sweep above `--confirm-hours` asks fir
 
 ASHA's expected epochs come from its rungs, not from the upper bound: a trial at a rung meets the cutoff of the
 trials recorded there before it (Tune's asynchronous ASHA), so of n trials reaching a rung more than n / reduction
-pass while n is small, and n / reduction as n grows. Pure arithmetic: no torch, no Ray.
+pass while n is small, and n / reduction as n grows. Arithmetic on the plan: nothing is trained or started.
 """
 
 from __future__ import annotations

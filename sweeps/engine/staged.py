@@ -105,8 +105,6 @@ def run_stages(
     if unfinished:
         return outcomes, first
     second = stage_two(plan, best_dense_points(rows, plan))
-    best_of_both = dataclasses.replace(plan, trials=first.trials + second.trials)
-    print(
-        f"stage one done: the best {plan.top_k} points per network run the full schedule ({len(second.trials)} trials)"
-    )
-    return outcomes + run_stage(second), best_of_both
+    both = dataclasses.replace(plan, trials=first.trials + second.trials)
+    print(f"stage one done: its best {plan.top_k} points run each method's full schedule ({len(second.trials)} trials)")
+    return outcomes + run_stage(second), both
