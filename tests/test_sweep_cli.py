@@ -175,7 +175,7 @@ def test_unreachable_tracking_server_fails_before_anything_starts(
 
 def test_missing_cifar_offline_fails_before_ray_starts(tmp_path: Path) -> None:
     done = run_cli(
-        "table1", "--preset", "paper", "--data-dir", str(tmp_path / "no-data"),
+        "table1", "--preset", "paper", "--data-dir", str(tmp_path / "no-data"), "--yes",  # past its cost
         "--results-dir", str(tmp_path / "results"), timeout_s=120,
     )  # fmt: skip
     assert done.returncode == 2

@@ -97,3 +97,57 @@ def test_optuna_with_asha_chooses_a_point_by_its_mean_over_seeds_and_resumes(tmp
     again = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
     assert sorted(r.info.run_id for r in again) == sorted(r.info.run_id for r in children)
     assert all(len(client.get_metric_history(r.info.run_id, "test_acc")) == r.data.metrics["cycle"] + 1 for r in again)
+
+
+def _printed_expected_epochs(argv: list[str], capsys: pytest.CaptureFixture[str]) -> float:
+    with pytest.raises(SystemExit) as exit_info:
+        main(hparam_grid.SPEC, [*argv, "--dry-run"])
+    assert exit_info.value.code == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("expected: "))
+    return float(line.split()[1].replace(",", ""))
+
+
+def _trained_epochs(runs: list) -> float:
+    """Epochs the runs trained: every cycle they reported, less the cycles they took from the cycle store."""
+    trained = 0.0
+    for run in runs:
+        reused = run.data.tags.get("reused_cycles", "")
+        first = int(reused.rpartition("-")[2]) + 1 if reused else 0
+        trained += (run.data.metrics["cycle"] + 1 - first) * int(run.data.params["epochs"])
+    return trained
+
+
+def test_the_expected_cost_is_what_the_grid_and_the_staged_search_then_train(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    searches = {
+        # one trial at a time: ASHA's rungs meet the points in grid order, the same on every run
+        "full": ["--max-concurrent", "1"],
+        "staged": ["--search", "staged", "--top-k", "2"],
+    }
+    runs = {}
+    for name, flags in searches.items():
+        argv = ["--results-dir", str(tmp_path), "--num-cpus", "2", "--name", name, "--progress", "false", *flags]
+        expected = _printed_expected_epochs(argv, capsys)
+        done = run_cli("hparam_grid", *argv, timeout_s=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        experiment = client.get_experiment_by_name(name)
+        runs[name] = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+        assert abs(_trained_epochs(runs[name]) - expected) <= 0.1 * expected, (name, expected)
+
+    points = hparam_grid.SMOKE_GRID.size
+    dense = [r for r in runs["staged"] if "-dense-" in r.info.run_name]
+    pruned = [r for r in runs["staged"] if r not in dense]
+    # Stage one: each point's dense cycle once, for GP and LP alike; stage two: the best 2 per method, in full,
+    # from the dense cycle stage one stored
+    assert len(dense) == points and len({r.info.run_name for r in dense}) == points
+    assert all(r.data.metrics["cycle"] == 0 for r in dense)
+    assert sorted(r.data.params["method"] for r in pruned) == ["global_magnitude"] * 2 + ["layerwise_magnitude"] * 2
+    cycles = hparam_grid.SPEC.presets["smoke"].trial["cycles"]
+    assert all(r.data.metrics["cycle"] == cycles and r.data.tags["reused_cycles"] == "0-0" for r in pruned)
+    ranked = sorted(dense, key=lambda r: -r.data.metrics["val_acc"])
+    best_dense = {tuple(r.data.params[k] for k in hparam_grid.SMOKE_GRID.axes) for r in ranked[:2]}
+    assert {tuple(r.data.params[k] for k in hparam_grid.SMOKE_GRID.axes) for r in pruned} == best_dense
+    best = json.loads((tmp_path / "staged" / "best_hparams.json").read_text())["mlp"]
+    assert {tuple(str(best[m][k]) for k in hparam_grid.SMOKE_GRID.axes) for m in best} <= best_dense

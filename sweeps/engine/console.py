@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
+from sweeps.engine.expected_cost import ExpectedCost
 from sweeps.engine.options import SweepOptions
 from sweeps.engine.preflight import storage_location
 from sweeps.engine.spec import SweepPlan, SweepSpec
@@ -54,7 +54,7 @@ def print_plan(plan: SweepPlan) -> None:
                 f"cycles={c.pruning.cycles}; "
                 f"{plan.search_mode} search over {axes}: {plan.points_per_group} points x {plan.seeds} seeds"
             )
-    bound = " (an upper bound: early stopping skips most of it)" if plan.search is not None else ""
+    bound = " (an upper bound: every point to its last cycle)" if plan.search is not None else ""
     print(
         f"{plan.trial_count} trials in {max(len(plan.groups), 1)} Tune experiment(s); "
         f"{plan.total_epochs} training epochs in total{bound}"
@@ -90,12 +90,12 @@ def quiet_libraries() -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
-def print_cost(plan: SweepPlan, sample_images: int = 1024) -> None:
-    """Measure a short epoch per (network, dataset, batch size) here and print the plan's compute hours.
+def print_cost(plan: SweepPlan, cost: ExpectedCost, sample_images: int = 1024) -> None:
+    """Measure a short epoch per (network, dataset) here and print the compute hours of the plan's expected epochs.
 
     Each measured epoch trains on `sample_images` training images (masks, DNR and test evaluation included);
-    its time per image, times the full training set and the plan's epochs, is the estimate. It is for this
-    machine's device: no GPU figures are recorded in benchmarks/RESULTS.md yet to stand in for a missing GPU.
+    its time per image, times the full training set and the expected epochs, is the estimate: for this machine's
+    device, so run it where the trials will run (`--epoch-seconds` or the recorded figures stand in elsewhere).
     """
     import torch
 
@@ -103,19 +103,16 @@ def print_cost(plan: SweepPlan, sample_images: int = 1024) -> None:
     from ap_core.cost import measure_epochs, probe_config
     from ap_core.training import resolve_device
 
-    epochs_by_key: dict[tuple, float] = {}
     configs = {}
-    for config, epochs in _epochs_per_config(plan):
-        key = (config.model, config.dataset, config.training.batch_size, config.pruning.method)
-        epochs_by_key[key] = epochs_by_key.get(key, 0.0) + epochs
-        configs.setdefault(key, config)
+    for config in [t.config for t in plan.trials] + [g.base for g in plan.search_groups]:
+        configs.setdefault((config.model, config.dataset), config)
     total_seconds = 0.0
     for key, config in configs.items():
         dataset = load_dataset(config.dataset, config.runtime.data_dir, download=config.runtime.download)
         probe = probe_config(config, dataset.num_train, sample_images)
         seconds = measure_epochs(probe, dataset, epochs=2).steady_epoch_seconds
         per_epoch = seconds * dataset.num_train / probe.training.max_train_samples
-        total_seconds += per_epoch * epochs_by_key[key]
+        total_seconds += per_epoch * cost.epochs.get(key, 0.0)
         batch = config.training.batch_size
         print(f"  {config.model} on {config.dataset}, batch {batch}: {per_epoch:.2f} s per epoch here")
     device = resolve_device(next(iter(configs.values())).runtime.device) if configs else torch.device("cpu")
@@ -126,15 +123,6 @@ def print_cost(plan: SweepPlan, sample_images: int = 1024) -> None:
         else (f"{total_seconds / 60:.1f} {device.type.upper()}-minutes")
     )
     print(
-        f"estimated compute: {amount} on {where}, measured on "
-        f"{sample_images}-image epochs and scaled (an upper bound for searches that stop trials early); divide by "
-        "the trials running at once"
+        f"estimated compute: {amount} on {where}, measured on {sample_images}-image epochs and scaled, for the "
+        f"{cost.total:,.0f} epochs expected ({cost.how}); divide by the trials running at once"
     )
-
-
-def _epochs_per_config(plan: SweepPlan) -> list[tuple[Any, float]]:
-    """(config, training epochs) per planned trial, or per searched group at the plan's expected epochs."""
-    if plan.search is None:
-        return [(t.config, (t.config.pruning.cycles + 1) * t.config.training.epochs) for t in plan.trials]
-    share = plan.total_epochs / max(len(plan.search_groups), 1)
-    return [(g.base, share) for g in plan.search_groups]

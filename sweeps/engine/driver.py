@@ -25,8 +25,9 @@ from ap_core.errors import ConfigError
 from ap_core.paths import check_writable_dir, check_writable_file
 from sweeps.engine import console_log, leftover_ray, preflight, state_signing, trial_checks
 from sweeps.engine.console import print_choices, print_cost, print_plan, print_savings, quiet_libraries
+from sweeps.engine.expected_cost import confirm, describe, expected_cost
 from sweeps.engine.hparams_file import load_hparams
-from sweeps.engine.options import AUTO_GPUS, ParsedArgs, SweepError, flat_options, parse_args
+from sweeps.engine.options import AUTO_GPUS, ParsedArgs, SweepError, SweepOptions, flat_options, parse_args
 from sweeps.engine.spec import SweepPlan, SweepSpec, expand
 from sweeps.engine.sweep_state import (
     CYCLES_FILE,
@@ -105,6 +106,7 @@ def run(spec: SweepSpec, argv: list[str] | None = None) -> int:
     if args.options.estimate and not args.options.dry_run:
         raise ConfigError("--estimate goes with --dry-run (it times a short epoch instead of running the sweep)")
     plan = plan_sweep(spec, args)
+    cost = expected_cost(plan, args.search, args.options.reuse)
     if args.options.dry_run:
         print_plan(plan)
         if plan.search is None:
@@ -113,10 +115,25 @@ def run(spec: SweepSpec, argv: list[str] | None = None) -> int:
             from sweeps.engine.packing import dry_run_note
 
             print(dry_run_note(args.options))
+        print(describe(cost, args.options, trial_device(args.options))[0])
         if args.options.estimate:
-            print_cost(plan)
+            print_cost(plan, cost)
         return 0
+    if not args.options.resume:  # the user agreed to its cost when it started
+        confirm(cost, args.options, trial_device(args.options))
     return execute(plan, args)
+
+
+def trial_device(options: SweepOptions) -> str:
+    """Where the trials will run, as the expected cost's epoch times are recorded: "cuda" or "cpu" (`auto`: a GPU
+    on a cluster joined, else one here)."""
+    if options.gpus_per_trial != AUTO_GPUS:
+        return "cuda" if options.gpus_per_trial > 0 else "cpu"
+    if options.address:
+        return "cuda"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def plan_sweep(spec: SweepSpec, args: ParsedArgs) -> SweepPlan:
@@ -134,6 +151,7 @@ def plan_sweep(spec: SweepSpec, args: ParsedArgs) -> SweepPlan:
         overrides=overrides,
         search_mode=args.search.search if args.search else "grid",
         num_samples=args.search.num_samples if args.search else 0,
+        top_k=args.search.top_k if args.search else 0,
     )
     if options.levels and plan.spec.table is None and plan.search is None:
         from sweeps.engine.result_table import expected_levels, nearest_levels  # pandas: not for --help
@@ -265,7 +283,7 @@ def run_on_ray(
     results_dir: Path,
 ) -> int:
     """Open the parent run, write the state, run Tune, bring MLflow level with Tune, write the table."""
-    from sweeps.engine import cycle_store, parent_view, report, tracking, tune_runner
+    from sweeps.engine import cycle_store, parent_view, report, staged, tracking, tune_runner
     from sweeps.engine.trial_logger import sync_with_tune
 
     options = args.options
@@ -313,19 +331,26 @@ def run_on_ray(
     status, artifacts, summary = "FAILED", [], {}
     try:
         shared_cycles = cycle_store.store_root(storage, options.shares_cycles)
-        grids = tune_runner.run_experiments(
-            plan,
-            options,
-            args.search,
-            parent,
-            datasets,
-            experiments,
-            runtime,
-            sweep_tags,
-            state is not None,
-            shared_cycles,
-        )
-        outcomes = [outcome for grid in grids for outcome in report.trial_outcomes(grid, grid.experiment_path)]
+
+        def run_stage(stage: SweepPlan) -> list[report.Outcome]:
+            grids = tune_runner.run_experiments(
+                stage,
+                options,
+                args.search,
+                parent,
+                dict(datasets) if stage.dense_stage else datasets,  # each run hands its own to Ray's object store
+                experiments,
+                runtime,
+                sweep_tags,
+                state is not None,
+                shared_cycles,
+            )
+            return [outcome for grid in grids for outcome in report.trial_outcomes(grid, grid.experiment_path)]
+
+        if plan.search_mode == "staged":
+            outcomes, plan = staged.run_stages(plan, run_stage, report.collect)
+        else:
+            outcomes = run_stage(plan)
         rows, failed, unfinished = report.collect(outcomes, plan)
         not_logged = sync_with_tune(parent, plan.catalog(), sweep_tags, outcomes) if parent is not None else ""
         output = Path(args.search.output) if args.search and args.search.output else None

@@ -14,7 +14,7 @@ from ap_core.dataclass_flags import add_dataclass_arguments, dataclass_overrides
 from ap_core.errors import ConfigError
 from sweeps.engine.spec import SweepSpec
 
-SEARCH_MODES = ("grid", "random", "optuna", "hyperopt")
+SEARCH_MODES = ("grid", "random", "optuna", "hyperopt", "staged")
 SCHEDULERS = ("asha", "none")
 
 
@@ -105,6 +105,11 @@ class SweepOptions:
     overwrite: bool = _switch("start the sweep over in its folder, even when it holds another protocol's results")
     dry_run: bool = _switch("print every trial, the count and the epochs of work; start nothing")
     estimate: bool = _switch("with --dry-run: time a short epoch per network here and print the compute hours")
+    epoch_seconds: float = _opt(
+        0.0, "seconds per training epoch for the expected device-hours (0: measured by --estimate, else recorded)"
+    )
+    confirm_hours: float = _opt(24.0, "a sweep expected to take more device-hours than this asks before it starts")
+    yes: bool = _switch("start a sweep above --confirm-hours without asking (without a terminal it is refused)")
     list: bool = _switch("list networks, datasets, methods and presets, then exit")
     progress: bool = _opt(True, "show an overall progress bar with ETA and trials done/running/failed")
     verbose: bool = _switch("also show Tune's live trial tables and Ray's log lines")
@@ -136,6 +141,10 @@ class SweepOptions:
                 f"gpus_per_trial {gpus:g} with workers_per_trial {self.workers_per_trial}: a data-parallel worker "
                 "needs 0 or whole GPUs of its own"
             )
+        if not (self.epoch_seconds >= 0 and self.confirm_hours >= 0):  # written so that nan fails too
+            raise ConfigError(
+                f"epoch_seconds {self.epoch_seconds} and confirm_hours {self.confirm_hours} must be numbers >= 0"
+            )
         if not 0 < self.pool_below <= 100:  # written so that nan fails too
             raise ConfigError(f"pool_below {self.pool_below} must be a % of weights remaining in (0, 100]")
         for name in ("seeds", "max_concurrent", "max_failures", "num_cpus"):
@@ -162,13 +171,18 @@ class SearchOptions:
     """Options of hyperparameter-search sweeps (sweeps/hparam_grid.py)."""
 
     search: str = _opt(
-        "grid", f"how Tune picks points: {'/'.join(SEARCH_MODES)} (optuna/hyperopt learn from earlier points)"
+        "grid",
+        f"how Tune picks points: {'/'.join(SEARCH_MODES)} (optuna/hyperopt learn from earlier points; staged: every "
+        "point's dense cycle once for all methods, then the full schedule for the best --top-k)",
     )
     num_samples: int = _opt(0, "points per network and method for every search but grid (0 = 100, or the whole space)")
     search_seed: int = _opt(0, "seed of the random draws and of the search algorithm")
     scheduler: str = _opt("asha", f"trial scheduler: {'/'.join(SCHEDULERS)} (asha stops weak points early)")
-    grace_period: int = _opt(2, "ASHA: cycles every point trains before it can be stopped")
+    grace_period: int = _opt(
+        2, "ASHA: the first rung, in cycles of the longest schedule: the epochs every point trains before it can stop"
+    )
     reduction_factor: int = _opt(4, "ASHA: keep the best 1/N at each rung")
+    top_k: int = _opt(5, "staged search: points per network and method that run the full pruning schedule")
     output: str = _opt("", "where to write the best settings; empty: <results-dir>/<name>/best_hparams.json")
 
     def __post_init__(self) -> None:
@@ -176,10 +190,10 @@ class SearchOptions:
             raise ConfigError(f"unknown search {self.search!r}; valid: {', '.join(SEARCH_MODES)}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"unknown scheduler {self.scheduler!r}; valid: {', '.join(SCHEDULERS)}")
-        if self.num_samples < 0 or self.grace_period < 1 or self.reduction_factor < 2:
+        if self.num_samples < 0 or self.grace_period < 1 or self.reduction_factor < 2 or self.top_k < 1:
             raise ConfigError(
                 f"num_samples {self.num_samples} must be >= 0, grace_period {self.grace_period} >= 1, "
-                f"reduction_factor {self.reduction_factor} >= 2"
+                f"reduction_factor {self.reduction_factor} >= 2, top_k {self.top_k} >= 1"
             )
 
 

@@ -76,7 +76,7 @@ class SearchSpace:
 
     def points_count(self, mode: str, num_samples: int) -> int:
         """Points a search of this mode tries: the whole grid, or `num_samples` drawn ones (which may repeat)."""
-        return self.size if mode == "grid" else num_samples
+        return self.size if mode in ("grid", "staged") else num_samples
 
 
 @dataclass(frozen=True)
@@ -233,12 +233,19 @@ class SweepPlan:
     search_groups: tuple[SearchGroup, ...] = ()
     search_mode: str = "grid"
     num_samples: int = 0
+    top_k: int = 0  # staged search: points per group that run the full schedule
+    dense_stage: bool = False  # its trials stop after their dense cycle 0 (stage one of a staged search)
 
     @property
     def groups(self) -> list[str]:
-        if self.search is not None:
-            return [g.key for g in self.search_groups]
-        return list(dict.fromkeys(t.group for t in self.trials))
+        """The Tune experiments: one per planned group (a staged search's stages plan theirs), else per search group."""
+        if self.trials or self.search is None:
+            return list(dict.fromkeys(t.group for t in self.trials))
+        if self.search_mode == "staged":
+            from sweeps.engine.staged import dense_groups  # cycle keys import the method registry (torch)
+
+            return [g.key for g in (*dense_groups(self), *self.search_groups)]
+        return [g.key for g in self.search_groups]
 
     @property
     def points_per_group(self) -> int:
@@ -246,8 +253,13 @@ class SweepPlan:
 
     @property
     def trial_count(self) -> int:
-        if self.search is None:
+        if self.trials or self.search is None:
             return len(self.trials)
+        if self.search_mode == "staged":
+            from sweeps.engine.staged import dense_groups
+
+            best = min(self.top_k, self.points_per_group)
+            return (len(dense_groups(self)) * self.points_per_group + len(self.search_groups) * best) * self.seeds
         return len(self.search_groups) * self.points_per_group * self.seeds
 
     def by_name(self) -> dict[str, PlannedTrial]:
@@ -270,7 +282,7 @@ class SweepPlan:
                 "mode": self.search_mode,
                 "points": self.points_per_group,
                 "seeds": self.seeds,
-            }
+            } | ({"top_k": self.top_k} if self.search_mode == "staged" else {})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -287,7 +299,7 @@ class SweepPlan:
 
     def catalog(self) -> TrialCatalog:
         axes = tuple(self.search.axes) if self.search else ()
-        return TrialCatalog(self.trials, self.search_groups, axes, numbered=self.search_mode != "grid")
+        return TrialCatalog(self.trials, self.search_groups, axes, numbered=self.search_mode not in ("grid", "staged"))
 
 
 class TrialCatalog:
@@ -356,6 +368,7 @@ def expand(
     overrides: Mapping[str, Any] | None = None,
     search_mode: str = "grid",
     num_samples: int = 0,
+    top_k: int = 0,
 ) -> SweepPlan:
     """Expand the spec's axes into validated trials (or search groups); raises ConfigError naming the first bad
     value.
@@ -381,9 +394,10 @@ def expand(
     settings = preset.settings or spec.settings or (AxisValue("", ""),)
     # Count before building anything: a typo like --seeds 100000000 must not hang the planner.
     size = len(datasets) * len(networks) * len(chosen_methods) * len(spec.variants) * len(settings) * seed_count
-    if search is not None and search_mode != "grid":
+    sampled = search_mode not in ("grid", "staged")
+    if search is not None and sampled:
         num_samples = num_samples or min(DEFAULT_SAMPLES, search.size)
-    if search is not None and search_mode != "grid" and num_samples > search.size:
+    if search is not None and sampled and num_samples > search.size:
         raise ConfigError(
             f"num_samples {num_samples} exceeds the {search.size} points of this search space; "
             f"lower --num-samples or use --search grid"
@@ -417,7 +431,9 @@ def expand(
             trials.append(PlannedTrial(f"{stem}-seed{seed}", "", _copy({**labels, "seed": seed}), config))
     if len({(g.base.dataset, g.base.model, g.base.pruning.method) for g in groups}) < len(groups):
         raise ConfigError(f"sweep {spec.name}: two searched methods share one pruning method; give each its own")
-    return SweepPlan(spec, preset_name, tuple(trials), seed_count, search, tuple(groups), search_mode, num_samples)
+    return SweepPlan(
+        spec, preset_name, tuple(trials), seed_count, search, tuple(groups), search_mode, num_samples, top_k
+    )
 
 
 def _search_group(

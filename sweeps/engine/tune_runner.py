@@ -28,6 +28,7 @@ from ap_core.plugins import PLUGINS_VARIABLE, absolute_entries
 from sweeps.engine import cycle_store, packing, preflight, state_signing
 from sweeps.engine.cycle_signer import CycleStoreSigner
 from sweeps.engine.cycle_store import claimed_elsewhere
+from sweeps.engine.expected_cost import rungs_for
 from sweeps.engine.full_disk import StopWhenStorageFull
 from sweeps.engine.options import AUTO_GPUS, SearchOptions, SweepError, SweepOptions
 from sweeps.engine.progress import OverallProgress
@@ -68,13 +69,13 @@ def run_experiments(
     dataset_refs = {key: ray.put(data) for key, data in datasets.items()}
     datasets.clear()  # the object store holds them now; free the driver's copies
     catalog = plan.catalog()
-    store = store if plan.search is None else None  # a search's points share no dense cycle it can plan for
+    store = store if plan.trials else None  # a searched point's dense cycle is planned for by a staged search only
     per_worker = {"CPU": options.cpus_per_trial, "GPU": options.gpus_per_trial}
     replicated = options.workers_per_trial > 1
     grids = []
     for group in plan.groups:
         path = experiments[group]
-        shared, points = planned_points(plan, group) if plan.search is None else ({}, [])
+        shared, points = planned_points(plan, group) if plan.trials else ({}, [])
         trainable = tune.with_resources(
             tune.with_parameters(
                 train_trial,
@@ -178,7 +179,7 @@ def _tuner(
     sweep_tags: dict[str, str],
     store: Path | None,
 ) -> tune.Tuner:
-    if plan.search is None:
+    if plan.trials:  # a table sweep, or a stage of a staged search
         trials = plan.trials_of(group)
         # Tune creates as many trials as its searcher's ConcurrencyLimiter allows: enough to fill every free slot
         # and queue as many again, so a slot that frees up is refilled at once, while the rest of the plan waits
@@ -193,7 +194,7 @@ def _tuner(
         searcher = PlanSearcher(points, store, dense_keys, last_keys, sweep_tags["sweep"])
         search_alg = ConcurrencyLimiter(searcher, max_concurrent=limit)
         param_space, num_samples = {}, len(points)  # the group's shared settings come with the trainable
-        cycles = [t.config.pruning.cycles + 1 for t in trials]
+        cycles = [1 if plan.dense_stage else t.config.pruning.cycles + 1 for t in trials]
         namer = TrialNamer()
     else:
         assert search is not None
@@ -209,17 +210,17 @@ def _tuner(
     if options.progress:
         callbacks.append(OverallProgress(sum(cycles), group or path.rpartition("/")[2], catalog))
     storage_path, _, name = path.rpartition("/")
-    searching = plan.search is not None and search is not None
+    searching = not plan.trials and search is not None
     return tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
             num_samples=num_samples,
-            scheduler=_scheduler(search, max(cycles)) if searching else None,
+            scheduler=_scheduler(plan, group, search) if searching else None,
             metric=SEARCH_METRIC if searching else None,
             mode="max" if searching else None,
-            max_concurrent_trials=(options.max_concurrent or None) if plan.search is not None else None,
+            max_concurrent_trials=(options.max_concurrent or None) if not plan.trials else None,
             reuse_actors=True,  # a worker that finished one trial starts the next: torch stays imported
             trial_name_creator=namer,
             trial_dirname_creator=dataclasses.replace(namer, with_id=True),
@@ -229,6 +230,7 @@ def _tuner(
             storage_path=storage_path,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
+            stop={"training_iteration": 1} if plan.dense_stage else None,  # stage one: the dense cycle only
             # No num_to_keep: Tune would snapshot the whole experiment's state every time a trial deletes a
             # checkpoint, a cost that grows with the number of trials. CheckpointRetention deletes old ones instead,
             # at Tune's own (adaptive) snapshots, so --resume always finds the checkpoint it was told of.
@@ -282,15 +284,40 @@ def _searcher(mode: str, seed: int) -> Searcher:
     return HyperOptSearch(random_state_seed=seed)
 
 
-def _scheduler(search: SearchOptions | None, max_t: int) -> ASHAScheduler | None:
+def _scheduler(plan: SweepPlan, group: str, search: SearchOptions | None) -> ASHAScheduler | None:
     if search is None or search.scheduler == "none":
         return None
-    return ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=max_t,
-        grace_period=search.grace_period,
-        reduction_factor=search.reduction_factor,
+    assert plan.search is not None
+    base = plan.search_group(group).base
+    rungs = rungs_for(search, base.pruning.cycles, plan.search.axes.get("epochs", (base.training.epochs,)))
+    return EpochASHA(
+        time_attr=TRAINED_EPOCHS,
+        max_t=rungs.max_t,
+        grace_period=rungs.grace,
+        reduction_factor=rungs.reduction,
     )
+
+
+# ASHA's time: the epochs of training behind a result, dense cycle included (not Tune's count of results).
+TRAINED_EPOCHS = "trained_epochs"
+
+
+class EpochASHA(ASHAScheduler):
+    """ASHA whose rungs are in training epochs: the epochs per cycle are searched (80 to 500 in the paper's grid),
+    so rungs in cycles would compare a long schedule after six times the compute of a short one."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        return super().on_trial_result(tune_controller, trial, with_trained_epochs(trial.config, result))
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, with_trained_epochs(trial.config, result))
+
+
+def with_trained_epochs(config: Mapping[str, Any], result: dict) -> dict:
+    """The result with the epochs its point has trained by then: (cycle + 1) x its epochs per cycle."""
+    if "cycle" not in result or "epochs" not in config:
+        return result
+    return {**result, TRAINED_EPOCHS: (int(result["cycle"]) + 1) * int(config["epochs"])}
 
 
 class PlanSearcher(Searcher):
