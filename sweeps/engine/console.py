@@ -69,12 +69,12 @@ def print_savings(plan: SweepPlan, options: SweepOptions) -> None:
     storage = storage_location(options.storage, Path(options.results_dir).resolve())
     root = store_root(storage, options.shares_cycles)
     if root is None:
-        if options.reuse and not options.shares_cycles:
+        if not options.reuse:
+            print("reuse: off")
+        elif not options.shares_cycles:
             print("reuse: off (data-parallel trials neither share nor store cycles yet)")
         else:
-            print(
-                "reuse: off" if not options.reuse else f"reuse: off (the cycle store needs a filesystem, not {storage})"
-            )
+            print(f"reuse: off (the cycle store needs a filesystem, not {storage})")
         return
     found, _ = savings((t.config for t in plan.trials), stored_keys(root))
     print(f"{found.describe()}; store: {root}")
