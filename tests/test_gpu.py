@@ -173,9 +173,7 @@ def test_two_trials_share_one_gpu_through_tunes_fractional_gpus(mlflow_server: M
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(
-    GPUS < 2, reason=f"needs 2 GPUs (torch sees {GPUS}): NCCL data-parallel workers each need their own"
-)
+@pytest.mark.skipif(GPUS < 2, reason=f"needs 2 GPUs, torch sees {GPUS}: each NCCL worker needs a GPU of its own")
 def test_a_data_parallel_trial_on_every_gpu_matches_the_one_worker_trial(tmp_path: Path) -> None:
     # Ray Train reserves one whole GPU per worker and joins the workers by NCCL; fp32 (amp off), so the two trials
     # differ by the order of the gradient sums alone. What pruning decided matches exactly.
