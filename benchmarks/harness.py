@@ -1,16 +1,20 @@
-"""Helpers the benchmark scripts share: interleaved timing, device sync, the machine line, benchmark datasets and
-the timed training steps of the core-overhead rows."""
+"""Helpers the benchmark scripts share: interleaved timing, device sync, the machine line, benchmark datasets, the
+timed training steps of the core-overhead rows and groups of data-parallel replicas."""
 
 from __future__ import annotations
 
 import itertools
 import os
 import platform
+import socket
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from ap_core import ArrayDataset, Mask, build_model, prune
 from ap_core.batches import train_batches
@@ -128,3 +132,29 @@ def time_training_steps(
 def endless_batches(data: ArrayDataset, batch_size: int, generator: torch.Generator) -> Iterator:
     while True:
         yield from train_batches(data, batch_size, generator)
+
+
+def run_replicas(world: int, backend: str, work: Callable[..., Any], *args: Any) -> Any:
+    """`work(*args)` in `world` fresh (spawned) processes joined in one torch.distributed group over 127.0.0.1, as
+    Ray Train joins a trial's workers (the core finds the group itself: `Replicas.current()`); returns the first
+    process's value. `work` must be a module-level function (it is pickled to the processes)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_replica, (world, backend, port, results, work, args), nprocs=world)
+    return results.get()
+
+
+def _replica(
+    rank: int, world: int, backend: str, port: int, results: Any, work: Callable[..., Any], args: tuple
+) -> None:
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        value = work(*args)
+        if rank == 0:
+            results.put(value)
+    finally:
+        dist.destroy_process_group()
