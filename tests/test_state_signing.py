@@ -46,6 +46,12 @@ def plant(path: Path, marker: Path) -> None:
         path.write_bytes(payload)
 
 
+def the_experiment(root: Path) -> Path:
+    """The sweep's Tune experiment folder (its storage also holds the cycle store)."""
+    (experiment,) = (root / "results" / "ray").glob("signed-*")
+    return experiment
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -89,7 +95,7 @@ def test_a_planted_state_file_is_refused_and_runs_nothing(
     interrupted: tuple[Path, list[str], dict[str, str]], target: str, how: str
 ) -> None:
     root, args, env = interrupted
-    experiment = next((root / "results" / "ray").iterdir())
+    experiment = the_experiment(root)
     genuine = snapshot(root / "results")
     # The sweep's callbacks keep no state, so Tune writes no callback-states file: a planted one is new, and Tune's
     # restore would still unpickle it.
@@ -116,7 +122,7 @@ def test_experiment_state_tampering_a_foreign_key_or_a_missing_signature_is_refu
     interrupted: tuple[Path, list[str], dict[str, str]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     root, _, env = interrupted
-    experiment = shutil.copytree(next((root / "results" / "ray").iterdir()), tmp_path / "copy")
+    experiment = shutil.copytree(the_experiment(root), tmp_path / "copy")
     monkeypatch.setenv("XDG_CONFIG_HOME", env["XDG_CONFIG_HOME"])
     state_signing.verify(str(experiment))  # the genuine state passes
 
