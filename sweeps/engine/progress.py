@@ -41,7 +41,8 @@ class OverallProgress(Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
-        self._last_cycle[trial.trial_id] = int(result.get("cycle", -1))
+        if "cycle" in result:  # not a stage-one trial's per-epoch result
+            self._last_cycle[trial.trial_id] = int(result["cycle"])
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._end(trial)
