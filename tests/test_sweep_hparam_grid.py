@@ -137,9 +137,9 @@ def test_the_expected_cost_is_what_the_grid_and_the_staged_search_then_train(
 ) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     searches = {
-        # one trial at a time: ASHA's rungs meet the points in grid order, the same on every run
+        # one trial at a time: ASHA's rungs (stage one's too) meet the points in grid order, the same on every run
         "full": ["--max-concurrent", "1"],
-        "staged": ["--search", "staged", "--top-k", "2"],
+        "staged": ["--search", "staged", "--top-k", "2", "--max-concurrent", "1"],
     }
     runs, stopped = {}, {}
     for name, flags in searches.items():

@@ -120,7 +120,8 @@ def train_trial(
 
         def report_epoch(progress: EpochProgress) -> None:
             trained = progress.cycle * settings.training.epochs + progress.epoch + 1
-            tune.report({"val_acc": progress.val_acc, TRAINED_EPOCHS: trained, EPOCH: progress.epoch})
+            validation = {} if progress.val_acc is None else {"val_acc": progress.val_acc}  # as in a cycle's result
+            tune.report({**validation, TRAINED_EPOCHS: trained, EPOCH: progress.epoch})
 
         checkpoint = tune.get_checkpoint()
         if workers > 1:
