@@ -219,9 +219,8 @@ class CycleRunner:
     def validation_accuracy(self) -> float | None:
         """Accuracy on the held-out validation split (None without one); draws no random numbers, so evaluating
         it between epochs leaves the training as it was."""
-        validation = self.parts.data.validation_batches()
+        parts = self.parts
+        validation = parts.data.validation_batches()
         if validation is None:
             return None
-        return evaluate(self.parts.net.forward_module, validation, self.parts.environment.use_amp, self.parts.replicas)[
-            0
-        ]
+        return evaluate(parts.net.forward_module, validation, parts.environment.use_amp, parts.replicas)[0]

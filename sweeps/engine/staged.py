@@ -3,11 +3,10 @@
 Stage one trains the dense cycle 0 of every grid point (and seed) once for all the methods that share it (GP and
 LP share it exactly: `ap_core.cycle_keys`) under ASHA in epochs (its trials report after every epoch, so a poor point
 stops within its dense cycle: `expected_cost.dense_rungs`) and ranks the points that ended it on its validation
-accuracy. Stage two runs the full
-pruning schedule, for each method, of the best `--top-k` points of stage one only, each starting from its dense
-cycle as stage one stored it in the cycle store. The best point is then chosen as in every search: on validation
-accuracy after pruning (`report.best_points`). Both stages are planned trials (`tune_runner.PlanSearcher`), so a
-dense cycle stored by an earlier sweep is not trained again either.
+accuracy. Stage two runs the full pruning schedule, for each method, of the best `--top-k` points of stage one only,
+each starting from its dense cycle as stage one stored it in the cycle store. The best point is then chosen as in
+every search: on validation accuracy after pruning (`report.best_points`). Both stages are planned trials
+(`tune_runner.PlanSearcher`), so a dense cycle stored by an earlier sweep is not trained again either.
 """
 
 from __future__ import annotations
