@@ -210,7 +210,7 @@ def _tuner(
     if parent is not None:
         callbacks.append(MlflowTrialLogger(parent, catalog, sweep_tags))
     if options.progress:
-        callbacks.append(OverallProgress(sum(cycles), group or path.rpartition("/")[2], catalog))
+        callbacks.append(OverallProgress(sum(cycles), group or path.rpartition("/")[2], catalog, plan.dense_stage))
     storage_path, _, name = path.rpartition("/")
     scheduler = _scheduler(plan, group, search) if not plan.trials or plan.dense_stage else None
     return tune.Tuner(
