@@ -212,9 +212,15 @@ class CycleRunner:
         """The cycle's result: its last epoch's figures, the dead units on the window and the validation accuracy."""
         net, data = self.parts.net, self.parts.data
         units = count_dead_units(net.model, data.window())
-        validation = data.validation_batches()
-        val_acc = None
-        if validation is not None:
-            val_acc = evaluate(net.forward_module, validation, self.parts.environment.use_amp, self.parts.replicas)[0]
+        val_acc = self.validation_accuracy()
         left = net.remaining()
         return self.figures.cycle_result(self.cycle, left, units, net.mask.layer_density(), seconds, val_acc)
+
+    def validation_accuracy(self) -> float | None:
+        """Accuracy on the held-out validation split (None without one); draws no random numbers, so evaluating
+        it between epochs leaves the training as it was."""
+        parts = self.parts
+        validation = parts.data.validation_batches()
+        if validation is None:
+            return None
+        return evaluate(parts.net.forward_module, validation, parts.environment.use_amp, parts.replicas)[0]

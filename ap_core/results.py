@@ -1,10 +1,21 @@
-"""What a trial hands back after every cycle, and its flat form for trackers."""
+"""What a trial hands back after every cycle (and, to a caller that asks, after every epoch), and its flat form for
+trackers."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class EpochProgress:
+    """Where a trial stands after an epoch that does not end its cycle (the cycle's `CycleResult` stands for the
+    last one): what a scheduler needs to stop a trial within a long cycle."""
+
+    cycle: int
+    epoch: int  # of the cycle, from 0
+    val_acc: float | None  # None when the trial holds out no validation split
 
 
 @dataclass

@@ -38,7 +38,7 @@ from ap_core.network import PrunableNet, Reference
 from ap_core.pruning import METHODS, PruningMethod, target_alive
 from ap_core.recorder import EpochFigures
 from ap_core.replicas import Replicas
-from ap_core.results import CycleResult
+from ap_core.results import CycleResult, EpochProgress
 from ap_core.retraining import RETRAINING
 from ap_core.training import build_optimizer
 from ap_core.trial_data import TrialData
@@ -103,7 +103,15 @@ class TrialRunner:
         self.results: list[CycleResult] = []
         self.current_cycle = CycleRunner(self.parts, cycle=0)
 
-    def run(self, on_cycle: Callable[[CycleResult], None] | None, checkpoint_dir: Path | None) -> list[CycleResult]:
+    def run(
+        self,
+        on_cycle: Callable[[CycleResult], None] | None,
+        checkpoint_dir: Path | None,
+        on_epoch: Callable[[EpochProgress], None] | None = None,
+    ) -> list[CycleResult]:
+        """Train to the last cycle, calling `on_cycle` after each (its checkpoint written first) and `on_epoch`
+        after each epoch that does not end a cycle: only then is the validation split evaluated between epochs, so
+        a trial without `on_epoch` costs and computes what it did before (a scheduler's callback, as in OpenLTH)."""
         while self.current_cycle.cycle <= self.config.pruning.cycles:
             current = self.current_cycle
             if not current.begun:
@@ -114,6 +122,9 @@ class TrialRunner:
                 current.figures.seconds = time.perf_counter() - started
                 if self.config.runtime.checkpoint_every_epoch and not current.trained and checkpoint_dir:
                     self.save(checkpoint_dir)
+                if on_epoch is not None and not current.trained:
+                    epoch = current.step // self.data.steps_per_epoch - 1
+                    on_epoch(EpochProgress(current.cycle, epoch, current.validation_accuracy()))
             result = current.finish(time.perf_counter() - started)
             self.results.append(result)
             self.current_cycle = CycleRunner(self.parts, cycle=current.cycle + 1)

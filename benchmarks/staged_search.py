@@ -2,7 +2,8 @@
 
 Runs `sweeps/hparam_grid.py` twice in fresh processes (local Ray, SQLite MLflow in a temporary folder): the full grid
 under ASHA (its rungs in epochs), then `--search staged`; prints for each the epochs its dry run expected, the epochs
-it trained (cycles taken from the cycle store not counted), its wall time, and the best point per method with its
+it trained (cycles taken from the cycle store not counted; stage-one trials ASHA stopped within their dense cycle
+counted from Tune's records), its wall time, and the best point per method with its
 validation and test accuracy after pruning.
 
     python benchmarks/staged_search.py                      # the smoke grid, ASHA's and the staged search's defaults
@@ -11,6 +12,7 @@ validation and test accuracy after pruning.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -18,8 +20,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from ray.tune import ExperimentAnalysis
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from trainables.pruning_trial import TRAINED_EPOCHS  # noqa: E402
+
 SEARCHES = {"full grid, ASHA": [], "staged": ["--search", "staged"]}
 
 
@@ -28,6 +35,17 @@ def trained_epochs(rows: pd.DataFrame, staged: bool) -> int:
     finals = rows.groupby("trial").agg(cycle=("cycle", "max"), epochs=("epochs", "first"), group=("group", "first"))
     from_store = staged & ~finals["group"].str.endswith("-dense")
     return int(((finals["cycle"] + 1 - from_store) * finals["epochs"]).sum())
+
+
+def stopped_within_a_cycle(sweep_dir: Path) -> tuple[int, int]:
+    """Trials stopped before they ended a cycle (stage-one trials ASHA stopped, which have no rows: rows are
+    cycles) and the epochs they trained, from Tune's records."""
+    count = epochs = 0
+    for folder in json.loads((sweep_dir / "sweep.json").read_text())["experiments"].values():
+        for history in ExperimentAnalysis(folder).trial_dataframes.values():
+            if "cycle" not in history and TRAINED_EPOCHS in history:
+                count, epochs = count + 1, epochs + int(history[TRAINED_EPOCHS].max())
+    return count, epochs
 
 
 def run(name: str, flags: list[str], folder: Path) -> None:
@@ -40,8 +58,13 @@ def run(name: str, flags: list[str], folder: Path) -> None:
     wall = time.perf_counter() - start
     rows = pd.read_csv(folder / name / "trial_cycles.csv")
     best = pd.read_csv(folder / name / "best_hparams.csv")
-    trained = trained_epochs(rows, "staged" in flags)
-    print(f"{name}: {expected}; trained {trained} epochs in {rows['trial'].nunique()} trials, {wall:.0f} s")
+    stopped, stopped_epochs = stopped_within_a_cycle(folder / name)
+    trained = trained_epochs(rows, "staged" in flags) + stopped_epochs
+    trials = rows["trial"].nunique() + stopped
+    print(
+        f"{name}: {expected}; trained {trained} epochs in {trials} trials ({stopped} stopped within their first cycle)"
+    )
+    print(f"wall {wall:.0f} s")
     print(best[["method", "batch_size", "lr", "epochs", "val_acc", "test_acc"]].to_markdown(index=False))
 
 

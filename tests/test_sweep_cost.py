@@ -13,9 +13,19 @@ import pytest
 from sweeps import hparam_grid
 from sweeps.engine import tune_runner
 from sweeps.engine.driver import main
-from sweeps.engine.expected_cost import Rungs, confirm, expected_cost, group_epochs, passes, rungs_for
+from sweeps.engine.expected_cost import (
+    Rungs,
+    confirm,
+    dense_rungs,
+    expected_cost,
+    group_epochs,
+    passes,
+    rungs_for,
+)
 from sweeps.engine.options import SearchOptions, SweepError, SweepOptions
 from sweeps.engine.spec import expand
+from sweeps.engine.staged import stage_one
+from trainables.pruning_trial import EPOCH, TRAINED_EPOCHS
 
 PAPER_CYCLES = 16
 
@@ -51,6 +61,36 @@ def test_asha_rungs_are_in_epochs_so_a_500_and_an_80_epoch_point_meet_a_rung_at_
     assert long_at[4000] == 4000 and 4000 not in short_at  # 17 cycles of 80 epochs end before the second rung
 
 
+def test_stage_one_stops_points_within_their_dense_cycle_at_rungs_in_epochs() -> None:
+    plan = stage_one(expand(hparam_grid.SPEC, "paper", networks=("resnet20",), methods=("GP",), search_mode="staged"))
+    scheduler = tune_runner._scheduler(plan, plan.groups[0], SearchOptions())
+    assert isinstance(scheduler, tune_runner.EpochASHA)
+    scheduler.set_search_properties("val_acc", "max")
+    # The longest dense cycle is 500 epochs; the grace is the search's share of its longest run, 2 of 17 cycles
+    rungs = dense_rungs(SearchOptions(), PAPER_CYCLES, (80, 500))
+    assert rungs == Rungs(grace=59, reduction=4, max_t=500)
+    assert sorted(m for m, _ in scheduler._brackets[0]._rungs) == list(rungs.milestones) == [59, 236]
+
+    def epoch_result(epoch: int, val_acc: float) -> dict[str, float]:  # as a stage-one trial reports it
+        return {"val_acc": val_acc, TRAINED_EPOCHS: epoch + 1, EPOCH: epoch}
+
+    good, poor, short = (
+        SimpleNamespace(trial_id=i, config={"epochs": e}) for i, e in [("a", 500), ("b", 500), ("c", 80)]
+    )
+    for trial in (good, poor, short):
+        scheduler.on_trial_add(None, trial)
+    actions = {t.trial_id: [] for t in (good, poor, short)}
+    for epoch in range(60):  # the three side by side, the poor 500-epoch point a little behind
+        for trial, val_acc in ((good, 60.0), (short, 70.0), (poor, 10.0)):
+            actions[trial.trial_id].append(scheduler.on_trial_result(None, trial, epoch_result(epoch, val_acc)))
+    # The rung at 59 epochs judged the 80- and the 500-epoch points alike: the poor one stops 441 epochs before the
+    # end of its dense cycle, the others go on
+    assert actions["b"][58] == scheduler.STOP and set(actions["b"][:58]) == {scheduler.CONTINUE}
+    assert set(actions["a"]) == set(actions["c"]) == {scheduler.CONTINUE}
+    stopper = tune_runner.AfterDenseCycle()
+    assert not stopper("a", epoch_result(0, 60.0)) and stopper("a", {"cycle": 0, "val_acc": 61.0})
+
+
 def test_expected_epochs_follow_ashas_rungs_not_the_upper_bound() -> None:
     assert passes(1, 4) == 1 and passes(2, 4) == 1.5  # the first passes; the second beats the first half the time
     assert passes(10_000, 4) / 10_000 == pytest.approx(1 / 4, abs=0.002)  # a large rung keeps a quarter
@@ -59,6 +99,12 @@ def test_expected_epochs_follow_ashas_rungs_not_the_upper_bound() -> None:
     assert group_epochs({4: 1}, 4, rungs) == 20  # alone, a trial passes every rung
     # A 10,000-point rung keeps about a quarter: 4 epochs each, a quarter go on to 16, a sixteenth to 20
     assert group_epochs({4: 10_000}, 4, rungs) / 10_000 == pytest.approx(4 + 12 / 4 + 4 / 16, rel=0.01)
+    # Stage one (its dense cycles only, judged after every epoch): 2- and 4-epoch points both meet the rung at 2
+    # epochs, and the 4-epoch ones that pass train 2 more
+    dense = Rungs(grace=2, reduction=4, max_t=4)
+    assert group_epochs({2: 5_000, 4: 5_000}, 0, dense, every_epoch=True) / 10_000 == pytest.approx(
+        2 + 2 / 2 / 4, rel=0.01
+    )
     plan = expand(hparam_grid.SPEC, "paper", seeds=1)
     full = expected_cost(plan, SearchOptions(), reuse=True).total
     staged = expected_cost(expand(hparam_grid.SPEC, "paper", search_mode="staged", top_k=5), SearchOptions(), True)

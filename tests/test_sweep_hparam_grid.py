@@ -12,6 +12,8 @@ from ray.tune import ExperimentAnalysis
 
 from sweeps import hparam_grid, table1
 from sweeps.engine.driver import main
+from trainables.pruning_trial import TRAINED_EPOCHS
+from trainables.tune_config import TRIAL_NAME
 
 pytestmark = pytest.mark.integration
 
@@ -110,11 +112,24 @@ def _printed_expected_epochs(argv: list[str], capsys: pytest.CaptureFixture[str]
 def _trained_epochs(runs: list) -> float:
     """Epochs the runs trained: every cycle they reported, less the cycles they took from the cycle store."""
     trained = 0.0
-    for run in runs:
+    for run in (r for r in runs if "cycle" in r.data.metrics):
         reused = run.data.tags.get("reused_cycles", "")
         first = int(reused.rpartition("-")[2]) + 1 if reused else 0
         trained += (run.data.metrics["cycle"] + 1 - first) * int(run.data.params["epochs"])
     return trained
+
+
+def _stopped_within_a_cycle(sweep_dir: Path) -> dict[str, tuple[int, int]]:
+    """Trial name -> (epochs trained, epochs per cycle) of the trials stopped before they ended a cycle, from
+    Tune's records (MLflow logs whole cycles only): a staged search's stage-one trials that ASHA stopped."""
+    stopped = {}
+    for folder in json.loads((sweep_dir / "sweep.json").read_text())["experiments"].values():
+        analysis = ExperimentAnalysis(folder)
+        configs = analysis.get_all_configs()
+        for path, history in analysis.trial_dataframes.items():
+            if "cycle" not in history and TRAINED_EPOCHS in history:  # the smoke grid's epochs are a searched axis
+                stopped[configs[path][TRIAL_NAME]] = (int(history[TRAINED_EPOCHS].max()), int(configs[path]["epochs"]))
+    return stopped
 
 
 def test_the_expected_cost_is_what_the_grid_and_the_staged_search_then_train(
@@ -122,11 +137,11 @@ def test_the_expected_cost_is_what_the_grid_and_the_staged_search_then_train(
 ) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     searches = {
-        # one trial at a time: ASHA's rungs meet the points in grid order, the same on every run
+        # one trial at a time: ASHA's rungs (stage one's too) meet the points in grid order, the same on every run
         "full": ["--max-concurrent", "1"],
-        "staged": ["--search", "staged", "--top-k", "2"],
+        "staged": ["--search", "staged", "--top-k", "2", "--max-concurrent", "1"],
     }
-    runs = {}
+    runs, stopped = {}, {}
     for name, flags in searches.items():
         argv = ["--results-dir", str(tmp_path), "--num-cpus", "2", "--name", name, "--progress", "false", *flags]
         expected = _printed_expected_epochs(argv, capsys)
@@ -134,15 +149,22 @@ def test_the_expected_cost_is_what_the_grid_and_the_staged_search_then_train(
         assert done.returncode == 0, done.stderr[-3000:]
         experiment = client.get_experiment_by_name(name)
         runs[name] = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
-        assert abs(_trained_epochs(runs[name]) - expected) <= 0.1 * expected, (name, expected)
+        stopped[name] = _stopped_within_a_cycle(tmp_path / name)
+        trained = _trained_epochs(runs[name]) + sum(epochs for epochs, _ in stopped[name].values())
+        assert abs(trained - expected) <= 0.1 * expected, (name, expected, trained)
 
     points = hparam_grid.SMOKE_GRID.size
-    dense = [r for r in runs["staged"] if "-dense-" in r.info.run_name]
-    pruned = [r for r in runs["staged"] if r not in dense]
-    # Stage one: each point's dense cycle once, for GP and LP alike; stage two: the best 2 per method, in full,
-    # from the dense cycle stage one stored
-    assert len(dense) == points and len({r.info.run_name for r in dense}) == points
+    every_dense = [r for r in runs["staged"] if "-dense-" in r.info.run_name]
+    pruned = [r for r in runs["staged"] if r not in every_dense]
+    # Stage one: each point's dense cycle once, for GP and LP alike, under ASHA in epochs (reported after every
+    # epoch): some 4-epoch points stopped at the rung of 2 epochs, within their dense cycle; stage two: the best 2
+    # of those that ended it, per method, in full, from the dense cycle stage one stored
+    assert len(every_dense) == points and len({r.info.run_name for r in every_dense}) == points
+    assert not stopped["full"] and stopped["staged"]
+    assert all(trained == 2 < epochs for trained, epochs in stopped["staged"].values())
+    dense = [r for r in every_dense if r.info.run_name not in stopped["staged"]]
     assert all(r.data.metrics["cycle"] == 0 for r in dense)
+    assert all("cycle" not in r.data.metrics for r in every_dense if r not in dense)
     assert sorted(r.data.params["method"] for r in pruned) == ["global_magnitude"] * 2 + ["layerwise_magnitude"] * 2
     cycles = hparam_grid.SPEC.presets["smoke"].trial["cycles"]
     assert all(r.data.metrics["cycle"] == cycles and r.data.tags["reused_cycles"] == "0-0" for r in pruned)

@@ -444,3 +444,17 @@ def test_fixed_seed_trials_keep_the_numbers_of_every_method_and_ap_path(expected
     assert got == expected["cycles"]
     assert _sha256(checkpoints[-1]["mask"]) == expected["mask_sha256"]
     assert _sha256(checkpoints[-1]["model"]) == expected["weights_sha256"]
+
+
+def test_a_per_epoch_callback_sees_the_validation_accuracy_within_each_cycle_and_changes_nothing(digits):
+    config = quick(epochs=3, cycles=1, val_fraction=0.1)
+    plain = TrialRunner(config, digits).run(None, None)
+    seen, ended = [], []
+    watched = TrialRunner(config, digits).run(lambda result: ended.append(len(seen)), None, seen.append)
+    # After every epoch but a cycle's last (its CycleResult stands for that one), with the validation accuracy
+    assert [(p.cycle, p.epoch) for p in seen] == [(0, 0), (0, 1), (1, 0), (1, 1)] and ended == [2, 4]
+    assert all(0 < p.val_acc <= 100 for p in seen)
+    assert comparable(watched) == comparable(plain)  # evaluating it draws no random numbers
+    without_split = []
+    TrialRunner(quick(epochs=2, cycles=1), digits).run(None, None, without_split.append)
+    assert [p.val_acc for p in without_split] == [None, None]

@@ -24,6 +24,7 @@ from ray import tune
 from ap_core import ArrayDataset, ConfigError, CycleResult, TrialConfig, run_trial
 from ap_core.checkpoint import CHECKPOINT_FILE
 from ap_core.cycle_keys import cycle_key
+from ap_core.results import EpochProgress
 from ap_core.trial import TrialRunner
 from trainables.replicated_trial import train_replicated
 from trainables.shared_cycles import REUSED_FROM, STORED_CYCLE, RejectedEntry, Reuse, fetch_entry, write_entry
@@ -36,6 +37,11 @@ from trainables.tune_config import REUSE, trial_config
 TUNE_METRICS = ("cycle", "weights_remaining", "test_acc", "val_acc", "dnr")
 ROW_METRICS = (*TUNE_METRICS, "params_remaining", "channels_remaining", "flops_remaining")
 PACKED_METRICS = "more_metrics"
+# A stage-one trial's (`dense_stage`) reports also after every epoch of its dense cycle but the last: the validation
+# accuracy then, the epochs trained by then (ASHA's time, `sweeps.engine.tune_runner.EpochASHA`) and the epoch of
+# the cycle, from 0. They have no `cycle`: every result that has one ends a cycle, and what counts cycles reads those.
+TRAINED_EPOCHS = "trained_epochs"
+EPOCH = "epoch"
 # Inside every checkpoint: each cycle's metrics so far, and the trial's artifacts as of that cycle.
 HISTORY_FILE = "cycles.json"
 ARTIFACTS_DIR = "artifacts"
@@ -58,6 +64,7 @@ def train_trial(
     cycle_store: str = "",
     workers: int = 1,
     resources_per_worker: Mapping[str, float] | None = None,
+    dense_stage: bool = False,
 ) -> None:
     """Run the trial whose experiment settings are `config` over `shared`, resuming from Tune's checkpoint if any.
 
@@ -66,6 +73,8 @@ def train_trial(
     the driver only uploads them. With a `cycle_store` folder the trial stores its dense cycle and its last one
     there, and starts from the stored cycles its config names (`REUSE`), which the driver verified. With several
     `workers` (each with `resources_per_worker`) it trains data-parallel through Ray Train (`replicated_trial`).
+    A `dense_stage` trial (stage one of a staged search) also reports after every epoch, so that ASHA can stop it
+    within its dense cycle; data-parallel trials report once a cycle only.
     """
     # Ray Train logs one INFO line per persisted checkpoint: one per cycle per trial, thousands per sweep.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
@@ -109,6 +118,11 @@ def train_trial(
                 checkpoint=tune.Checkpoint.from_directory(workdir) if with_state else None,
             )
 
+        def report_epoch(progress: EpochProgress) -> None:
+            trained = progress.cycle * settings.training.epochs + progress.epoch + 1
+            validation = {} if progress.val_acc is None else {"val_acc": progress.val_acc}  # as in a cycle's result
+            tune.report({**validation, TRAINED_EPOCHS: trained, EPOCH: progress.epoch})
+
         checkpoint = tune.get_checkpoint()
         if workers > 1:
             with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
@@ -128,7 +142,7 @@ def train_trial(
         if reuse is not None and store is not None and _started_from(trial, store, reuse, Path(workdir)):
             for result in trial.results:  # the stored cycles, as the trial that computed them reported them
                 report(result, reuse)
-        trial.run(report, Path(workdir))
+        trial.run(report, Path(workdir), report_epoch if dense_stage else None)
 
 
 def _stored(store: Path, key: str, workdir: Path) -> dict[str, str] | None:

@@ -39,7 +39,8 @@ class Rungs:
     schedule) before it can be stopped, then each rung is `reduction` times the one before, up to `max_t`.
 
     A point is judged at the first cycle it ends at or past a rung (trials report once a cycle), so with the grace
-    in cycles of the longest schedule, a point has trained less than one cycle of the longest schedule past the rung.
+    in cycles of the longest schedule, a point has trained less than one cycle of the longest schedule past the rung;
+    in a staged search's stage one (`dense_rungs`) at the rung itself.
     """
 
     grace: int
@@ -59,6 +60,15 @@ def rungs_for(search: SearchOptions, cycles: int, epochs_per_cycle: tuple[int, .
     return Rungs(min(search.grace_period, cycles + 1) * longest, search.reduction_factor, (cycles + 1) * longest)
 
 
+def dense_rungs(search: SearchOptions, cycles: int, epochs_per_cycle: tuple[int, ...]) -> Rungs:
+    """Stage one's rungs (a staged search): its trials train the dense cycle only, so `max_t` is the longest one,
+    and the grace is the share of it the search's grace is of the longest schedule (`--grace-period` of its
+    `cycles` + 1); stage one reports after every epoch, so a point is judged at the rung itself."""
+    longest = max(epochs_per_cycle)
+    share = min(search.grace_period, cycles + 1) / (cycles + 1)
+    return Rungs(max(1, math.ceil(share * longest)), search.reduction_factor, longest)
+
+
 def passes(arrivals: float, reduction: int) -> float:
     """Expected trials that pass a rung of `arrivals` trials, each meeting the cutoff (the 1 - 1/reduction quantile,
     interpolated as numpy does) of those recorded before it: the first always passes, then (m - h) / (m + 1) with
@@ -72,9 +82,13 @@ def passes(arrivals: float, reduction: int) -> float:
     return sum(chance(m) for m in range(whole)) + (arrivals - whole) * chance(whole)
 
 
-def group_epochs(trials_per_epochs: Mapping[int, float], cycles: int, rungs: Rungs | None) -> float:
+def group_epochs(
+    trials_per_epochs: Mapping[int, float], cycles: int, rungs: Rungs | None, every_epoch: bool = False
+) -> float:
     """Expected training epochs of one Tune experiment whose trials run `cycles` + 1 cycles, `trials_per_epochs`
-    of them at each number of epochs per cycle, under ASHA's `rungs` (None: every trial runs to its end)."""
+    of them at each number of epochs per cycle, under ASHA's `rungs` (None: every trial runs to its end). Trials
+    report once a cycle, so each is judged at the first cycle it ends at or past a rung; with `every_epoch` (stage
+    one) at the rung itself."""
     ends = {e: (cycles + 1) * e for e in trials_per_epochs}
     if rungs is None:
         return sum(n * ends[e] for e, n in trials_per_epochs.items())
@@ -86,7 +100,7 @@ def group_epochs(trials_per_epochs: Mapping[int, float], cycles: int, rungs: Run
         arrivals = sum(trials_per_epochs[e] * reach[e] for e in judged)
         survive = passes(arrivals, rungs.reduction) / arrivals if arrivals else 0.0
         for e in judged:
-            at = math.ceil(milestone / e) * e
+            at = milestone if every_epoch else math.ceil(milestone / e) * e
             spent += trials_per_epochs[e] * reach[e] * (at - position[e])
             position[e], reach[e] = at, reach[e] * survive
     return spent + sum(n * reach[e] * (ends[e] - position[e]) for e, n in trials_per_epochs.items())
@@ -135,12 +149,21 @@ def expected_cost(plan: SweepPlan, search: SearchOptions | None, reuse: bool) ->
     assert search is not None
     values = plan.search.axes.get("epochs")
     per_group = plan.points_per_group * plan.seeds
+    asha = search.scheduler == "asha"
 
-    def mean_epochs(base: TrialConfig) -> float:
-        return sum(values) / len(values) if values else base.training.epochs
+    def spread(base: TrialConfig) -> tuple[int, ...]:
+        return values or (base.training.epochs,)
+
+    def trials_per_epochs(base: TrialConfig) -> dict[int, float]:
+        return {e: per_group * spread(base).count(e) / len(spread(base)) for e in set(spread(base))}
 
     if plan.search_mode == "staged":
         best = min(search.top_k, plan.points_per_group) * plan.seeds
+
+        def stage_one(base: TrialConfig) -> float:
+            rungs = dense_rungs(search, base.pruning.cycles, spread(base)) if asha else None
+            return group_epochs(trials_per_epochs(base), 0, rungs, every_epoch=True)
+
         # Stage two's points are known only after stage one; ranked on the dense cycle, the longest schedules tend
         # to lead (more epochs, higher accuracy), so its cycles are counted at the longest epochs per cycle.
         longest = max(values) if values else None
@@ -149,19 +172,18 @@ def expected_cost(plan: SweepPlan, search: SearchOptions | None, reuse: bool) ->
         for group in plan.search_groups:
             epochs_per_cycle = longest or group.base.training.epochs
             add(group.base, best * (group.base.pruning.cycles + 1 - stored) * epochs_per_cycle)
-            saved += per_group * mean_epochs(group.base) + stored * best * epochs_per_cycle
+            saved += stage_one(group.base) + stored * best * epochs_per_cycle
         for dense in dense_groups(plan):  # stage one: once for every method that shares it
-            add(dense.base, per_group * mean_epochs(dense.base))
-            saved -= per_group * mean_epochs(dense.base)
-        how = f"each point's dense cycle once, then the best {search.top_k} in full at the longest schedule"
+            add(dense.base, stage_one(dense.base))
+            saved -= stage_one(dense.base)
+        stopping = " under ASHA" if asha else ""
+        how = f"each point's dense cycle once{stopping}, then the best {search.top_k} in full at the longest schedule"
         return ExpectedCost(epochs, examples, saved, how)
     for group in plan.search_groups:
-        spread = values or (group.base.training.epochs,)
-        counts = {e: per_group * spread.count(e) / len(spread) for e in set(spread)}
         cycles = group.base.pruning.cycles
-        rungs = rungs_for(search, cycles, tuple(spread)) if search.scheduler == "asha" else None
-        add(group.base, group_epochs(counts, cycles, rungs))
-    how = "ASHA's rungs in epochs" if search.scheduler == "asha" else "every point to its last cycle (no scheduler)"
+        rungs = rungs_for(search, cycles, spread(group.base)) if asha else None
+        add(group.base, group_epochs(trials_per_epochs(group.base), cycles, rungs))
+    how = "ASHA's rungs in epochs" if asha else "every point to its last cycle (no scheduler)"
     return ExpectedCost(epochs, examples, 0.0, how)
 
 

@@ -21,8 +21,11 @@ class OverallProgress(Callback):
     looks at every trial, for those a resumed sweep had already ended.
     """
 
-    def __init__(self, total_cycles: int, description: str, catalog: TrialCatalog) -> None:
+    dense_stage = False  # class default: a sweep resumed from a release without it
+
+    def __init__(self, total_cycles: int, description: str, catalog: TrialCatalog, dense_stage: bool = False) -> None:
         self.total_cycles = total_cycles
+        self.dense_stage = dense_stage  # stage one of a staged search: a trial plans its dense cycle only
         self.description = description
         self.catalog = catalog
         self._bar: tqdm | None = None
@@ -41,7 +44,8 @@ class OverallProgress(Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
-        self._last_cycle[trial.trial_id] = int(result.get("cycle", -1))
+        if "cycle" in result:  # not a stage-one trial's per-epoch result
+            self._last_cycle[trial.trial_id] = int(result["cycle"])
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._end(trial)
@@ -65,7 +69,8 @@ class OverallProgress(Callback):
         self._last_cycle.pop(trial.trial_id, None)
         if trial.trial_id not in self._ended:
             self._ended.add(trial.trial_id)
-            self._ended_cycles += self.catalog.trial_of(trial.config, trial.trial_id).config.pruning.cycles + 1
+            config = self.catalog.trial_of(trial.config, trial.trial_id).config
+            self._ended_cycles += 1 if self.dense_stage else config.pruning.cycles + 1
             self._failed += trial.status == Trial.ERROR
 
     def _update(self, trials: list[Trial]) -> None:

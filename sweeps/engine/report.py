@@ -39,11 +39,11 @@ def collect(outcomes: list[Outcome], plan: SweepPlan) -> tuple[pd.DataFrame, lis
         if outcome == "FAILED":
             failed.append(trial.name)
             continue
-        history = result.metrics_dataframe
-        if history is None or history.empty or "cycle" not in history:
+        cycles = cycle_rows(result.metrics_dataframe)
+        if cycles.empty:
             continue
         flat = config.to_dict()
-        cycles = unpacked(history.drop_duplicates("cycle", keep="last").sort_values("cycle"))
+        cycles = unpacked(cycles)
         frame = cycles[[c for c in ROW_METRICS if c in cycles]].assign(
             trial=trial.name, group=trial.group, **trial.labels, **{k: flat[k] for k in axes}
         )
@@ -55,6 +55,15 @@ def collect(outcomes: list[Outcome], plan: SweepPlan) -> tuple[pd.DataFrame, lis
     if not rows.empty:
         rows["level"] = rows["weights_remaining"].round(1)
     return rows, sorted(failed), unfinished
+
+
+def cycle_rows(history: pd.DataFrame | None) -> pd.DataFrame:
+    """A trial's results that end a cycle (a stage-one trial's per-epoch results have no `cycle`), the last one
+    per cycle (a resumed trial reports some again), in cycle order; empty if it ended none."""
+    if history is None or "cycle" not in history:
+        return pd.DataFrame()
+    ended = history.dropna(subset=["cycle"]).astype({"cycle": int})
+    return ended.drop_duplicates("cycle", keep="last").sort_values("cycle")
 
 
 def unpacked(cycles: pd.DataFrame) -> pd.DataFrame:

@@ -1,11 +1,12 @@
 """The staged search (`--search staged`): a grid a lab can afford.
 
 Stage one trains the dense cycle 0 of every grid point (and seed) once for all the methods that share it (GP and
-LP share it exactly: `ap_core.cycle_keys`) and ranks the points on its validation accuracy. Stage two runs the full
-pruning schedule, for each method, of the best `--top-k` points of stage one only, each starting from its dense
-cycle as stage one stored it in the cycle store. The best point is then chosen as in every search: on validation
-accuracy after pruning (`report.best_points`). Both stages are planned trials (`tune_runner.PlanSearcher`), so a
-dense cycle stored by an earlier sweep is not trained again either.
+LP share it exactly: `ap_core.cycle_keys`) under ASHA in epochs (its trials report after every epoch, so a poor point
+stops within its dense cycle: `expected_cost.dense_rungs`) and ranks the points that ended it on its validation
+accuracy. Stage two runs the full pruning schedule, for each method, of the best `--top-k` points of stage one only,
+each starting from its dense cycle as stage one stored it in the cycle store. The best point is then chosen as in
+every search: on validation accuracy after pruning (`report.best_points`). Both stages are planned trials
+(`tune_runner.PlanSearcher`), so a dense cycle stored by an earlier sweep is not trained again either.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def stage_one(plan: SweepPlan) -> SweepPlan:
 
 def best_dense_points(rows: pd.DataFrame, plan: SweepPlan) -> dict[str, list[dict[str, Any]]]:
     """Per stage-one group, its best `plan.top_k` points by mean validation accuracy after the dense cycle, among
-    points whose every seed trained it (ties: in grid order)."""
+    points whose every seed trained it to its end (ASHA stopped none of them; ties: in grid order)."""
     assert plan.search is not None
     axes = list(plan.search.axes)
     if rows.empty or "val_acc" not in rows:

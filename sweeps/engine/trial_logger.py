@@ -27,7 +27,7 @@ from ray.tune import Callback, Checkpoint, Result
 from ray.tune.experiment import Trial
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from sweeps.engine.report import Outcome
+from sweeps.engine.report import Outcome, cycle_rows
 from sweeps.engine.spec import PlannedTrial, TrialCatalog
 from sweeps.engine.tracking import PARENT_TAG, TRACKING_ERRORS, ParentRun, TrackingStore, now_ms, short_error
 from trainables.pruning_trial import ARTIFACTS_DIR, PACKED_METRICS
@@ -69,7 +69,8 @@ class MlflowTrialLogger(Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any], **info: Any
     ) -> None:
-        self._unless_paused(self._log_result, trial, result, _metrics(result))
+        if "cycle" in result:  # a stage-one trial's per-epoch results are for its scheduler, not MLflow
+            self._unless_paused(self._log_result, trial, result, _metrics(result))
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._unless_paused(self._log_recovery, trial)
@@ -92,14 +93,12 @@ class MlflowTrialLogger(Callback):
         if run_id is None:
             run_id, status = self._create_run(planned, str((result.metrics or {}).get("trial_id", ""))), "RUNNING"
         logged = set(self.store.logged_steps(run_id, "test_acc"))
-        history = result.metrics_dataframe
         last_cycle = -1
-        if history is not None and not history.empty and "cycle" in history:
-            for row in history.drop_duplicates("cycle", keep="last").sort_values("cycle").to_dict("records"):
-                record = _metrics({k: v for k, v in row.items() if _present(v)})
-                last_cycle = int(record["cycle"])
-                if last_cycle not in logged:
-                    self.store.log_metrics(run_id, _step_entries(record, row.get("removal_events"), now_ms()))
+        for row in cycle_rows(result.metrics_dataframe).to_dict("records"):
+            record = _metrics({k: v for k, v in row.items() if _present(v)})
+            last_cycle = int(record["cycle"])
+            if last_cycle not in logged:
+                self.store.log_metrics(run_id, _step_entries(record, row.get("removal_events"), now_ms()))
         if outcome == "unfinished":
             if status == "RUNNING":
                 self.store.end_run(run_id, "KILLED")  # --resume sets it running again

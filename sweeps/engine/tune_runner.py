@@ -22,13 +22,14 @@ from ray.tune import ResultGrid
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater, Searcher
+from ray.tune.stopper import Stopper
 
 from ap_core.cycle_keys import cycle_key
 from ap_core.plugins import PLUGINS_VARIABLE, absolute_entries
 from sweeps.engine import cycle_store, packing, preflight, state_signing
 from sweeps.engine.cycle_signer import CycleStoreSigner
 from sweeps.engine.cycle_store import claimed_elsewhere
-from sweeps.engine.expected_cost import rungs_for
+from sweeps.engine.expected_cost import dense_rungs, rungs_for
 from sweeps.engine.full_disk import StopWhenStorageFull
 from sweeps.engine.options import AUTO_GPUS, SearchOptions, SweepError, SweepOptions
 from sweeps.engine.progress import OverallProgress
@@ -38,7 +39,7 @@ from sweeps.engine.spec import SweepPlan, TrialCatalog, searched_trial_name
 from sweeps.engine.tracking import ParentRun
 from sweeps.engine.trial_artifacts import write_trial_artifacts
 from sweeps.engine.trial_logger import MlflowTrialLogger
-from trainables.pruning_trial import train_trial
+from trainables.pruning_trial import TRAINED_EPOCHS, train_trial
 from trainables.tune_config import REUSE, TRIAL_NAME, trial_config
 from trainables.worker_setup import SETUP_HOOK
 
@@ -86,6 +87,7 @@ def run_experiments(
                 cycle_store=str(store or ""),
                 workers=options.workers_per_trial,
                 resources_per_worker=per_worker,
+                dense_stage=plan.dense_stage,
             ),
             {"cpu": 0, "memory": RELAY_MEMORY}
             if replicated
@@ -208,18 +210,18 @@ def _tuner(
     if parent is not None:
         callbacks.append(MlflowTrialLogger(parent, catalog, sweep_tags))
     if options.progress:
-        callbacks.append(OverallProgress(sum(cycles), group or path.rpartition("/")[2], catalog))
+        callbacks.append(OverallProgress(sum(cycles), group or path.rpartition("/")[2], catalog, plan.dense_stage))
     storage_path, _, name = path.rpartition("/")
-    searching = not plan.trials and search is not None
+    scheduler = _scheduler(plan, group, search) if not plan.trials or plan.dense_stage else None
     return tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=search_alg,
             num_samples=num_samples,
-            scheduler=_scheduler(plan, group, search) if searching else None,
-            metric=SEARCH_METRIC if searching else None,
-            mode="max" if searching else None,
+            scheduler=scheduler,
+            metric=SEARCH_METRIC if scheduler else None,
+            mode="max" if scheduler else None,
             max_concurrent_trials=(options.max_concurrent or None) if not plan.trials else None,
             reuse_actors=True,  # a worker that finished one trial starts the next: torch stays imported
             trial_name_creator=namer,
@@ -230,7 +232,7 @@ def _tuner(
             storage_path=storage_path,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
-            stop={"training_iteration": 1} if plan.dense_stage else None,  # stage one: the dense cycle only
+            stop=AfterDenseCycle() if plan.dense_stage else None,  # stage one: the dense cycle only
             # No num_to_keep: Tune would snapshot the whole experiment's state every time a trial deletes a
             # checkpoint, a cost that grows with the number of trials. CheckpointRetention deletes old ones instead,
             # at Tune's own (adaptive) snapshots, so --resume always finds the checkpoint it was told of.
@@ -288,18 +290,18 @@ def _scheduler(plan: SweepPlan, group: str, search: SearchOptions | None) -> ASH
     if search is None or search.scheduler == "none":
         return None
     assert plan.search is not None
-    base = plan.search_group(group).base
-    rungs = rungs_for(search, base.pruning.cycles, plan.search.axes.get("epochs", (base.training.epochs,)))
+    if plan.dense_stage:  # stage one: every point's dense cycle, judged after every epoch
+        configs = [t.config for t in plan.trials_of(group)]
+        rungs = dense_rungs(search, configs[0].pruning.cycles, tuple(c.training.epochs for c in configs))
+    else:
+        base = plan.search_group(group).base
+        rungs = rungs_for(search, base.pruning.cycles, plan.search.axes.get("epochs", (base.training.epochs,)))
     return EpochASHA(
         time_attr=TRAINED_EPOCHS,
         max_t=rungs.max_t,
         grace_period=rungs.grace,
         reduction_factor=rungs.reduction,
     )
-
-
-# ASHA's time: the epochs of training behind a result, dense cycle included (not Tune's count of results).
-TRAINED_EPOCHS = "trained_epochs"
 
 
 class EpochASHA(ASHAScheduler):
@@ -314,10 +316,21 @@ class EpochASHA(ASHAScheduler):
 
 
 def with_trained_epochs(config: Mapping[str, Any], result: dict) -> dict:
-    """The result with the epochs its point has trained by then: (cycle + 1) x its epochs per cycle."""
-    if "cycle" not in result or "epochs" not in config:
+    """The result with the epochs its point has trained by then (ASHA's time, not Tune's count of results): (cycle
+    + 1) x its epochs per cycle at the end of a cycle; a stage-one trial's per-epoch results carry their own."""
+    if TRAINED_EPOCHS in result or "cycle" not in result or "epochs" not in config:
         return result
     return {**result, TRAINED_EPOCHS: (int(result["cycle"]) + 1) * int(config["epochs"])}
+
+
+class AfterDenseCycle(Stopper):
+    """Stops a stage-one trial at its first result that ends a cycle (its per-epoch results have no `cycle`)."""
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return "cycle" in result
+
+    def stop_all(self) -> bool:
+        return False
 
 
 class PlanSearcher(Searcher):
@@ -394,7 +407,8 @@ class PlanSearcher(Searcher):
         return point
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self._release(trial_id)  # its first result is cycle 0, stored (and signed before the next suggest)
+        if "cycle" in result:  # its first result that ends a cycle is cycle 0, stored (signed before the next suggest)
+            self._release(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self._release(trial_id)
