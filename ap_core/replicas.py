@@ -47,17 +47,27 @@ class Replicas:
         """The replica that writes checkpoints and reports results."""
         return self.rank == 0
 
-    def share(self, items: Sequence[T]) -> Sequence[T]:
-        """This replica's contiguous share of a batch (sizes differ by at most one; a share may be empty)."""
-        if not self.parallel:
-            return items
-        size, extra = divmod(len(items), self.world)
+    def _bounds(self, count: int) -> slice:
+        """Where this replica's contiguous share of `count` items lies (sizes differ by at most one; may be empty)."""
+        size, extra = divmod(count, self.world)
         start = self.rank * size + min(self.rank, extra)
-        return items[start : start + size + (self.rank < extra)]
+        return slice(start, start + size + (self.rank < extra))
+
+    def share(self, items: Sequence[T]) -> Sequence[T]:
+        """This replica's share of a batch's items."""
+        return items[self._bounds(len(items))] if self.parallel else items
 
     def shard(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """This replica's share of a batch of (images, labels): views, no copy."""
         x, y = batch
-        return x[self.share(range(len(y)))], y[self.share(range(len(y)))]
+        share = self._bounds(len(y))
+        return x[share], y[share]
+
+    def sum_with_count(self, tensors: Sequence[torch.Tensor], count: int) -> int:
+        """Sum `tensors` over the replicas in place, in one collective with `count`; returns the summed count."""
+        counted = torch.tensor(float(count), dtype=torch.float64, device=tensors[0].device)
+        self.sum_([*tensors, counted])
+        return round(float(counted))
 
     def sum_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Sum each tensor over the replicas, in place (one collective for all of them)."""

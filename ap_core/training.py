@@ -130,16 +130,9 @@ def train_epoch(
         seen += len(y)
         for hook in hooks:
             hook.after_step(step)
-    return _summed(loss_sum, seen, replicas)
-
-
-def _summed(total: torch.Tensor, seen: int, replicas: Replicas) -> tuple[torch.Tensor, int]:
-    """(`total`, `seen`) summed over the replicas."""
-    if not replicas.parallel:
-        return total, seen
-    both = torch.stack([total.double(), torch.tensor(float(seen), device=total.device, dtype=torch.float64)])
-    replicas.sum_([both])
-    return both[0].to(total.dtype), round(float(both[1]))
+    if replicas.parallel:
+        seen = replicas.sum_with_count([loss_sum], seen)
+    return loss_sum, seen
 
 
 @torch.no_grad()
@@ -162,7 +155,5 @@ def evaluate(
         correct += (logits.argmax(dim=1) == y).sum()
         seen += len(y)
     if replicas.parallel:
-        counts = torch.stack([correct.double(), loss_sum.double(), torch.tensor(float(seen), device=device).double()])
-        replicas.sum_([counts])
-        correct, loss_sum, seen = counts[0], counts[1], round(float(counts[2]))
+        seen = replicas.sum_with_count([correct, loss_sum], seen)
     return 100.0 * int(correct) / seen, float(loss_sum) / seen

@@ -124,20 +124,18 @@ def train_trial(
             tune.report({**validation, TRAINED_EPOCHS: trained, EPOCH: progress.epoch})
 
         checkpoint = tune.get_checkpoint()
-        if workers > 1:
-            with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
-                resume_from = Path(resume_dir) if resume_dir else None
-                history.extend(_history(resume_from) if resume_from else [])
-                train_replicated(
-                    settings, workers, resources_per_worker or {}, dataset_ref, resume_from, Path(workdir), report
-                )
-            return
-        dataset: ArrayDataset | None = ray.get(dataset_ref) if dataset_ref is not None else None
-        if checkpoint is not None:
-            with checkpoint.as_directory() as resume_dir:
-                history.extend(_history(Path(resume_dir)))
-                run_trial(settings, on_cycle=report, checkpoint_dir=workdir, resume_from=resume_dir, dataset=dataset)
-            return
+        with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_dir:
+            resume_from = Path(resume_dir) if resume_dir else None
+            if resume_from is not None:
+                history.extend(_history(resume_from))
+            if workers > 1:
+                resources = resources_per_worker or {}
+                train_replicated(settings, workers, resources, dataset_ref, resume_from, Path(workdir), report)
+                return
+            dataset: ArrayDataset | None = ray.get(dataset_ref) if dataset_ref is not None else None
+            if resume_from is not None:
+                run_trial(settings, on_cycle=report, checkpoint_dir=workdir, resume_from=resume_from, dataset=dataset)
+                return
         trial = TrialRunner(settings, dataset)
         if reuse is not None and store is not None and _started_from(trial, store, reuse, Path(workdir)):
             for result in trial.results:  # the stored cycles, as the trial that computed them reported them

@@ -53,7 +53,7 @@ def train_replicated(
     trainer = TorchTrainer(
         _replica,
         train_loop_config={
-            "settings": settings.to_dict(),
+            "settings": settings,
             "dataset": dataset,
             "start": start,
             "cycles": cycles,
@@ -100,8 +100,7 @@ def train_replicated(
 def _replica(loop_config: dict[str, Any]) -> None:
     """One worker: train the trial as a replica; the first one also sends each cycle's result and state."""
     device = str(get_device()) if loop_config["use_gpu"] else "cpu"
-    values = loop_config["settings"]
-    settings = TrialConfig.from_dict({**values, "device": device})
+    settings: TrialConfig = loop_config["settings"].replace(device=device)
     dataset: ArrayDataset | None = ray.get(loop_config["dataset"]) if loop_config["dataset"] is not None else None
     first = ray.train.get_context().get_world_rank() == 0
     cycles: Queue = loop_config["cycles"]
