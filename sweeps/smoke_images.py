@@ -24,6 +24,7 @@ import torch
 from torchvision.io import encode_jpeg
 
 from ap_core.errors import ConfigError
+from sweeps.engine.driver import main as run_sweep
 from sweeps.engine.options import parse_args
 from sweeps.engine.spec import SweepSpec
 
@@ -93,6 +94,12 @@ def ensure_for_run(spec: SweepSpec, argv: Sequence[str]) -> None:
     data_dir = parsed.overrides.get("data_dir", preset.trial.get("data_dir"))
     if data_dir is not None and Path(data_dir).resolve() == DEFAULT_DIR:
         ensure(DEFAULT_DIR)
+
+
+def run_table(spec: SweepSpec) -> None:
+    """A folder table's command line: the smoke images written first where the run reads them, then the sweep."""
+    ensure_for_run(spec, sys.argv[1:])
+    run_sweep(spec)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

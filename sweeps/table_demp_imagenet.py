@@ -10,10 +10,9 @@ two networks (docs/protocol.md: which of them are confirmed as the paper's and w
     python sweeps/table_demp_imagenet.py --preset paper-resnet18   # CIFAR-10, torchvision ResNet-18, 3 seeds
 """
 
-from sweeps.engine.driver import main
 from sweeps.engine.spec import NO_AP, WITH_AP, Preset, SweepSpec
 from sweeps.engine.structured_report import demp_table, params_figure
-from sweeps.smoke_images import SMOKE_DATA, ensure_for_run
+from sweeps.smoke_images import SMOKE_DATA, run_table
 from sweeps.table_demp import DEMP, RECIPE, lambdas
 
 # The lambdas of the VGG-16 curve (structured-methods.md); the repository gives none per network for these two.
@@ -91,7 +90,4 @@ SPEC = SweepSpec(
 )
 
 if __name__ == "__main__":
-    import sys
-
-    ensure_for_run(SPEC, sys.argv[1:])
-    main(SPEC)
+    run_table(SPEC)

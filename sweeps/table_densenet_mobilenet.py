@@ -9,10 +9,9 @@ and which ones could not be verified).
     python sweeps/table_densenet_mobilenet.py --preset paper   # CIFAR-10 and CIFAR-100, 5 seeds (GPU cluster)
 """
 
-from sweeps.engine.driver import main
 from sweeps.engine.spec import GP, LP, NO_AP, WITH_AP, Preset, SweepSpec
 from sweeps.presets import PAPER_RECIPE
-from sweeps.smoke_images import SMOKE_DATA, ensure_for_run
+from sweeps.smoke_images import SMOKE_DATA, run_table
 
 # DenseNet's own CIFAR recipe (Huang et al. 2017): Zhao et al.'s settings could not be verified (docs/protocol.md).
 DENSENET40 = {
@@ -63,7 +62,4 @@ SPEC = SweepSpec(
 )
 
 if __name__ == "__main__":
-    import sys
-
-    ensure_for_run(SPEC, sys.argv[1:])
-    main(SPEC)
+    run_table(SPEC)

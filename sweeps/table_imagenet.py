@@ -9,10 +9,9 @@ on ImageNet). In a ViT the DNR counts GELU outputs <= 0 (docs/protocol.md says w
     python sweeps/table_imagenet.py --preset paper   # ImageNet (--data-dir: train/ and val/ or shards), 3 seeds
 """
 
-from sweeps.engine.driver import main
 from sweeps.engine.spec import GP, NO_AP, WITH_AP, Preset, SweepSpec
 from sweeps.presets import PRUNING
-from sweeps.smoke_images import SMOKE_DATA, ensure_for_run
+from sweeps.smoke_images import SMOKE_DATA, run_table
 
 # The paper's pruning schedule with learning-rate rewinding to step 0 (Renda et al. 2020 prune ResNet-50 on
 # ImageNet this way).
@@ -77,7 +76,4 @@ SPEC = SweepSpec(
 )
 
 if __name__ == "__main__":
-    import sys
-
-    ensure_for_run(SPEC, sys.argv[1:])
-    main(SPEC)
+    run_table(SPEC)
