@@ -9,14 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pyarrow
 import pyarrow.fs
-from ray.tune import Result
+from ray.tune import Checkpoint, Result
 
 from sweeps.engine import plots
 from sweeps.engine.hparams_file import TunedSettings, write_hparams
 from sweeps.engine.result_table import DEFAULT_POOL_BELOW, PRINTED_LEVELS, SweepTable, build_table
 from sweeps.engine.spec import SweepPlan
 from sweeps.engine.sweep_state import CYCLES_FILE
-from trainables.pruning_trial import PACKED_METRICS, ROW_METRICS
+from trainables.pruning_trial import HISTORY_FILE, PACKED_METRICS, ROW_METRICS
 
 Outcome = tuple[Result, str]  # a trial's result and FINISHED, FAILED or unfinished
 
@@ -39,11 +39,12 @@ def collect(outcomes: list[Outcome], plan: SweepPlan) -> tuple[pd.DataFrame, lis
         if outcome == "FAILED":
             failed.append(trial.name)
             continue
-        cycles = cycle_rows(result.metrics_dataframe)
+        cycles = unpacked(cycle_rows(result.metrics_dataframe))
+        if cycles.empty or len(cycles) <= cycles["cycle"].max():  # a retried trial's record starts at its checkpoint
+            cycles = cycle_rows(pd.concat([checkpointed_cycles(result.checkpoint), cycles], ignore_index=True))
         if cycles.empty:
             continue
         flat = config.to_dict()
-        cycles = unpacked(cycles)
         frame = cycles[[c for c in ROW_METRICS if c in cycles]].assign(
             trial=trial.name, group=trial.group, **trial.labels, **{k: flat[k] for k in axes}
         )
@@ -64,6 +65,20 @@ def cycle_rows(history: pd.DataFrame | None) -> pd.DataFrame:
         return pd.DataFrame()
     ended = history.dropna(subset=["cycle"]).astype({"cycle": int})
     return ended.drop_duplicates("cycle", keep="last").sort_values("cycle")
+
+
+def checkpointed_cycles(checkpoint: Checkpoint | None) -> pd.DataFrame:
+    """Every cycle's metrics as of the trial's last checkpoint (JSON, read from wherever the checkpoint is stored).
+
+    Tune rewrites a trial's record of results when it retries the trial from a checkpoint, so the cycles before that
+    checkpoint are found here, not there."""
+    if checkpoint is None:
+        return pd.DataFrame()
+    path = f"{checkpoint.path}/{HISTORY_FILE}"
+    if checkpoint.filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return pd.DataFrame()
+    with checkpoint.filesystem.open_input_stream(path) as stream:
+        return pd.DataFrame(json.loads(stream.read()))
 
 
 def unpacked(cycles: pd.DataFrame) -> pd.DataFrame:
